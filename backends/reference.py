@@ -1,0 +1,164 @@
+"""The yardstick: circuit-tracer's own ``attribute()`` on a TransformerLens replacement model.
+
+Nothing of circuit-tracer's algorithm is re-implemented here: we build the replacement model from the
+workload's HF weights and transcoders (in the order circuit-tracer needs: weights first, transcoders after)
+and call the installed package. Phase times come from circuit-tracer's own log lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import time
+from dataclasses import dataclass
+
+import torch
+
+from attrbench.backend import AttributeSettings, AttributionResult, Backend
+from attrbench.build import BuiltWorkload
+from attrbench.hookspecs import hookimpl
+
+#: circuit-tracer's log line -> our phase name
+_PHASE_LINES = {
+    "Precomputation completed": "setup",
+    "Forward pass completed": "forward",
+    "Input vectors built": "targets",
+    "Logit attributions completed": "logit_rows",
+    "Feature attributions completed": "feature_rows",
+}
+_PHASE_RE = re.compile(r"^(.*?) in ([0-9.]+)s$")
+
+
+def transformer_lens_config(workload: BuiltWorkload, device: str, dtype: torch.dtype):
+    from transformer_lens import HookedTransformerConfig
+
+    m = workload.spec.model
+    return HookedTransformerConfig(
+        n_layers=m.num_hidden_layers, d_model=m.hidden_size, n_heads=m.num_attention_heads,
+        n_key_value_heads=m.num_key_value_heads, d_head=m.head_dim, d_mlp=m.intermediate_size,
+        d_vocab=m.vocab_size, n_ctx=max(256, len(workload.token_ids)), act_fn="silu",
+        normalization_type="RMS", positional_embedding_type="rotary", gated_mlp=True, final_rms=True,
+        use_qk_norm=m.model_type == "qwen3", rotary_dim=m.head_dim, rotary_base=m.rope_theta,
+        eps=m.rms_norm_eps,
+        original_architecture="Qwen3ForCausalLM" if m.model_type == "qwen3" else "LlamaForCausalLM",
+        tokenizer_prepends_bos=False, default_prepend_bos=False, dtype=dtype, device=device,
+    )
+
+
+def transcoder_set(workload: BuiltWorkload, device: str, dtype: torch.dtype):
+    from circuit_tracer.transcoder.activation_functions import JumpReLU
+    from circuit_tracer.transcoder.single_layer_transcoder import SingleLayerTranscoder, TranscoderSet
+
+    d_model = workload.spec.model.hidden_size
+    layers = {}
+    for layer, w in enumerate(workload.transcoders):
+        tc = SingleLayerTranscoder(
+            d_model, w.W_enc.shape[0], JumpReLU(w.threshold.clone(), 0.1), layer,
+            skip_connection=w.W_skip is not None, device=torch.device(device), dtype=dtype,
+        )
+        with torch.no_grad():
+            for name in ("W_enc", "W_dec", "b_enc", "b_dec", "W_skip"):
+                value = getattr(w, name)
+                if value is not None:
+                    getattr(tc, name).copy_(value)
+        tc.activation_function.threshold.data = tc.activation_function.threshold.data.to(device, dtype)
+        layers[layer] = tc
+    return TranscoderSet(layers, feature_input_hook="mlp.hook_in", feature_output_hook="mlp.hook_out",
+                         scan=f"attrbench-{workload.spec.content_hash()}")
+
+
+def build_replacement_model(workload: BuiltWorkload, device: str, dtype: torch.dtype):
+    """circuit-tracer's TransformerLens replacement model for the workload."""
+    from circuit_tracer.replacement_model.replacement_model_transformerlens import (
+        TransformerLensReplacementModel,
+    )
+    from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
+    from transformer_lens.pretrained.weight_conversions.qwen3 import convert_qwen3_weights
+
+    cfg = transformer_lens_config(workload, device, dtype)
+    model = TransformerLensReplacementModel(cfg, tokenizer=workload.tokenizer)
+    convert = convert_qwen3_weights if workload.spec.model.model_type == "qwen3" else convert_llama_weights
+    state_dict = convert(workload.hf_model, cfg)
+    # Order matters: a state-dict load after configuring transcoders would replace them with empty tensors.
+    model.load_and_process_state_dict(
+        state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False,
+        fold_value_biases=False, refactor_factored_attn_matrices=False,
+    )
+    model._configure_replacement_model(transcoder_set(workload, device, dtype))
+    return model
+
+
+@dataclass
+class _Prepared:
+    model: object
+    token_ids: torch.Tensor
+    n_layers: int
+
+
+@contextlib.contextmanager
+def _timed_ranking(phases: dict[str, float]):
+    """Time circuit-tracer's own ``compute_partial_influences`` calls (the ranking phase)."""
+    import circuit_tracer.attribution.attribute as ct_attribute
+
+    original = ct_attribute.compute_partial_influences
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            phases["ranking"] = phases.get("ranking", 0.0) + time.perf_counter() - t0
+
+    ct_attribute.compute_partial_influences = timed
+    try:
+        yield
+    finally:
+        ct_attribute.compute_partial_influences = original
+
+
+class ReferenceBackend(Backend):
+    name = "reference"
+    exact = True
+    description = "circuit-tracer 0.5.0 attribute() on its TransformerLens replacement model (the yardstick)"
+
+    def prepare(self, workload: BuiltWorkload, device: str, dtype: torch.dtype) -> _Prepared:
+        model = build_replacement_model(workload, device, dtype)
+        return _Prepared(model, workload.token_ids.to(device), workload.n_layers)
+
+    def attribute(self, prepared: _Prepared, settings: AttributeSettings) -> AttributionResult:
+        from circuit_tracer.attribution.attribute import attribute
+
+        phases: dict[str, float] = {}
+        log = io.StringIO()
+        # verbose=True makes circuit-tracer log its phase times; stderr is captured so that its progress
+        # bar and log lines do not mix with ours.
+        with contextlib.redirect_stderr(log), _timed_ranking(phases):
+            graph = attribute(
+                prepared.token_ids, prepared.model, max_n_logits=settings.max_n_logits,
+                desired_logit_prob=settings.desired_logit_prob, batch_size=settings.batch_size,
+                max_feature_nodes=settings.max_feature_nodes, update_interval=settings.update_interval,
+                verbose=True,
+            )
+        for line in log.getvalue().splitlines():
+            match = _PHASE_RE.match(line.strip())
+            if match and match.group(1) in _PHASE_LINES:
+                phases[_PHASE_LINES[match.group(1)]] = float(match.group(2))
+        if "feature_rows" in phases and "ranking" in phases:
+            phases["feature_rows"] -= phases["ranking"]
+        return AttributionResult(
+            input_tokens=graph.input_tokens.cpu(),
+            logit_token_ids=graph.logit_token_ids.cpu(),
+            logit_probabilities=graph.logit_probabilities.float().cpu(),
+            active_features=graph.active_features.cpu(),
+            activation_values=graph.activation_values.float().cpu(),
+            selected_features=graph.selected_features.cpu(),
+            adjacency_matrix=graph.adjacency_matrix.float().cpu(),
+            n_layers=prepared.n_layers,
+            phases_s=phases,
+        )
+
+
+@hookimpl
+def register_backends(register):
+    register(ReferenceBackend())

@@ -1,0 +1,169 @@
+"""Build a workload's weights locally and deterministically: HF model, tokenizer, transcoders, prompt.
+
+Nothing here touches a model hub. The model is a seeded Hugging Face ``Qwen3ForCausalLM`` or
+``LlamaForCausalLM``; the tokenizer is a word-level one (``t0`` .. ``t{V-1}``) saved to and reloaded from a
+local folder (TransformerLens needs ``name_or_path``); transcoders are seeded JumpReLU transcoders whose
+per-layer threshold is calibrated on the prompt to give about ``target_l0`` active features per position.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from attrbench.workload import WorkloadSpec
+
+BOS_ID, EOS_ID, UNK_ID, PAD_ID = 1, 2, 0, 3
+#: first token id a seeded prompt draws from (0-3 are special)
+FIRST_ORDINARY_ID = 4
+
+
+@dataclass
+class TranscoderWeights:
+    """One layer's transcoder, in circuit-tracer's layout: ``W_enc``/``W_dec`` are ``[F, d_model]``."""
+
+    W_enc: torch.Tensor
+    W_dec: torch.Tensor
+    b_enc: torch.Tensor
+    b_dec: torch.Tensor
+    threshold: torch.Tensor
+    W_skip: torch.Tensor | None
+
+
+@dataclass
+class BuiltWorkload:
+    """Everything a backend needs, on CPU in float32."""
+
+    spec: WorkloadSpec
+    hf_model: torch.nn.Module
+    tokenizer: object
+    tokenizer_dir: str
+    transcoders: list[TranscoderWeights]
+    token_ids: torch.Tensor  # [n_pos], int64, starts with BOS
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.transcoders)
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("ATTRBENCH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "attrbench"
+    )
+    path = Path(base)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def build_tokenizer(vocab_size: int):
+    """A word-level tokenizer saved to a local folder and loaded back from it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    folder = cache_dir() / f"tokenizer-wordlevel-{vocab_size}"
+    if not (folder / "tokenizer.json").exists():
+        vocab = {f"t{i}": i for i in range(vocab_size)}
+        tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token=f"t{UNK_ID}"))
+        tk.pre_tokenizer = pre_tokenizers.Whitespace()
+        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+        PreTrainedTokenizerFast(
+            tokenizer_object=tk, bos_token=f"t{BOS_ID}", eos_token=f"t{EOS_ID}",
+            unk_token=f"t{UNK_ID}", pad_token=f"t{PAD_ID}",
+        ).save_pretrained(str(tmp))
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process got there first
+            pass
+    return PreTrainedTokenizerFast.from_pretrained(str(folder)), str(folder)
+
+
+def hf_config(spec: WorkloadSpec):
+    """The transformers config of the workload's model (eager attention, so patterns can be read)."""
+    from transformers import LlamaConfig, Qwen3Config
+
+    m = spec.model
+    common = dict(
+        vocab_size=m.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
+        num_hidden_layers=m.num_hidden_layers, num_attention_heads=m.num_attention_heads,
+        num_key_value_heads=m.num_key_value_heads, head_dim=m.head_dim,
+        max_position_embeddings=max(256, spec.prompt.length), rms_norm_eps=m.rms_norm_eps,
+        rope_theta=m.rope_theta, tie_word_embeddings=False, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
+        attn_implementation="eager",
+    )
+    if m.model_type == "qwen3":
+        return Qwen3Config(**common)
+    return LlamaConfig(attention_bias=False, mlp_bias=False, **common)
+
+
+def build_hf_model(spec: WorkloadSpec) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    cfg = hf_config(spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    return model.eval().requires_grad_(False)
+
+
+def build_prompt(spec: WorkloadSpec) -> torch.Tensor:
+    if spec.prompt.token_ids is not None:
+        return torch.tensor(spec.prompt.token_ids, dtype=torch.long)
+    g = torch.Generator().manual_seed(spec.seed * 1_000_003 + 7)
+    tokens = torch.randint(FIRST_ORDINARY_ID, spec.model.vocab_size, (spec.prompt.n_tokens,), generator=g)
+    tokens[0] = BOS_ID
+    return tokens
+
+
+@torch.no_grad()
+def mlp_inputs(hf_model: torch.nn.Module, token_ids: torch.Tensor) -> list[torch.Tensor]:
+    """Each layer's MLP input (the post-attention RMSNorm output) for the prompt, ``[n_pos, d_model]``."""
+    captured: list[torch.Tensor] = []
+    handles = [
+        layer.mlp.register_forward_pre_hook(lambda _m, args: captured.append(args[0][0].float()))
+        for layer in hf_model.model.layers
+    ]
+    try:
+        hf_model(token_ids[None])
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+def calibrated_threshold(pre_acts: torch.Tensor, target_l0: float) -> torch.Tensor:
+    """A scalar threshold that leaves about ``target_l0`` active features per position.
+
+    It sits midway between two neighbouring pre-activations, so that float rounding differences between
+    implementations (HF vs TransformerLens, about 1e-6) cannot switch a feature on or off.
+    """
+    flat = pre_acts.flatten().sort(descending=True).values
+    k = max(1, min(flat.numel() - 1, int(round(target_l0 * pre_acts.shape[0]))))
+    return (flat[k - 1] + flat[k]) / 2
+
+
+def build_transcoders(spec: WorkloadSpec, inputs: list[torch.Tensor]) -> list[TranscoderWeights]:
+    d, F = spec.model.hidden_size, spec.transcoders.d_transcoder
+    out = []
+    for layer, x in enumerate(inputs):
+        g = torch.Generator().manual_seed(spec.seed * 1_000_003 + 100 + layer)
+        W_enc = torch.randn(F, d, generator=g) / d**0.5
+        W_dec = torch.randn(F, d, generator=g) * (0.5 / F**0.5)
+        b_enc = torch.zeros(F)
+        b_dec = torch.zeros(d)
+        W_skip = torch.randn(d, d, generator=g) * (0.1 / d**0.5) if spec.transcoders.skip_connection else None
+        pre = (x[1:] @ W_enc.T + b_enc)  # position 0 (BOS) never has active features
+        thr = calibrated_threshold(pre, spec.transcoders.target_l0)
+        out.append(TranscoderWeights(W_enc, W_dec, b_enc, b_dec, torch.full((F,), float(thr)), W_skip))
+    return out
+
+
+def build_workload(spec: WorkloadSpec) -> BuiltWorkload:
+    """Build the workload on CPU in float32; identical bytes for the same spec on every machine."""
+    hf_model = build_hf_model(spec)
+    tokenizer, tok_dir = build_tokenizer(spec.model.vocab_size)
+    token_ids = build_prompt(spec)
+    transcoders = build_transcoders(spec, mlp_inputs(hf_model, token_ids))
+    return BuiltWorkload(spec, hf_model, tokenizer, tok_dir, transcoders, token_ids)

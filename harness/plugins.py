@@ -1,0 +1,94 @@
+"""The plugin manager: built-in plugins first, then third-party ones from the ``attrbench`` entry points."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from functools import lru_cache
+from importlib.metadata import entry_points
+
+import pluggy
+
+from attrbench import hookspecs
+from attrbench.backend import Backend
+
+BUILTIN_PLUGINS = (
+    "attrbench.backends.reference",
+    "attrbench.backends.autodiff_free",
+    "attrbench.backends.causal_trick",
+    "attrbench.backends.gqa_shared",
+    "attrbench.backends.approximate_pruned",
+    "attrbench.plugins.reporters",
+    "attrbench.plugins.trackers",
+)
+
+
+def _load_entry_point_plugins(pm: pluggy.PluginManager, warnings: list[str]) -> None:
+    """Register each entry-point plugin; one that fails to import is reported by name and skipped."""
+    for ep in entry_points(group=hookspecs.PROJECT_NAME):
+        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+            pm.register(plugin, name=ep.name)
+        except Exception as exc:  # a broken third-party plugin must not take the built-ins down
+            warnings.append(f"plugin {ep.name!r} ({ep.value}) failed to load and was skipped: {exc}")
+
+
+@lru_cache(maxsize=1)
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager (built-ins, then entry points, then ``check_pending``)."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    for module_name in BUILTIN_PLUGINS:
+        pm.register(importlib.import_module(module_name), name=module_name)
+    pm.load_warnings = []  # type: ignore[attr-defined]
+    _load_entry_point_plugins(pm, pm.load_warnings)  # type: ignore[attr-defined]
+    pm.check_pending()
+    return pm
+
+
+def plugin_warnings() -> list[str]:
+    """Messages about third-party plugins that were skipped."""
+    return list(getattr(get_plugin_manager(), "load_warnings", []))
+
+
+def _collect(hook_name: str, warnings: list[str]) -> list:
+    pm = get_plugin_manager()
+    items: list = []
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+        collected: list = []
+        try:
+            impl.function(register=collected.append)
+        except Exception as exc:
+            warnings.append(f"plugin {impl.plugin_name!r} failed in {hook_name} and was skipped: {exc}")
+            continue
+        items.extend(collected)
+    return items
+
+
+def get_backends() -> dict[str, Backend]:
+    """Every registered backend by name, built-ins first, in registration order."""
+    warnings = getattr(get_plugin_manager(), "load_warnings", [])
+    backends: dict[str, Backend] = {}
+    for backend in _collect("register_backends", warnings):
+        if backend.name in backends:
+            warnings.append(f"backend name {backend.name!r} registered twice; the first one is kept")
+            continue
+        backends[backend.name] = backend
+    return backends
+
+
+def get_reporters() -> dict:
+    """Every registered reporter by format name."""
+    return {r.format: r for r in _collect("register_reporters", [])}
+
+
+def get_tracker_factories() -> list:
+    """Every registered tracker factory."""
+    return _collect("register_trackers", [])
+
+
+def report_plugin_warnings(stream=sys.stderr) -> None:
+    for message in plugin_warnings():
+        print(f"attrbench: warning: {message}", file=stream)

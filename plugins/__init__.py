@@ -1,0 +1,1 @@
+"""Built-in reporter and tracker plugins."""
