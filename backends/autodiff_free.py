@@ -1,8 +1,18 @@
-"""Placeholder: being written."""
+"""autodiff-free: circuit-tracer's algorithm with hand-written VJPs and no autograd.
 
+Everything is :class:`attrbench.backends.exact.ExactBackend` as it stands: full-length backward passes,
+one V projection per query head, circuit-tracer's own influence ranking.
+"""
+
+from attrbench.backends.exact import ExactBackend
 from attrbench.hookspecs import hookimpl
+
+
+class AutodiffFreeBackend(ExactBackend):
+    name = "autodiff-free"
+    description = "hand-written VJPs through the frozen linearised model, no torch.autograd"
 
 
 @hookimpl
 def register_backends(register):
-    """Registers nothing yet."""
+    register(AutodiffFreeBackend())

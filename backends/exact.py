@@ -1,0 +1,267 @@
+"""circuit-tracer's attribution loop over the hand-differentiated linearised model.
+
+:class:`ExactBackend` reproduces ``circuit_tracer.attribution.attribute`` step for step (logit rows, feature
+rows in batches, influence re-ranking every ``update_interval`` batches, packaging into the same node
+order) but computes each batch of rows with hand-written VJPs under ``torch.inference_mode()``. Each
+faster backend overrides one of the marked hooks and nothing else:
+
+* :meth:`ExactBackend.position_limit` / :meth:`ExactBackend.order_window` (causal trick),
+* :meth:`ExactBackend.attention_vjp`, :meth:`ExactBackend.contract_features`,
+  :meth:`ExactBackend.node_layout`, :meth:`ExactBackend.influences` (GQA and GEMM layouts).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+
+from attrbench.backend import AttributeSettings, AttributionResult, Backend
+from attrbench.backends import ranking
+from attrbench.backends.linearised import (
+    LinearisedModel,
+    LogitTargets,
+    ModelWeights,
+    linearise,
+    prepare_weights,
+    salient_logits,
+)
+from attrbench.build import BuiltWorkload
+
+#: elements of the gathered-gradient temporary in the plain feature contraction (bounds its memory)
+_GATHER_BUDGET = 1 << 24
+
+
+@dataclass
+class Prepared:
+    weights: ModelWeights
+    token_ids: torch.Tensor
+    extra: Any = None
+
+
+class PhaseTimer:
+    """Accumulates wall time per phase, synchronising the device so that GPU work is counted."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.phases: dict[str, float] = {}
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self._sync()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t0
+
+
+@dataclass
+class TargetBatch:
+    """Targets of one backward pass: a gradient ``vectors[i]`` injected at ``(layers[i], positions[i])``.
+
+    Layer ``n_layers`` means the final-norm output (logit targets); any other layer ``l`` means the MLP
+    input ``x_l`` (feature targets, injected with their encoder vectors).
+    """
+
+    layers: torch.Tensor  # int64 on the device
+    positions: torch.Tensor
+    vectors: torch.Tensor  # [b, d]
+
+    def __len__(self) -> int:
+        return self.layers.shape[0]
+
+
+class ExactBackend(Backend):
+    """Base of the exact hand-differentiated backends (not registered itself)."""
+
+    exact = True
+    #: rank features with circuit-tracer's own ``compute_partial_influences`` (bit-for-bit its rule)
+    circuit_tracer_ranking = True
+
+    # ------------------------------------------------------------------ set-up
+    def prepare(self, workload: BuiltWorkload, device: str, dtype: torch.dtype) -> Prepared:
+        weights = prepare_weights(workload, device, dtype)
+        return Prepared(weights, workload.token_ids, self.prepare_layouts(weights))
+
+    def prepare_layouts(self, weights: ModelWeights) -> Any:
+        """Weight layouts built once per workload (hook for gqa-shared)."""
+        return None
+
+    def node_layout(self, model: LinearisedModel, prepared: Prepared) -> Any:
+        """Per-prompt node layouts built once per attribution (hook for gqa-shared)."""
+        return None
+
+    # ------------------------------------------------------------------ hooks
+    def position_limit(self, batch: TargetBatch, n_pos: int) -> int:
+        """How many leading positions the backward pass of ``batch`` covers (all of them here)."""
+        return n_pos
+
+    def order_window(self, model: LinearisedModel, pending: torch.Tensor) -> torch.Tensor:
+        """The order in which one ranking window's features are batched (influence order here)."""
+        return pending
+
+    def attention_vjp(self, model: LinearisedModel, prepared: Prepared, layer: int, grad_out: torch.Tensor) -> torch.Tensor:
+        """VJP of attention's value/output path with frozen patterns: d(attn_out) -> d(ln1 output).
+
+        One GEMM per query head: every head applies its (shared) V projection separately.
+        """
+        w = model.weights
+        B, P, _ = grad_out.shape
+        H, KV, dh = w.n_heads, w.n_kv_heads, w.d_head
+        grad_z = (grad_out @ w.W_O[layer]).view(B, P, H, dh)
+        pattern = model.patterns[layer, :, :P, :P]  # [H, query, key]
+        grad_v = torch.einsum("hij,bihd->bjhd", pattern, grad_z)  # [B, key, H, dh]
+        W_V_per_head = w.W_V[layer].repeat_interleave(H // KV, dim=0)  # [H, dh, d]
+        return torch.einsum("bjhd,hde->bje", grad_v, W_V_per_head)
+
+    def contract_features(self, model: LinearisedModel, prepared: Prepared, layout: Any, layer: int,
+                          grad: torch.Tensor, out: torch.Tensor) -> None:
+        """Write ``<grad at mlp_out_layer[pos_s], decoder_s>`` for layer ``layer``'s features into ``out``."""
+        P = grad.shape[1]
+        start, stop = model.layer_offsets[layer], model.layer_offsets[layer + 1]
+        stop = start + int((model.active_features[start:stop, 1] < P).sum())  # features sorted by position
+        positions = model.active_features[start:stop, 1].to(grad.device)
+        chunk = max(1, _GATHER_BUDGET // max(1, grad.shape[0] * grad.shape[2]))
+        for s in range(start, stop, chunk):
+            e = min(stop, s + chunk)
+            gathered = grad[:, positions[s - start:e - start]]  # [B, f, d]
+            out[:, s:e] = torch.einsum("bfd,fd->bf", gathered, model.decoder_vecs[s:e])
+
+    def influences(self, edges: torch.Tensor, logit_probabilities: torch.Tensor, row_nodes: torch.Tensor,
+                   row_sums: torch.Tensor) -> torch.Tensor:
+        """Influence of every node on the logits from the rows computed so far."""
+        return ranking.circuit_tracer_influences(edges, logit_probabilities, row_nodes)
+
+    # ------------------------------------------------------------------ the VJP chain
+    def backward_rows(self, model: LinearisedModel, prepared: Prepared, layout: Any, batch: TargetBatch,
+                      out: torch.Tensor) -> None:
+        """Fill ``out`` ([len(batch), row_size], zeros) with the batch's edge rows: one VJP per target."""
+        w = model.weights
+        n_pos, L = model.n_pos, model.n_layers
+        P = self.position_limit(batch, n_pos)
+        B = len(batch)
+        top = int(batch.layers.max())
+        grad = torch.zeros(B, P, w.d_model, dtype=w.dtype, device=w.device)  # d r_{l+1}
+        if top == L:  # logit targets sit after the final norm at the last position
+            logit = batch.layers == L
+            grad[logit, P - 1] = batch.vectors[logit] * model.final_gain[P - 1]
+        batch_index = torch.arange(B, device=w.device)
+        for layer in range(min(top, L - 1), -1, -1):
+            if layer < top:
+                self.contract_features(model, prepared, layout, layer, grad, out)
+                e0 = model.error_offset + layer * n_pos
+                out[:, e0:e0 + P] = torch.einsum("bpd,pd->bp", grad, model.error_vecs[layer, :P])
+            grad_x = grad @ w.W_skip[layer] if w.W_skip is not None else torch.zeros_like(grad)
+            here = batch.layers == layer
+            if here.any():
+                grad_x.index_put_((batch_index[here], batch.positions[here]), batch.vectors[here], accumulate=True)
+            grad_mid = grad + grad_x * model.ln2_gain[layer, :P]
+            grad_ln1 = self.attention_vjp(model, prepared, layer, grad_mid)
+            grad = grad_mid + grad_ln1 * model.ln1_gain[layer, :P]
+        t0 = model.token_offset
+        out[:, t0:t0 + P] = torch.einsum("bpd,pd->bp", grad, model.token_vecs[:P])
+
+    # ------------------------------------------------------------------ circuit-tracer's loop
+    def attribute(self, prepared: Prepared, settings: AttributeSettings) -> AttributionResult:
+        with torch.inference_mode():
+            return self._attribute(prepared, settings)
+
+    def _attribute(self, prepared: Prepared, settings: AttributeSettings) -> AttributionResult:
+        w = prepared.weights
+        timer = PhaseTimer(w.device)
+        with timer("setup"):
+            model = linearise(w, prepared.token_ids)
+            targets = salient_logits(model, settings.max_n_logits, settings.desired_logit_prob)
+            layout = self.node_layout(model, prepared)
+        n_active, n_logits, row_size = model.n_active, len(targets.token_ids), model.row_size
+        total_nodes = row_size + n_logits
+        max_nodes = min(settings.max_feature_nodes or n_active, n_active)
+        B = settings.batch_size
+
+        with timer("setup"):
+            edges = torch.zeros(max_nodes + n_logits, total_nodes, dtype=torch.float32, device=w.device)
+            row_nodes = torch.zeros(max_nodes + n_logits, dtype=torch.long)
+            row_sums = torch.zeros(max_nodes + n_logits, dtype=torch.float32, device=w.device)
+
+        def store(start: int, batch: TargetBatch, nodes: torch.Tensor) -> int:
+            stop = start + len(batch)
+            block = torch.zeros(len(batch), row_size, dtype=w.dtype, device=w.device)
+            self.backward_rows(model, prepared, layout, batch, block)
+            edges[start:stop, :row_size] = block
+            row_sums[start:stop] = edges[start:stop].abs().sum(1)
+            row_nodes[start:stop] = nodes
+            return stop
+
+        with timer("logit_rows"):
+            st = 0
+            for i in range(0, n_logits, B):
+                vecs = targets.vectors[i:i + B]
+                layers = torch.full((len(vecs),), model.n_layers, device=w.device)
+                batch = TargetBatch(layers, torch.full_like(layers, model.n_pos - 1), vecs)
+                st = store(st, batch, torch.arange(i, i + len(vecs)) + row_size)
+
+        feat_layers = model.active_features[:, 0].to(w.device)
+        feat_pos = model.active_features[:, 1].to(w.device)
+        visited = torch.zeros(n_active, dtype=torch.bool)
+        n_visited = 0
+        while n_visited < max_nodes:
+            if max_nodes == n_active:
+                pending = torch.arange(n_active)
+            else:
+                with timer("ranking"):
+                    infl = self.influences(edges[:st], targets.probabilities, row_nodes[:st], row_sums[:st])
+                    rank = torch.argsort(infl[:n_active], descending=True).cpu()
+                    queue_size = min(settings.update_interval * B, max_nodes - n_visited)
+                    pending = rank[~visited[rank]][:queue_size]
+            with timer("feature_rows"):
+                pending = self.order_window(model, pending)
+                for i in range(0, len(pending), B):
+                    idx = pending[i:i + B]
+                    idx_dev = idx.to(w.device)
+                    batch = TargetBatch(feat_layers[idx_dev], feat_pos[idx_dev], model.encoder_vecs[idx_dev])
+                    st = store(st, batch, idx)
+                    visited[idx] = True
+                    n_visited += len(idx)
+
+        with timer("packaging"):
+            selected = torch.where(visited)[0]
+            adjacency = package(edges, row_nodes, selected, n_active, max_nodes, n_logits)
+            del edges
+        return AttributionResult(
+            input_tokens=prepared.token_ids.cpu(),
+            logit_token_ids=targets.token_ids,
+            logit_probabilities=targets.probabilities.float().cpu(),
+            active_features=model.active_features,
+            activation_values=model.activation_values.float().cpu(),
+            selected_features=selected,
+            adjacency_matrix=adjacency,
+            n_layers=model.n_layers,
+            phases_s=timer.phases,
+            info={"n_logits": n_logits},
+        )
+
+
+def package(edges: torch.Tensor, row_nodes: torch.Tensor, selected: torch.Tensor, n_active: int,
+            max_nodes: int, n_logits: int) -> torch.Tensor:
+    """circuit-tracer's square adjacency: rows and columns in node order, only selected features kept."""
+    total_nodes = edges.shape[1]
+    cols = torch.cat([selected, torch.arange(n_active, total_nodes)]).to(edges.device)
+    n = cols.numel()
+    adjacency = torch.zeros(n, n, dtype=torch.float32)
+    order = row_nodes.argsort()  # feature rows first (by feature index), then logit rows
+    for s in range(0, order.numel(), 4096):  # blockwise, so no second full copy of the edge rows
+        rows = order[s:s + 4096]
+        block = edges[rows.to(edges.device)][:, cols].cpu()
+        dest = torch.arange(s, s + rows.numel())
+        dest[dest >= max_nodes] += n - max_nodes - n_logits  # logit rows go to the last n_logits rows
+        adjacency[dest] = block
+    return adjacency

@@ -1,0 +1,247 @@
+"""The frozen, linearised replacement model that every exact backend differentiates by hand.
+
+circuit-tracer freezes attention patterns, every RMSNorm scale (QK-norm included) and replaces each MLP by
+its transcoder's reconstruction + skip connection + a detached error. What is left between the residual
+stream and every node's output vector is linear, so one attribution row is a vector-Jacobian product
+(VJP) through a fixed chain of matrices. This module
+
+* runs the prompt's forward pass once and caches what the chain needs (:func:`linearise`),
+* finds the active features with their encoder vectors and activation-scaled decoder vectors, the error
+  and token-embedding vectors and the logit targets exactly as circuit-tracer does,
+* provides the VJP primitives (:class:`LinearisedModel` methods) the backends compose.
+
+Notation: ``r_l`` is the residual stream entering layer ``l`` (``r_0`` = token embeddings), ``m_l`` the
+residual after attention, ``x_l = RMSNorm2(m_l)`` the MLP (transcoder) input, and
+``r_{l+1} = m_l + mlp_out_l``. Gradients flow back through the residual identity, the skip connection
+(``mlp_out = x W_skip^T + const``), the two frozen RMSNorms and the value/output path of attention.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from attrbench.build import BuiltWorkload
+
+
+@dataclass
+class ModelWeights:
+    """The weights the backward pass needs, on the device and in the dtype of the run.
+
+    ``W_V`` is ``[L, KV, d_head, d_model]`` (HF ``v_proj.weight`` split by KV head), ``W_O`` is
+    ``[L, d_model, H * d_head]`` (HF ``o_proj.weight``), ``W_skip`` is ``[L, d_model, d_model]`` or None.
+    """
+
+    hf_model: torch.nn.Module
+    W_V: torch.Tensor
+    W_O: torch.Tensor
+    W_skip: torch.Tensor | None
+    ln1_w: torch.Tensor  # [L, d]
+    ln2_w: torch.Tensor  # [L, d]
+    final_w: torch.Tensor  # [d]
+    W_enc: list[torch.Tensor]  # per layer [F, d]
+    W_dec: list[torch.Tensor]  # per layer [F, d]
+    b_enc: list[torch.Tensor]
+    b_dec: list[torch.Tensor]
+    threshold: list[torch.Tensor]
+    W_U: torch.Tensor  # [V, d]
+    W_E: torch.Tensor  # [V, d]
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    eps: float
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def n_layers(self) -> int:
+        return self.W_V.shape[0]
+
+    @property
+    def d_model(self) -> int:
+        return self.W_V.shape[-1]
+
+
+def prepare_weights(workload: BuiltWorkload, device: str, dtype: torch.dtype) -> ModelWeights:
+    """Move the workload's HF model and transcoders to ``device``/``dtype`` in the layouts used here."""
+    spec = workload.spec.model
+    hf = workload.hf_model
+    if next(hf.parameters()).dtype != dtype or str(device) != "cpu":
+        hf = copy.deepcopy(hf)  # the workload's own model stays on CPU in float32 for other backends
+    hf = hf.to(device=device, dtype=dtype)
+    layers = hf.model.layers
+    H, KV, dh = spec.num_attention_heads, spec.num_key_value_heads, spec.head_dim
+
+    def stack(get) -> torch.Tensor:
+        return torch.stack([get(layer).detach() for layer in layers])
+
+    def tc(name: str) -> list[torch.Tensor]:
+        return [getattr(t, name).to(device=device, dtype=dtype) for t in workload.transcoders]
+
+    has_skip = workload.transcoders[0].W_skip is not None
+    return ModelWeights(
+        hf_model=hf,
+        W_V=stack(lambda m: m.self_attn.v_proj.weight.view(KV, dh, -1)),
+        W_O=stack(lambda m: m.self_attn.o_proj.weight),
+        W_skip=torch.stack(tc("W_skip")) if has_skip else None,
+        ln1_w=stack(lambda m: m.input_layernorm.weight),
+        ln2_w=stack(lambda m: m.post_attention_layernorm.weight),
+        final_w=hf.model.norm.weight.detach(),
+        W_enc=tc("W_enc"), W_dec=tc("W_dec"), b_enc=tc("b_enc"), b_dec=tc("b_dec"),
+        threshold=tc("threshold"),
+        W_U=hf.lm_head.weight.detach(), W_E=hf.model.embed_tokens.weight.detach(),
+        n_heads=H, n_kv_heads=KV, d_head=dh, eps=spec.rms_norm_eps,
+        device=torch.device(device), dtype=dtype,
+    )
+
+
+def _rms_inverse_scale(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """``1 / rms(x)`` per position, computed in float32 as HF's RMSNorm does."""
+    return torch.rsqrt(x.float().pow(2).mean(-1) + eps)
+
+
+@dataclass
+class LinearisedModel:
+    """The prompt's frozen linearisation plus its nodes, in circuit-tracer's node order.
+
+    Node columns of an edge row: ``n_active`` features (layer, position, feature order), then
+    ``n_layers * n_pos`` error nodes (layer-major), then ``n_pos`` token nodes.
+    """
+
+    weights: ModelWeights
+    token_ids: torch.Tensor
+    ln1_gain: torch.Tensor  # [L, n, d]: ln1 weight * frozen 1/rms, the RMSNorm's Jacobian (diagonal)
+    ln2_gain: torch.Tensor  # [L, n, d]
+    final_gain: torch.Tensor  # [n, d]
+    patterns: torch.Tensor  # [L, H, n, n] (query, key)
+    logits: torch.Tensor  # [V] last position
+    active_features: torch.Tensor  # [n_active, 3] int64 (layer, pos, feature)
+    activation_values: torch.Tensor  # [n_active]
+    encoder_vecs: torch.Tensor  # [n_active, d]
+    decoder_vecs: torch.Tensor  # [n_active, d], scaled by activation
+    error_vecs: torch.Tensor  # [L, n, d]
+    token_vecs: torch.Tensor  # [n, d]
+    layer_offsets: list[int]  # first feature index of each layer, plus n_active at the end
+
+    @property
+    def n_layers(self) -> int:
+        return self.patterns.shape[0]
+
+    @property
+    def n_pos(self) -> int:
+        return self.patterns.shape[-1]
+
+    @property
+    def n_active(self) -> int:
+        return self.active_features.shape[0]
+
+    @property
+    def row_size(self) -> int:
+        """Source columns of an edge row (features, errors, tokens; logits have no outgoing edges)."""
+        return self.n_active + (self.n_layers + 1) * self.n_pos
+
+    @property
+    def error_offset(self) -> int:
+        return self.n_active
+
+    @property
+    def token_offset(self) -> int:
+        return self.n_active + self.n_layers * self.n_pos
+
+
+@torch.no_grad()
+def linearise(weights: ModelWeights, token_ids: torch.Tensor) -> LinearisedModel:
+    """Run the prompt forward once, freeze what circuit-tracer freezes and collect every node's vectors."""
+    hf = weights.hf_model
+    layers = hf.model.layers
+    cache: dict[str, list[torch.Tensor]] = {k: [] for k in ("r", "m", "x", "mlp_out", "pattern", "final_in")}
+
+    def keep(key: str, index: int = 0):
+        def hook(_module, args, output=None):
+            source = args[0] if output is None else (output[index] if isinstance(output, tuple) else output)
+            cache[key].append(source[0])
+        return hook
+
+    handles = []
+    for layer in layers:
+        handles.append(layer.input_layernorm.register_forward_pre_hook(keep("r")))
+        handles.append(layer.post_attention_layernorm.register_forward_pre_hook(keep("m")))
+        handles.append(layer.mlp.register_forward_pre_hook(keep("x")))
+        handles.append(layer.mlp.register_forward_hook(keep("mlp_out")))
+        handles.append(layer.self_attn.register_forward_hook(keep("pattern", index=1)))
+    handles.append(hf.model.norm.register_forward_pre_hook(keep("final_in")))
+    try:
+        logits = hf(token_ids[None].to(weights.device)).logits[0, -1]
+    finally:
+        for h in handles:
+            h.remove()
+    if any(p is None for p in cache["pattern"]):
+        raise RuntimeError("attention weights were not returned; the HF model must use eager attention")
+
+    dtype = weights.dtype
+    ln1_gain = torch.stack([
+        (weights.ln1_w[i] * _rms_inverse_scale(r, weights.eps)[:, None]).to(dtype) for i, r in enumerate(cache["r"])
+    ])
+    ln2_gain = torch.stack([
+        (weights.ln2_w[i] * _rms_inverse_scale(m, weights.eps)[:, None]).to(dtype) for i, m in enumerate(cache["m"])
+    ])
+    final_in = cache["final_in"][0]
+    final_gain = (weights.final_w * _rms_inverse_scale(final_in, weights.eps)[:, None]).to(dtype)
+
+    features, values, encoders, decoders, errors, offsets = [], [], [], [], [], [0]
+    for layer, (x, mlp_out) in enumerate(zip(cache["x"], cache["mlp_out"])):
+        W_enc, W_dec = weights.W_enc[layer], weights.W_dec[layer]
+        pre = torch.nn.functional.linear(x, W_enc, weights.b_enc[layer])
+        acts = pre * (pre > weights.threshold[layer])
+        acts[0] = 0  # circuit-tracer zeroes the BOS position
+        pos, feat = acts.nonzero(as_tuple=True)  # row-major: position, then feature
+        act = acts[pos, feat]
+        scaled_dec = W_dec[feat] * act[:, None]
+        reconstruction = torch.zeros_like(mlp_out).index_add_(0, pos, scaled_dec) + weights.b_dec[layer]
+        if weights.W_skip is not None:
+            reconstruction = reconstruction + x @ weights.W_skip[layer].T
+        error = mlp_out - reconstruction
+        error[0] = 0
+        features.append(torch.stack([torch.full_like(pos, layer), pos, feat], dim=1))
+        values.append(act)
+        encoders.append(W_enc[feat])
+        decoders.append(scaled_dec)
+        errors.append(error)
+        offsets.append(offsets[-1] + pos.numel())
+
+    return LinearisedModel(
+        weights=weights,
+        token_ids=token_ids,
+        ln1_gain=ln1_gain,
+        ln2_gain=ln2_gain,
+        final_gain=final_gain,
+        patterns=torch.stack(cache["pattern"]).to(dtype),
+        logits=logits,
+        active_features=torch.cat(features).cpu(),
+        activation_values=torch.cat(values),
+        encoder_vecs=torch.cat(encoders),
+        decoder_vecs=torch.cat(decoders),
+        error_vecs=torch.stack(errors),
+        token_vecs=weights.W_E[token_ids.to(weights.device)],
+        layer_offsets=offsets,
+    )
+
+
+@dataclass
+class LogitTargets:
+    """circuit-tracer's salient-logit rule: the top logits until their probability reaches the target."""
+
+    token_ids: torch.Tensor
+    probabilities: torch.Tensor
+    vectors: torch.Tensor  # demeaned unembedding rows [k, d]
+
+
+def salient_logits(model: LinearisedModel, max_n_logits: int, desired_logit_prob: float) -> LogitTargets:
+    probs = torch.softmax(model.logits, dim=-1)
+    top_p, top_idx = torch.topk(probs, max_n_logits)
+    cutoff = int(torch.searchsorted(torch.cumsum(top_p, 0), desired_logit_prob)) + 1
+    idx = top_idx[:cutoff]
+    W_U = model.weights.W_U
+    return LogitTargets(idx.cpu(), probs[idx], W_U[idx] - W_U.mean(dim=0, keepdim=True))
