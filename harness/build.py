@@ -133,15 +133,28 @@ def mlp_inputs(hf_model: torch.nn.Module, token_ids: torch.Tensor) -> list[torch
     return captured
 
 
-def calibrated_threshold(pre_acts: torch.Tensor, target_l0: float) -> torch.Tensor:
-    """A scalar threshold that leaves about ``target_l0`` active features per position.
+#: no pre-activation of the prompt lies closer than this to its feature's threshold (pre-activations are
+#: about unit scale). bf16 forward passes of HF and TransformerLens differ by about 0.01 there.
+THRESHOLD_MARGIN = 0.05
 
-    It sits midway between two neighbouring pre-activations, so that float rounding differences between
-    implementations (HF vs TransformerLens, about 1e-6) cannot switch a feature on or off.
+
+def calibrated_thresholds(pre_acts: torch.Tensor, target_l0: float, margin: float = THRESHOLD_MARGIN) -> torch.Tensor:
+    """Per-feature JumpReLU thresholds leaving about ``target_l0`` active features per position.
+
+    ``pre_acts`` is ``[n_pos, F]``. A layer-wide threshold is set at the quantile that gives ``target_l0``;
+    a feature whose pre-activations come within ``margin`` of it gets the nearest threshold that keeps that
+    margin instead. So rounding differences between implementations and dtypes (HF vs TransformerLens,
+    float32 vs bfloat16) cannot switch a feature on or off, and the active set is the same for all of them.
     """
     flat = pre_acts.flatten().sort(descending=True).values
     k = max(1, min(flat.numel() - 1, int(round(target_l0 * pre_acts.shape[0]))))
-    return (flat[k - 1] + flat[k]) / 2
+    layer_threshold = (flat[k - 1] + flat[k]) / 2
+    values = pre_acts.T  # [F, n_pos]
+    step = margin * 1.001
+    candidates = torch.cat([layer_threshold.expand(values.shape[0], 1), values - step, values + step], dim=1)
+    clear = ((values[:, None, :] - candidates[:, :, None]).abs() >= margin).all(-1)  # [F, candidates]
+    distance = (candidates - layer_threshold).abs().masked_fill(~clear, float("inf"))
+    return candidates.gather(1, distance.argmin(1, keepdim=True))[:, 0]
 
 
 def build_transcoders(spec: WorkloadSpec, inputs: list[torch.Tensor]) -> list[TranscoderWeights]:
@@ -155,8 +168,8 @@ def build_transcoders(spec: WorkloadSpec, inputs: list[torch.Tensor]) -> list[Tr
         b_dec = torch.zeros(d)
         W_skip = torch.randn(d, d, generator=g) * (0.1 / d**0.5) if spec.transcoders.skip_connection else None
         pre = (x[1:] @ W_enc.T + b_enc)  # position 0 (BOS) never has active features
-        thr = calibrated_threshold(pre, spec.transcoders.target_l0)
-        out.append(TranscoderWeights(W_enc, W_dec, b_enc, b_dec, torch.full((F,), float(thr)), W_skip))
+        thresholds = calibrated_thresholds(pre, spec.transcoders.target_l0)
+        out.append(TranscoderWeights(W_enc, W_dec, b_enc, b_dec, thresholds, W_skip))
     return out
 
 
