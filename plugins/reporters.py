@@ -1,8 +1,360 @@
-"""Placeholder: being written."""
+"""The built-in reporters: ``table``, ``markdown``, ``csv``, ``json`` and ``png`` (from :mod:`attrbench.plugins.plot`)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from tabulate import tabulate
 
 from attrbench.hookspecs import hookimpl
+from attrbench.reporting import (
+    PARITY_FIELDS,
+    REFERENCE,
+    Reporter,
+    aggregate_cells,
+    backend_order,
+    best_backend,
+    environment_rows,
+    fmt_bytes,
+    fmt_num,
+    fmt_ratio,
+    fmt_seconds,
+    is_cuda,
+    phase_names,
+    rel_tolerance,
+    run_labels,
+    status_text,
+    summarise,
+)
+
+
+def _nodes_groups(rows: list[dict]) -> list[tuple[object, list[dict]]]:
+    """Rows grouped by node count (ascending); within a group, by backend then run."""
+    order: list = []
+    for r in rows:
+        if r["nodes"] not in order:
+            order.append(r["nodes"])
+    order.sort(key=lambda n: (0, n) if isinstance(n, (int, float)) else (1, str(n)))
+    backends: list[str] = []
+    for r in rows:
+        if r["backend"] not in backends:
+            backends.append(r["backend"])
+    groups = []
+    for nodes in order:
+        group = [r for r in rows if r["nodes"] == nodes]
+        group.sort(key=lambda r: (backends.index(r["backend"]), r["run_index"]))
+        groups.append((nodes, group))
+    return groups
+
+
+def _nodes_title(nodes: object, group: list[dict]) -> str:
+    active = next((r.get("n_active") for r in group if r.get("n_active")), None)
+    text = f"{nodes} feature nodes" if nodes is not None else "all feature nodes"
+    return f"{text} ({active} active)" if active else text
+
+
+def _peak_gpu(row: dict) -> str:
+    gpu = row.get("peak_gpu_bytes")
+    return fmt_bytes(gpu if gpu is not None else row.get("peak_gpu_torch_bytes"))
+
+
+def _legend(labels: list[str]) -> str:
+    return "\n".join(f"run {i + 1}: {label}" for i, label in enumerate(labels))
+
+
+def _comparison_rows(rows: list[dict], n_runs: int) -> tuple[list[str], list[list[str]]]:
+    """Side-by-side comparison of several runs: one line per (backend, nodes), wall and speedup per run."""
+    headers = ["backend", "nodes"]
+    for i in range(n_runs):
+        headers += [f"wall (run {i + 1})", f"speedup (run {i + 1})"]
+    keys: list[tuple] = []
+    for nodes, group in _nodes_groups(rows):
+        for r in group:
+            if (r["backend"], nodes) not in keys:
+                keys.append((r["backend"], nodes))
+    table = []
+    for backend, nodes in keys:
+        line = [backend, str(nodes)]
+        for i in range(n_runs):
+            r = next((x for x in rows if x["run_index"] == i and x["backend"] == backend and x["nodes"] == nodes), None)
+            if r is None:
+                line += ["", ""]
+            elif r["status"] != "ok":
+                line += [r["status"], "-"]
+            else:
+                line += [fmt_seconds(r["wall_s"]), fmt_ratio(r["speedup"])]
+        table.append(line)
+    return headers, table
+
+
+class TableReporter(Reporter):
+    """Plain-text tables, one per node count."""
+
+    format = "table"
+    description = "plain-text tables, one per node count"
+    tablefmt = "simple"
+
+    def render(self, results: list[dict]) -> str:
+        rows = summarise(results)
+        labels = run_labels(results)
+        multi = len(results) > 1
+        out: list[str] = []
+        if multi:
+            out += [_legend(labels), ""]
+        else:
+            out += [f"run: {labels[0]}", ""]
+        headers = ["backend", "status", "wall", "speedup", "peak host", "peak gpu", "selected", "jaccard",
+                   "rel err", "edge recall", "pruned jaccard"]
+        if multi:
+            headers.insert(1, "run")
+        for nodes, group in _nodes_groups(rows):
+            table = []
+            for r in group:
+                line = [r["backend"], status_text(r), fmt_seconds(r["wall_s"]), fmt_ratio(r["speedup"]),
+                        fmt_bytes(r["peak_host_bytes"]), _peak_gpu(r),
+                        "-" if r["n_selected"] is None else str(r["n_selected"]),
+                        fmt_num(r["selected_jaccard"]), fmt_num(r["rel_frobenius"]), fmt_num(r["edge_recall"]),
+                        fmt_num(r["pruned_node_jaccard"])]
+                if multi:
+                    line.insert(1, str(r["run_index"] + 1))
+                table.append(line)
+            out.append(_nodes_title(nodes, group))
+            out.append(tabulate(table, headers=headers, tablefmt=self.tablefmt, disable_numparse=True))
+            out.append("")
+        if multi:
+            headers, table = _comparison_rows(rows, len(results))
+            out.append("comparison")
+            out.append(tabulate(table, headers=headers, tablefmt=self.tablefmt, disable_numparse=True))
+            out.append("")
+        notes = []
+        for result in results:
+            note = result.get("yardstick_note")
+            if note and note not in notes:
+                notes.append(note)
+        out += [f"note: {note}" for note in notes]
+        return "\n".join(out).rstrip() + "\n"
+
+
+def _saving(ratio: float) -> str:
+    return f"{(1 - ratio) * 100:.0f}% saved" if ratio <= 1 else f"{(ratio - 1) * 100:.0f}% more"
+
+
+def _verdict_line(backend: str, group: list[dict], dtype: str | None) -> str:
+    """One markdown bullet judging a backend's parity over all node counts of one run."""
+    exact = group[0]["exact"]
+    checked = [r for r in group if r["parity_verdict"] in ("ok", "BROKEN")]
+    if not checked:
+        return f"- `{backend}`: parity not checked"
+    verdict = "BROKEN" if any(r["parity_verdict"] == "BROKEN" for r in checked) else "ok"
+    against = next((r["parity_against"] for r in checked if r["parity_against"]), REFERENCE)
+    if exact:
+        j = min(r["selected_jaccard"] for r in checked if r["selected_jaccard"] is not None) \
+            if any(r["selected_jaccard"] is not None for r in checked) else None
+        rels = [r["rel_frobenius"] for r in checked if r["rel_frobenius"] is not None]
+        detail = (f"exact; worst selected Jaccard {fmt_num(j)}, worst rel. error {fmt_num(max(rels) if rels else None)}"
+                  f" (limit {rel_tolerance(dtype):g} for {dtype})")
+    else:
+        recs = [r["edge_recall"] for r in checked if r["edge_recall"] is not None]
+        pjs = [r["pruned_node_jaccard"] for r in checked if r["pruned_node_jaccard"] is not None]
+        detail = (f"approximate; worst edge recall {fmt_num(min(recs) if recs else None)} (>= 0.99), "
+                  f"worst pruned-node Jaccard {fmt_num(min(pjs) if pjs else None)} (>= 0.95)")
+    return f"- `{backend}`: **{verdict}** vs {against} ({detail})"
+
+
+class MarkdownReporter(Reporter):
+    """A summary, per-node-count tables with phase times, then the environment."""
+
+    format = "markdown"
+    description = "markdown: summary, verdicts, per-node-count tables, environment"
+
+    def _summary(self, result: dict, rows: list[dict]) -> list[str]:
+        dtype = (result.get("settings") or {}).get("dtype")
+        out: list[str] = []
+        for title, exact in (("Best backend", True), ("Fastest approximate backend", False)):
+            best = best_backend(rows, exact=exact)
+            if best is None:
+                if exact:
+                    out.append(f"- {title}: none (no exact backend completed)")
+            elif best["speedup"] is not None:
+                mem = (f", peak memory {fmt_ratio(best['mem_ratio'])} of the reference's"
+                       if best["mem_ratio"] is not None else "")
+                out.append(f"- {title}: **{best['backend']}**, {fmt_ratio(best['speedup'])} faster than the "
+                           f"reference at {best['nodes']} nodes{mem}; parity {best['parity_verdict']}")
+            else:
+                out.append(f"- {title}: **{best['backend']}** ({fmt_seconds(best['wall_s'])} at {best['nodes']} "
+                           "nodes; the reference did not complete there, no speedup)")
+        ref_ok = [r for r in rows if r["backend"] == REFERENCE and r["status"] == "ok"]
+        if ref_ok:
+            nodes = max((r["nodes"] for r in ref_ok), key=lambda n: (0, n) if isinstance(n, (int, float)) else (1, str(n)))
+            at = [r for r in rows if r["nodes"] == nodes and r["backend"] != REFERENCE]
+            speed = ", ".join(f"`{r['backend']}` {fmt_ratio(r['speedup']) if r['status'] == 'ok' else r['status']}" for r in at)
+            if speed:
+                out.append(f"- Speedup vs reference at {nodes} nodes: {speed}")
+            mem = ", ".join(
+                f"`{r['backend']}` {fmt_ratio(r['mem_ratio'])} ({_saving(r['mem_ratio'])})"
+                if r["mem_ratio"] is not None else f"`{r['backend']}` -"
+                for r in at if r["status"] == "ok")
+            if mem:
+                kind = "GPU" if is_cuda(result) else "host"
+                out.append(f"- Peak {kind} memory vs reference at {nodes} nodes: {mem}")
+        else:
+            out.append("- The reference did not complete at any node count: no speedups.")
+        failed = [r for r in rows if r["status"] != "ok"]
+        for r in failed:
+            out.append(f"- `{r['backend']}` at {r['nodes']} nodes: {status_text(r)}")
+        out.append("")
+        out.append("Parity:")
+        out.append("")
+        for backend in backend_order([result]):
+            if backend == REFERENCE:
+                continue
+            group = [r for r in rows if r["backend"] == backend]
+            if group:
+                out.append(_verdict_line(backend, group, dtype))
+        note = result.get("yardstick_note")
+        if note:
+            out += ["", f"> Yardstick: {note}"]
+        return out
+
+    def _node_tables(self, rows: list[dict], multi: bool) -> list[str]:
+        out: list[str] = []
+        phases = phase_names(rows)
+        has_flops = any(r.get("flop_fraction") is not None for r in rows)
+        headers = ["backend", "status", "wall", "speedup", "peak host", "peak gpu", "mem ratio", "selected",
+                   "jaccard", "rel err", "max abs", "edge recall", "pruned jaccard", "parity"]
+        if multi:
+            headers.insert(1, "run")
+        headers += [f"{p}" for p in phases]
+        if has_flops:
+            headers.append("FLOP fraction")
+        for nodes, group in _nodes_groups(rows):
+            table = []
+            for r in group:
+                line = [f"`{r['backend']}`", status_text(r).replace("|", "\\|"), fmt_seconds(r["wall_s"]),
+                        fmt_ratio(r["speedup"]), fmt_bytes(r["peak_host_bytes"]), _peak_gpu(r),
+                        fmt_ratio(r["mem_ratio"]), "-" if r["n_selected"] is None else str(r["n_selected"]),
+                        fmt_num(r["selected_jaccard"]), fmt_num(r["rel_frobenius"]), fmt_num(r["max_abs"]),
+                        fmt_num(r["edge_recall"]), fmt_num(r["pruned_node_jaccard"]), r["parity_verdict"]]
+                if multi:
+                    line.insert(1, str(r["run_index"] + 1))
+                line += [fmt_seconds((r.get("phases_s") or {}).get(p)) for p in phases]
+                if has_flops:
+                    ff = r.get("flop_fraction")
+                    line.append("-" if ff is None else f"{ff:.3f}")
+                table.append(line)
+            out += [f"### {_nodes_title(nodes, group)}", "",
+                    tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), ""]
+        if phases:
+            out += ["Phase columns are median seconds over the ok repeats.", ""]
+        return out
+
+    def render(self, results: list[dict]) -> str:
+        rows = summarise(results)
+        labels = run_labels(results)
+        multi = len(results) > 1
+        out = ["# attrbench results", ""]
+        out += ["## Summary", ""]
+        for i, (label, result) in enumerate(zip(labels, results)):
+            run_rows = [r for r in rows if r["run_index"] == i]
+            if multi:
+                out += [f"### Run {i + 1}: {label}", ""]
+            else:
+                out += [f"Run: {label}", ""]
+            out += self._summary(result, run_rows)
+            out.append("")
+        if multi:
+            headers, table = _comparison_rows(rows, len(results))
+            out += ["## Comparison", "", tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), ""]
+        out += ["## Results by node count", ""]
+        out += self._node_tables(rows, multi)
+        out += ["## Environment", ""]
+        for i, (label, result) in enumerate(zip(labels, results)):
+            if multi:
+                out += [f"### Run {i + 1}: {label}", ""]
+            out += [tabulate(environment_rows(result), headers=["", "value"], tablefmt="github",
+                             disable_numparse=True), ""]
+        return "\n".join(out).rstrip() + "\n"
+
+
+class CsvReporter(Reporter):
+    """One row per cell (every repeat), with the speed ratio to the reference's median wall time."""
+
+    format = "csv"
+    description = "CSV, one row per cell"
+
+    def render(self, results: list[dict]) -> str:
+        labels = run_labels(results)
+        phases: list[str] = []
+        for result in results:
+            for cell in result.get("cells", []):
+                for p in cell.get("phases_s") or {}:
+                    if p not in phases:
+                        phases.append(p)
+        fields = ["run", "workload", "workload_hash", "device", "dtype", "backend", "exact", "nodes", "repeat",
+                  "status", "error", "wall_s", "speedup_vs_reference", "peak_host_bytes", "peak_gpu_bytes",
+                  "peak_gpu_torch_bytes", "n_selected", "n_active", "n_logits", "parity_against",
+                  *PARITY_FIELDS, "flop_fraction", *[f"phase_{p}_s" for p in phases]]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        for label, result in zip(labels, results):
+            settings = result.get("settings") or {}
+            workload = result.get("workload") or {}
+            agg = aggregate_cells(result)
+            for cell in result.get("cells", []):
+                ref = agg.get((REFERENCE, cell.get("nodes")))
+                speedup = None
+                if (cell.get("status") == "ok" and ref and ref["status"] == "ok" and ref["wall_s"]
+                        and cell.get("wall_s")):
+                    speedup = ref["wall_s"] / cell["wall_s"]
+                parity = cell.get("parity") or {}
+                row = {
+                    "run": label, "workload": workload.get("name"), "workload_hash": workload.get("hash"),
+                    "device": settings.get("device"), "dtype": settings.get("dtype"),
+                    "speedup_vs_reference": speedup, "parity_against": parity.get("against"),
+                    "flop_fraction": (cell.get("info") or {}).get("flop_fraction"),
+                }
+                for key in ("backend", "exact", "nodes", "repeat", "status", "error", "wall_s", "peak_host_bytes",
+                            "peak_gpu_bytes", "peak_gpu_torch_bytes", "n_selected", "n_active", "n_logits"):
+                    row[key] = cell.get(key)
+                for key in PARITY_FIELDS:
+                    row[key] = parity.get(key)
+                for p in phases:
+                    row[f"phase_{p}_s"] = (cell.get("phases_s") or {}).get(p)
+                writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        return buf.getvalue()
+
+
+def _public(result: dict) -> dict:
+    return {k: v for k, v in result.items() if not k.startswith("_")}
+
+
+class JsonReporter(Reporter):
+    """The results, pretty-printed: one run as it is; several as ``{"schema_version": 1, "runs": [...]}``
+    with each run's ``label`` added."""
+
+    format = "json"
+    description = "the (merged) results as pretty-printed JSON"
+
+    def render(self, results: list[dict]) -> str:
+        if len(results) == 1:
+            data: object = _public(results[0])
+        else:
+            labels = run_labels(results)
+            data = {"schema_version": 1,
+                    "runs": [dict(_public(r), label=label) for label, r in zip(labels, results)]}
+        return json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
 
 
 @hookimpl
 def register_reporters(register):
-    """Registers nothing yet."""
+    """Register table, markdown, csv, json and png."""
+    from attrbench.plugins.plot import PngReporter
+
+    register(TableReporter())
+    register(MarkdownReporter())
+    register(CsvReporter())
+    register(JsonReporter())
+    register(PngReporter())

@@ -1,0 +1,458 @@
+"""Reporters and the helpers they share.
+
+A reporter turns a list of results dicts (schema_version 1, as written by ``attrbench run``) into text or
+bytes. Reporters are plugins (hook ``register_reporters``); :func:`render` looks one up by format name.
+
+The shared helpers aggregate repeats (median wall time and phase times, maximum peak memory, worst parity
+figure over the ok repeats), compute each backend's speed and memory ratio to the reference measured in
+the same results file at the same node count, judge parity, label runs and format numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Iterable
+
+from attrbench.errors import UsageError
+
+SCHEMA_VERSION = 1
+REFERENCE = "reference"
+
+#: exact backends: maximum relative Frobenius error of the adjacency, by dtype
+EXACT_REL_TOL = {"float32": 1e-4, "float64": 1e-4, "bfloat16": 2e-2, "float16": 2e-2}
+DEFAULT_REL_TOL = 2e-2
+#: exact backends: required selected-feature Jaccard
+EXACT_MIN_JACCARD = 1.0
+#: approximate backends
+APPROX_MIN_EDGE_RECALL = 0.99
+APPROX_MIN_PRUNED_JACCARD = 0.95
+
+PARITY_FIELDS = ("selected_jaccard", "rel_frobenius", "max_abs", "edge_recall", "pruned_node_jaccard")
+#: parity figures where larger is better (the others: smaller is better)
+_HIGHER_IS_BETTER = {"selected_jaccard", "edge_recall", "pruned_node_jaccard"}
+
+
+class Reporter:
+    """Base class of reporters: set ``format`` (and ``binary`` for bytes output), implement :meth:`render`."""
+
+    format: str = ""
+    binary: bool = False
+    description: str = ""
+
+    def render(self, results: list[dict]) -> str | bytes:
+        """Render one or more results dicts."""
+        raise NotImplementedError
+
+
+def render(results: list[dict], fmt: str, sources: list[str] | None = None) -> str | bytes:
+    """Render ``results`` with the reporter registered for ``fmt``.
+
+    ``sources`` (optional, one path per results dict) lets run labels fall back to the file stem when
+    two runs would otherwise get the same label.
+    """
+    from attrbench.manager import get_reporters
+
+    reporters = get_reporters()
+    reporter = reporters.get(fmt)
+    if reporter is None:
+        known = ", ".join(sorted(reporters)) or "none registered"
+        raise UsageError(f"unknown report format {fmt!r}; known formats: {known}")
+    if not results:
+        raise UsageError("no results to report")
+    if sources is not None:
+        results = [dict(r, _source=str(s)) for r, s in zip(results, sources)]
+    return reporter.render(list(results))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# loading
+
+
+def check_results(data: Any, path: str = "<results>") -> dict:
+    """Raise a one-line UsageError unless ``data`` looks like a schema-1 results dict."""
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: not an attrbench results file (expected a JSON object)")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise UsageError(
+            f"{path}: unsupported results schema_version {version!r} (this attrbench reads {SCHEMA_VERSION}); "
+            "re-run `attrbench run` to produce a current file"
+        )
+    if not isinstance(data.get("cells"), list):
+        raise UsageError(f"{path}: results file has no list of \"cells\"")
+    for i, cell in enumerate(data["cells"]):
+        if not isinstance(cell, dict) or "backend" not in cell or "status" not in cell:
+            raise UsageError(f"{path}: cell {i} is not a results cell (needs at least backend and status)")
+    return data
+
+
+def load_results_file(path: str | Path) -> dict:
+    """Load and check one results JSON file; a missing, corrupt or wrong-schema file is a UsageError.
+
+    Uses :func:`attrbench.results.load_results` where that module is present, else a local loader.
+    """
+    try:
+        from attrbench.results import load_results
+    except ImportError:
+        return _load_results_local(path)
+    return check_results(load_results(path), str(path))
+
+
+def _load_results_local(path: str | Path) -> dict:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{p}: results file not found") from None
+    except OSError as exc:
+        raise UsageError(f"{p}: cannot read results file ({exc.strerror or exc})") from None
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{p}: not valid JSON ({exc}); is it an attrbench results file?") from None
+    return check_results(data, str(p))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# formatting
+
+
+def fmt_bytes(n: float | int | None) -> str:
+    """Human-readable byte count (KiB / MiB / GiB); ``-`` for unknown."""
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def fmt_seconds(s: float | None) -> str:
+    """Human-readable duration; ``-`` for unknown."""
+    if s is None:
+        return "-"
+    s = float(s)
+    if s >= 3600:
+        return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
+    if s >= 60:
+        return f"{int(s // 60)}m{s % 60:04.1f}s"
+    if s >= 1:
+        return f"{s:.2f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.1f} ms"
+    return f"{s * 1e6:.0f} us"
+
+
+def fmt_ratio(x: float | None) -> str:
+    """A ratio such as a speedup: ``3.40x``; ``-`` for unknown."""
+    if x is None:
+        return "-"
+    return f"{x:.2f}x"
+
+
+def fmt_num(x: float | None, digits: int = 4) -> str:
+    """A parity figure: fixed for ordinary values, scientific for tiny ones; ``-`` for unknown."""
+    if x is None:
+        return "-"
+    x = float(x)
+    if x == 0:
+        return "0"
+    if abs(x) < 1e-3 or abs(x) >= 1e5:
+        return f"{x:.2e}"
+    return f"{x:.{digits}f}"
+
+
+def short_error(message: str | None, width: int = 60) -> str:
+    """The first line of an error message, cut to ``width`` characters."""
+    if not message:
+        return ""
+    line = str(message).strip().splitlines()[0] if str(message).strip() else ""
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------------------------
+# labels
+
+
+def _base_label(result: dict) -> str:
+    workload = (result.get("workload") or {}).get("name") or "workload"
+    settings = result.get("settings") or {}
+    rev = (result.get("environment") or {}).get("git_revision") or ""
+    parts = [str(workload), str(settings.get("device") or "?"), str(settings.get("dtype") or "?")]
+    if rev:
+        parts.append(f"@{str(rev)[:7]}")
+    return " ".join(parts)
+
+
+def run_labels(results: list[dict]) -> list[str]:
+    """One distinct label per run: workload name, device, dtype and short git revision, then the file stem
+    (or creation time, or position) where that is not enough to tell runs apart."""
+    labels = [_base_label(r) for r in results]
+    for _ in range(3):
+        dupes = {lab for lab in labels if labels.count(lab) > 1}
+        if not dupes:
+            break
+        for i, r in enumerate(results):
+            if labels[i] not in dupes:
+                continue
+            if r.get("_source") and Path(r["_source"]).stem not in labels[i]:
+                labels[i] = f"{labels[i]} ({Path(r['_source']).stem})"
+            elif r.get("created") and str(r["created"]) not in labels[i]:
+                labels[i] = f"{labels[i]} ({r['created']})"
+            else:
+                labels[i] = f"{labels[i]} #{i + 1}"
+    return labels
+
+
+# ---------------------------------------------------------------------------------------------------------
+# aggregation
+
+
+def _nodes_key(nodes: Any) -> tuple:
+    return (0, nodes) if isinstance(nodes, (int, float)) else (1, str(nodes))
+
+
+def node_counts(result: dict) -> list:
+    """The node counts of a run, ascending."""
+    return sorted({c.get("nodes") for c in result.get("cells", [])}, key=_nodes_key)
+
+
+def backend_order(results: Iterable[dict]) -> list[str]:
+    """Backends in first-appearance order, the reference first."""
+    order: list[str] = []
+    for r in results:
+        for c in r.get("cells", []):
+            if c.get("backend") not in order:
+                order.append(c.get("backend"))
+    if REFERENCE in order:
+        order.remove(REFERENCE)
+        order.insert(0, REFERENCE)
+    return order
+
+
+def _median(values: list) -> float | None:
+    values = [float(v) for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _max(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
+
+
+def _worst_parity(parities: list[dict]) -> dict | None:
+    parities = [p for p in parities if isinstance(p, dict)]
+    if not parities:
+        return None
+    out: dict[str, Any] = {"against": parities[0].get("against")}
+    for name in PARITY_FIELDS:
+        values = [p.get(name) for p in parities if p.get(name) is not None]
+        if not values:
+            out[name] = None
+        else:
+            out[name] = min(values) if name in _HIGHER_IS_BETTER else max(values)
+    return out
+
+
+def aggregate_cells(result: dict) -> dict[tuple[str, Any], dict]:
+    """Aggregate repeats into one cell per (backend, nodes).
+
+    Over the ok repeats: median wall and phase times, maximum peak memory, worst parity figures. A cell
+    with no ok repeat takes the status and error of its last repeat.
+    """
+    groups: dict[tuple[str, Any], list[dict]] = {}
+    for cell in result.get("cells", []):
+        groups.setdefault((cell.get("backend"), cell.get("nodes")), []).append(cell)
+    out: dict[tuple[str, Any], dict] = {}
+    for key, cells in groups.items():
+        cells = sorted(cells, key=lambda c: c.get("repeat") or 0)
+        ok = [c for c in cells if c.get("status") == "ok"]
+        use = ok or cells
+        phases: dict[str, list] = {}
+        for c in use:
+            for name, secs in (c.get("phases_s") or {}).items():
+                phases.setdefault(name, []).append(secs)
+        info = dict((use[0].get("info") or {}))
+        flop_fractions = [(c.get("info") or {}).get("flop_fraction") for c in use]
+        flop_fraction = _median(flop_fractions)
+        if flop_fraction is not None:
+            info["flop_fraction"] = flop_fraction
+        failed = [c for c in cells if c.get("status") != "ok"]
+        out[key] = {
+            "backend": key[0],
+            "nodes": key[1],
+            "exact": bool(cells[0].get("exact", key[0] == REFERENCE)),
+            "status": "ok" if ok else (cells[-1].get("status") or "error"),
+            "error": None if ok else cells[-1].get("error"),
+            "repeats": len(cells),
+            "n_ok": len(ok),
+            "failed_statuses": [c.get("status") for c in failed],
+            "wall_s": _median([c.get("wall_s") for c in ok]) if ok else None,
+            "wall_s_all": [c.get("wall_s") for c in ok],
+            "phases_s": {name: _median(v) for name, v in phases.items()},
+            "peak_host_bytes": _max([c.get("peak_host_bytes") for c in use]),
+            "peak_gpu_bytes": _max([c.get("peak_gpu_bytes") for c in use]),
+            "peak_gpu_torch_bytes": _max([c.get("peak_gpu_torch_bytes") for c in use]),
+            "n_selected": use[0].get("n_selected"),
+            "n_active": use[0].get("n_active"),
+            "n_logits": use[0].get("n_logits"),
+            "info": info,
+            "parity": _worst_parity([c.get("parity") for c in ok]),
+        }
+    return out
+
+
+def is_cuda(result: dict) -> bool:
+    return str((result.get("settings") or {}).get("device") or "cpu").startswith("cuda")
+
+
+def peak_bytes(cell: dict, cuda: bool) -> float | None:
+    """The peak memory that counts for the memory ratio: GPU (NVML, else torch's) on cuda, else host."""
+    if cuda:
+        gpu = cell.get("peak_gpu_bytes")
+        return gpu if gpu is not None else cell.get("peak_gpu_torch_bytes")
+    return cell.get("peak_host_bytes")
+
+
+def rel_tolerance(dtype: str | None) -> float:
+    return EXACT_REL_TOL.get(str(dtype), DEFAULT_REL_TOL)
+
+
+def parity_checks(parity: dict | None, exact: bool, dtype: str | None) -> list[tuple[str, float, float, bool]]:
+    """The parity figures that are judged: ``(figure, value, threshold, passed)`` for each present one."""
+    if not parity:
+        return []
+    checks = []
+    if exact:
+        j, rel = parity.get("selected_jaccard"), parity.get("rel_frobenius")
+        tol = rel_tolerance(dtype)
+        if j is not None:
+            checks.append(("selected_jaccard", j, EXACT_MIN_JACCARD, j >= EXACT_MIN_JACCARD))
+        if rel is not None:
+            checks.append(("rel_frobenius", rel, tol, not math.isnan(rel) and rel <= tol))
+    else:
+        rec, pj = parity.get("edge_recall"), parity.get("pruned_node_jaccard")
+        if rec is not None:
+            checks.append(("edge_recall", rec, APPROX_MIN_EDGE_RECALL, rec >= APPROX_MIN_EDGE_RECALL))
+        if pj is not None:
+            checks.append(("pruned_node_jaccard", pj, APPROX_MIN_PRUNED_JACCARD, pj >= APPROX_MIN_PRUNED_JACCARD))
+    return checks
+
+
+def parity_verdict(row: dict, dtype: str | None) -> str:
+    """``ok``, ``BROKEN``, ``yardstick`` (the reference), ``not checked`` or ``-`` (the cell failed)."""
+    if row.get("backend") == REFERENCE:
+        return "yardstick"
+    if row.get("status") != "ok":
+        return "-"
+    checks = parity_checks(row.get("parity"), row.get("exact", True), dtype)
+    if not checks:
+        return "not checked"
+    return "ok" if all(c[3] for c in checks) else "BROKEN"
+
+
+def summarise(results: list[dict]) -> list[dict]:
+    """One row per (run, nodes, backend), runs in the given order, nodes ascending, reference first.
+
+    Each row holds the aggregated cell (see :func:`aggregate_cells`) plus ``run`` (label), ``run_index``,
+    ``device``, ``dtype``, ``speedup`` (reference wall / backend wall in the same run at the same nodes;
+    None unless both are ok), ``mem_ratio`` (backend peak / reference peak, GPU on cuda, else host),
+    ``parity_verdict`` and the parity figures at top level.
+    """
+    labels = run_labels(results)
+    rows: list[dict] = []
+    for index, (label, result) in enumerate(zip(labels, results)):
+        settings = result.get("settings") or {}
+        dtype = settings.get("dtype")
+        cuda = is_cuda(result)
+        cells = aggregate_cells(result)
+        order = backend_order([result])
+        for nodes in node_counts(result):
+            ref = cells.get((REFERENCE, nodes))
+            ref_ok = ref is not None and ref["status"] == "ok"
+            for backend in order:
+                cell = cells.get((backend, nodes))
+                if cell is None:
+                    continue
+                row = dict(cell)
+                row.update(run=label, run_index=index, device=settings.get("device"), dtype=dtype)
+                ok = cell["status"] == "ok"
+                row["speedup"] = None
+                row["mem_ratio"] = None
+                if ok and ref_ok:
+                    if ref["wall_s"] and cell["wall_s"]:
+                        row["speedup"] = ref["wall_s"] / cell["wall_s"]
+                    ref_peak, peak = peak_bytes(ref, cuda), peak_bytes(cell, cuda)
+                    if ref_peak and peak is not None:
+                        row["mem_ratio"] = peak / ref_peak
+                for name in PARITY_FIELDS:
+                    row[name] = (cell["parity"] or {}).get(name)
+                row["parity_against"] = (cell["parity"] or {}).get("against")
+                row["flop_fraction"] = (cell.get("info") or {}).get("flop_fraction")
+                row["parity_verdict"] = parity_verdict(row, dtype)
+                rows.append(row)
+    return rows
+
+
+def phase_names(rows: list[dict]) -> list[str]:
+    """Phase names in first-appearance order."""
+    names: list[str] = []
+    for row in rows:
+        for name in row.get("phases_s") or {}:
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def status_text(row: dict) -> str:
+    """``ok``, or the failure status with a short message (``oom: CUDA out of memory ...``)."""
+    if row["status"] == "ok":
+        if row.get("n_ok", 1) < row.get("repeats", 1):
+            return f"ok ({row['n_ok']}/{row['repeats']})"
+        return "ok"
+    msg = short_error(row.get("error"), 50)
+    return f"{row['status']}: {msg}" if msg else row["status"]
+
+
+def best_backend(rows: list[dict], exact: bool | None = True) -> dict | None:
+    """The fastest non-reference backend with good parity at the largest node count where the reference
+    completed (or, where it never did, the fastest ok backend at the largest node count).
+
+    ``exact=True`` (the default) considers exact backends only, ``False`` approximate ones, ``None`` all.
+    """
+    rows = [r for r in rows if exact is None or r["backend"] == REFERENCE or bool(r["exact"]) == exact]
+    ref_ok_nodes = [r["nodes"] for r in rows if r["backend"] == REFERENCE and r["status"] == "ok"]
+    if ref_ok_nodes:
+        nodes = max(ref_ok_nodes, key=_nodes_key)
+        candidates = [r for r in rows if r["nodes"] == nodes and r["backend"] != REFERENCE and r["speedup"]]
+        good = [r for r in candidates if r["parity_verdict"] in ("ok", "not checked")]
+        pool = good or candidates
+        return max(pool, key=lambda r: r["speedup"]) if pool else None
+    ok = [r for r in rows if r["status"] == "ok" and r["wall_s"] and (r["backend"] != REFERENCE or exact is not False)]
+    if not ok:
+        return None
+    nodes = max((r["nodes"] for r in ok), key=_nodes_key)
+    return min((r for r in ok if r["nodes"] == nodes), key=lambda r: r["wall_s"])
+
+
+def environment_rows(result: dict) -> list[tuple[str, str]]:
+    """(key, value) pairs describing where a run happened."""
+    env = result.get("environment") or {}
+    settings = result.get("settings") or {}
+    workload = result.get("workload") or {}
+    pairs = [
+        ("workload", f"{workload.get('name')} (hash {workload.get('hash')}, {workload.get('n_active')} active features)"),
+        ("device / dtype", f"{settings.get('device')} / {settings.get('dtype')}"),
+        ("batch size", settings.get("batch_size")),
+        ("repeats", settings.get("repeats")),
+        ("created", result.get("created")),
+        ("attrbench", result.get("attrbench_version")),
+    ]
+    for key in ("python", "torch", "circuit_tracer", "transformers", "platform", "cpu", "cpu_count", "gpu",
+                "cuda", "git_revision"):
+        pairs.append((key, env.get(key)))
+    return [(k, "-" if v is None else str(v)) for k, v in pairs]
