@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from functools import lru_cache
 from importlib.metadata import entry_points
@@ -44,6 +45,18 @@ def get_plugin_manager() -> pluggy.PluginManager:
         pm.register(importlib.import_module(module_name), name=module_name)
     pm.load_warnings = []  # type: ignore[attr-defined]
     _load_entry_point_plugins(pm, pm.load_warnings)  # type: ignore[attr-defined]
+    # Extra plugin modules named in ATTRBENCH_EXTRA_PLUGINS (comma-separated import paths): registered after
+    # the built-ins and entry points, in every process (the runner's spawned children inherit the variable).
+    for module_name in filter(None, (m.strip() for m in os.environ.get("ATTRBENCH_EXTRA_PLUGINS", "").split(","))):
+        if pm.get_plugin(module_name) is not None:
+            continue
+        try:
+            pm.register(importlib.import_module(module_name), name=module_name)
+        except Exception as exc:  # reported by name and skipped, like a broken entry point
+            pm.load_warnings.append(  # type: ignore[attr-defined]
+                f"plugin {module_name!r} (ATTRBENCH_EXTRA_PLUGINS) failed to load and was skipped: "
+                f"{type(exc).__name__}: {exc}"
+            )
     pm.check_pending()
     return pm
 

@@ -1,8 +1,200 @@
-"""Placeholder: being written."""
+"""Built-in measurement trackers: host memory (psutil sampler + getrusage) and GPU memory (NVML + torch).
+
+Each factory takes the device string and returns an object with ``start()``, ``stop()`` and
+``results() -> dict``. Samplers run in a daemon thread that sleeps between samples (no busy-wait); every
+number is labelled with where it came from in ``results()["sources"]``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Callable
 
 from attrbench.hookspecs import hookimpl
+
+SAMPLE_INTERVAL_S = 0.02
+
+
+class _Sampler:
+    """Calls ``sample()`` every ``interval`` seconds in a daemon thread until stopped."""
+
+    def __init__(self, sample: Callable[[], None], interval: float = SAMPLE_INTERVAL_S):
+        self._sample = sample
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="attrbench-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._sample()
+            except Exception:
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            self._sample()
+        except Exception:
+            pass
+
+
+class HostMemoryTracker:
+    """Peak resident set size of this process sampled with psutil, plus ``ru_maxrss``.
+
+    ``peak_host_bytes`` is the larger of the sampled peak and getrusage's high-water mark over the tracked
+    interval; getrusage's mark covers the whole process lifetime, so it is only used when it grew while
+    tracking (it then catches spikes shorter than the sampling interval).
+    """
+
+    name = "host-memory"
+
+    def __init__(self, device: str = "cpu"):
+        import psutil
+
+        self._proc = psutil.Process(os.getpid())
+        self._peak = 0
+        self._start_rss = 0
+        self._rusage_before = 0
+        self._rusage_after = 0
+        self._sampler = _Sampler(self._sample)
+
+    def _rss(self) -> int:
+        return self._proc.memory_info().rss
+
+    def _sample(self) -> None:
+        self._peak = max(self._peak, self._rss())
+
+    @staticmethod
+    def _maxrss() -> int:
+        try:
+            import resource
+            import sys
+
+            kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            return kb if sys.platform == "darwin" else kb * 1024
+        except Exception:
+            return 0
+
+    def start(self) -> None:
+        self._start_rss = self._rss()
+        self._peak = self._start_rss
+        self._rusage_before = self._maxrss()
+        self._sampler.start()
+
+    def stop(self) -> None:
+        self._sampler.stop()
+        self._rusage_after = self._maxrss()
+
+    def results(self) -> dict[str, Any]:
+        rusage_grew = self._rusage_after > self._rusage_before
+        peak = max(self._peak, self._rusage_after) if rusage_grew else self._peak
+        return {
+            "peak_host_bytes": int(peak),
+            "host_rss_start_bytes": int(self._start_rss),
+            "host_rss_sampled_peak_bytes": int(self._peak),
+            "host_ru_maxrss_bytes": int(self._rusage_after),
+            "sources": {
+                "peak_host_bytes": "max(psutil RSS of this process sampled every "
+                                   f"{SAMPLE_INTERVAL_S * 1000:.0f} ms, getrusage ru_maxrss if it grew while tracking)",
+            },
+        }
+
+
+class GpuMemoryTracker:
+    """Peak GPU memory of this process: NVML per-process used memory (sampled) and torch's allocator peak.
+
+    Inert (all None) on CPU devices or when CUDA / pynvml is unavailable.
+    """
+
+    name = "gpu-memory"
+
+    def __init__(self, device: str = "cpu"):
+        self._active = False
+        self._handle = None
+        self._nvml = None
+        self._peak_nvml: int | None = None
+        self._peak_torch: int | None = None
+        self._device_index = 0
+        self._sampler: _Sampler | None = None
+        if not str(device).startswith("cuda"):
+            return
+        try:
+            import torch
+
+            if not torch.cuda.is_available():
+                return
+            self._device_index = torch.device(device).index or 0
+            self._active = True
+        except Exception:
+            return
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(self._device_index)
+            self._sampler = _Sampler(self._sample)
+        except Exception:
+            self._nvml = None
+
+    def _sample(self) -> None:
+        pid = os.getpid()
+        used = None
+        for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+            try:
+                for proc in getattr(self._nvml, getter)(self._handle):
+                    if proc.pid == pid and proc.usedGpuMemory is not None:
+                        used = max(used or 0, int(proc.usedGpuMemory))
+            except Exception:
+                continue
+        if used is not None:
+            self._peak_nvml = max(self._peak_nvml or 0, used)
+
+    def start(self) -> None:
+        if not self._active:
+            return
+        import torch
+
+        torch.cuda.synchronize(self._device_index)
+        torch.cuda.reset_peak_memory_stats(self._device_index)
+        if self._sampler is not None:
+            self._sampler.start()
+
+    def stop(self) -> None:
+        if not self._active:
+            return
+        import torch
+
+        torch.cuda.synchronize(self._device_index)
+        if self._sampler is not None:
+            self._sampler.stop()
+        self._peak_torch = int(torch.cuda.max_memory_allocated(self._device_index))
+
+    def results(self) -> dict[str, Any]:
+        if not self._active:
+            return {"peak_gpu_bytes": None, "peak_gpu_torch_bytes": None}
+        return {
+            "peak_gpu_bytes": self._peak_nvml,
+            "peak_gpu_torch_bytes": self._peak_torch,
+            "sources": {
+                "peak_gpu_bytes": "NVML per-process used GPU memory of this pid, sampled every "
+                                  f"{SAMPLE_INTERVAL_S * 1000:.0f} ms" if self._nvml else "unavailable (no pynvml/NVML)",
+                "peak_gpu_torch_bytes": "torch.cuda.max_memory_allocated",
+            },
+        }
 
 
 @hookimpl
 def register_trackers(register):
-    """Registers nothing yet."""
+    """Host memory and GPU memory trackers."""
+    register(HostMemoryTracker)
+    register(GpuMemoryTracker)

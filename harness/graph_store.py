@@ -1,0 +1,115 @@
+"""Attribution graphs on disk, so a child process can hand a multi-GB graph to the parent without pickling it.
+
+A saved graph is a folder with ``adjacency.npy`` (the dense ``[target, source]`` float32 adjacency, written with
+``np.save``) and ``meta.pt`` (everything else, small). :func:`load_result` maps the adjacency read-only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+
+from attrbench.backend import AttributionResult
+
+ADJACENCY_FILE = "adjacency.npy"
+META_FILE = "meta.pt"
+_META_FIELDS = ("input_tokens", "logit_token_ids", "logit_probabilities", "active_features", "activation_values",
+                "selected_features")
+
+
+def save_result(result: AttributionResult, directory: str | os.PathLike) -> Path:
+    """Write ``result`` into ``directory`` (created if needed); returns the folder."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    adj = result.adjacency_matrix.detach()
+    if adj.device.type != "cpu":
+        adj = adj.cpu()
+    if adj.dtype != torch.float32:
+        adj = adj.float()
+    arr = adj.contiguous().numpy()
+    tmp = directory / (ADJACENCY_FILE + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
+    os.replace(tmp, directory / ADJACENCY_FILE)
+    meta: dict[str, Any] = {name: getattr(result, name).detach().cpu() for name in _META_FIELDS}
+    meta.update(n_layers=int(result.n_layers), phases_s=dict(result.phases_s), info=dict(result.info))
+    torch.save(meta, directory / META_FILE)
+    return directory
+
+
+def load_result(directory: str | os.PathLike, mmap: bool = True) -> AttributionResult:
+    """Load a saved graph; with ``mmap`` the adjacency is a tensor over a read-only ``np.memmap``."""
+    directory = Path(directory)
+    meta = torch.load(directory / META_FILE, map_location="cpu", weights_only=False)
+    arr = np.load(directory / ADJACENCY_FILE, mmap_mode="r" if mmap else None, allow_pickle=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "array is not writable": we never write to it
+        adjacency = torch.from_numpy(arr)
+    return AttributionResult(
+        adjacency_matrix=adjacency,
+        n_layers=meta["n_layers"],
+        phases_s=meta.get("phases_s", {}),
+        info=meta.get("info", {}),
+        **{name: meta[name] for name in _META_FIELDS},
+    )
+
+
+def remove(directory: str | os.PathLike | None) -> None:
+    """Delete a saved graph folder (missing is fine)."""
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _tl_workload(workload: Any, result: AttributionResult) -> Any:
+    """Something ``transformer_lens_config`` accepts: a BuiltWorkload, or a spec with the result's tokens."""
+    if hasattr(workload, "spec") and hasattr(workload, "token_ids"):
+        return workload
+    return SimpleNamespace(spec=workload, token_ids=result.input_tokens)
+
+
+def _tokenizer(workload: Any):
+    tok = getattr(workload, "tokenizer", None)
+    if tok is not None:
+        return tok
+    from attrbench.build import build_tokenizer
+
+    spec = workload.spec if hasattr(workload, "spec") else workload
+    return build_tokenizer(spec.model.vocab_size)[0]
+
+
+def to_circuit_tracer_graph(result: AttributionResult, workload: Any):
+    """The result as a ``circuit_tracer.graph.Graph``.
+
+    ``workload`` is a :class:`attrbench.build.BuiltWorkload` or a :class:`attrbench.workload.WorkloadSpec` (then the
+    local word-level tokenizer is loaded; no weights are built).
+    """
+    from circuit_tracer.attribution.targets import LogitTarget
+    from circuit_tracer.graph import Graph
+
+    from attrbench.backends.reference import transformer_lens_config
+
+    spec = workload.spec if hasattr(workload, "spec") else workload
+    cfg = transformer_lens_config(_tl_workload(workload, result), "cpu", torch.float32)
+    tokenizer = _tokenizer(workload)
+    ids = [int(i) for i in result.logit_token_ids.tolist()]
+    targets = [LogitTarget(token_str=tokenizer.decode([i]), vocab_idx=i) for i in ids]
+    return Graph(
+        input_string=tokenizer.decode(result.input_tokens.tolist()),
+        input_tokens=result.input_tokens,
+        active_features=result.active_features,
+        adjacency_matrix=result.adjacency_matrix,
+        cfg=cfg,
+        selected_features=result.selected_features,
+        activation_values=result.activation_values,
+        logit_targets=targets,
+        logit_probabilities=result.logit_probabilities,
+        scan=f"attrbench-{spec.content_hash()}",
+        vocab_size=spec.model.vocab_size,
+    )

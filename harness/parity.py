@@ -1,0 +1,230 @@
+"""Parity of a backend's graph against a yardstick graph, aligned by node identity.
+
+Node identities: a feature is (layer, position, feature index) from ``active_features[selected_features]``,
+an error node is (layer, position), a token node its position and a logit node its vocabulary id. Row order
+never matters. Every metric over the adjacency (``[target, source]``) is computed over the submatrix of the
+nodes both graphs have, blockwise over rows with float64 accumulation, so that memory-mapped graphs of
+70,000 nodes are never copied densely.
+
+Top-edge selection uses an exact two-level radix select on the float32 bit patterns of ``|w|`` (for
+non-negative floats the bit pattern orders like the value), so no global sort of N^2 edges is needed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterator
+
+import torch
+
+from attrbench.backend import AttributionResult
+
+#: graphs with more nodes than this are not pruned densely (pruned_node_jaccard is null)
+MAX_DENSE_PRUNE_NODES = 30_000
+#: fraction of total |weight| the yardstick's top edges must carry
+EDGE_MASS = 0.99
+#: elements per row block (about 256 MiB of float32 per matrix)
+BLOCK_ELEMENTS = 1 << 26
+MAX_BLOCK_ROWS = 2048
+
+
+def node_identities(result: AttributionResult) -> list[tuple]:
+    """The identity of every node of ``result`` in its row order."""
+    feats = result.active_features[result.selected_features.long()].tolist()
+    ids: list[tuple] = [("f", int(l), int(p), int(f)) for l, p, f in feats]
+    n_pos = result.n_pos
+    ids += [("e", layer, pos) for layer in range(result.n_layers) for pos in range(n_pos)]
+    ids += [("t", pos) for pos in range(n_pos)]
+    ids += [("l", int(v)) for v in result.logit_token_ids.tolist()]
+    n = result.adjacency_matrix.shape[0]
+    if len(ids) != n:
+        raise ValueError(f"graph has {n} nodes but its metadata describes {len(ids)}")
+    return ids
+
+
+def common_nodes(result: AttributionResult, yardstick: AttributionResult) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (into result, into yardstick) of the nodes both have, in the yardstick's order."""
+    ids_r = {ident: i for i, ident in enumerate(node_identities(result))}
+    idx_r, idx_y = [], []
+    for j, ident in enumerate(node_identities(yardstick)):
+        i = ids_r.get(ident)
+        if i is not None:
+            idx_r.append(i)
+            idx_y.append(j)
+    return torch.tensor(idx_r, dtype=torch.long), torch.tensor(idx_y, dtype=torch.long)
+
+
+def _jaccard(a: set, b: set) -> float:
+    union = a | b
+    return 1.0 if not union else len(a & b) / len(union)
+
+
+def _row_blocks(n_rows: int, n_cols: int) -> Iterator[tuple[int, int]]:
+    rows = max(1, min(MAX_BLOCK_ROWS, BLOCK_ELEMENTS // max(1, n_cols)))
+    for r0 in range(0, n_rows, rows):
+        yield r0, min(n_rows, r0 + rows)
+
+
+def _submatrix_blocks(adj: torch.Tensor, idx: torch.Tensor) -> Callable[[], Iterator[torch.Tensor]]:
+    """A re-iterable generator of float32 row blocks of ``adj[idx][:, idx]``."""
+    sorted_cols = bool(idx.numel() < 2 or (idx[1:] > idx[:-1]).all())
+    contiguous = sorted_cols and idx.numel() == adj.shape[1] and (idx.numel() == 0 or int(idx[0]) == 0)
+
+    def gen() -> Iterator[torch.Tensor]:
+        for r0, r1 in _row_blocks(idx.numel(), idx.numel()):
+            rows = adj.index_select(0, idx[r0:r1])
+            block = rows if contiguous else rows.index_select(1, idx)
+            yield block.float()
+
+    return gen
+
+
+def _abs_bits(block: torch.Tensor) -> torch.Tensor:
+    """int32 bit patterns of |block| (monotone in the value)."""
+    return block.abs().contiguous().view(torch.int32).flatten()
+
+
+def _radix_select(blocks: Callable[[], Iterator[torch.Tensor]], need: float, by_mass: bool) -> tuple[int, int]:
+    """The smallest bit threshold t such that the elements with bits >= t reach ``need``.
+
+    ``by_mass``: ``need`` is an amount of |weight|; otherwise a count of elements. Returns (t, count of
+    elements >= t). Two passes over the blocks.
+    """
+    size = 1 << 16
+    hi_count = torch.zeros(size, dtype=torch.float64)
+    hi_mass = torch.zeros(size, dtype=torch.float64)
+    for block in blocks():
+        bits = _abs_bits(block)
+        hi = bits >> 16
+        hi_count += torch.bincount(hi, minlength=size).double()
+        if by_mass:
+            hi_mass += torch.bincount(hi, weights=block.abs().flatten().double(), minlength=size)
+    weights_hi = hi_mass if by_mass else hi_count
+    # cumulative from the top bin down
+    rev = torch.flip(weights_hi, [0]).cumsum(0)
+    pos = int(torch.searchsorted(rev, torch.tensor([need], dtype=torch.float64) * (1 - 1e-12)).item())
+    pos = min(pos, size - 1)
+    h = size - 1 - pos
+    above = float(rev[pos - 1]) if pos > 0 else 0.0
+    count_above = float(torch.flip(hi_count, [0])[:pos].sum()) if pos > 0 else 0.0
+    remaining = need - above
+    lo_count = torch.zeros(size, dtype=torch.float64)
+    lo_mass = torch.zeros(size, dtype=torch.float64)
+    for block in blocks():
+        bits = _abs_bits(block)
+        sel = (bits >> 16) == h
+        if not bool(sel.any()):
+            continue
+        lo = bits[sel] & 0xFFFF
+        lo_count += torch.bincount(lo, minlength=size).double()
+        if by_mass:
+            lo_mass += torch.bincount(lo, weights=block.abs().flatten()[sel].double(), minlength=size)
+    weights_lo = lo_mass if by_mass else lo_count
+    rev_lo = torch.flip(weights_lo, [0]).cumsum(0)
+    pos_lo = int(torch.searchsorted(rev_lo, torch.tensor([remaining], dtype=torch.float64) * (1 - 1e-12)).item())
+    pos_lo = min(pos_lo, size - 1)
+    l = size - 1 - pos_lo
+    count = count_above + float(torch.flip(lo_count, [0])[: pos_lo + 1].sum())
+    return (h << 16) | l, int(count)
+
+
+def compare(result: AttributionResult, yardstick: AttributionResult, against: str,
+            workload: Any = None) -> dict[str, Any]:
+    """Parity metrics of ``result`` against ``yardstick``.
+
+    Returns ``{"against", "selected_jaccard", "rel_frobenius", "max_abs", "edge_recall", "pruned_node_jaccard"}``.
+    ``workload`` (a spec or built workload) is used to build circuit-tracer ``Graph`` objects for pruning; without
+    it an equivalent stand-in is passed to ``prune_graph``.
+    """
+    feats_r = {ident for ident in node_identities(result) if ident[0] == "f"}
+    feats_y = {ident for ident in node_identities(yardstick) if ident[0] == "f"}
+    idx_r, idx_y = common_nodes(result, yardstick)
+    blocks_r = _submatrix_blocks(result.adjacency_matrix, idx_r)
+    blocks_y = _submatrix_blocks(yardstick.adjacency_matrix, idx_y)
+
+    diff_sq = ref_sq = 0.0
+    max_abs = 0.0
+    for br, by in zip(blocks_r(), blocks_y()):
+        d = br.double() - by.double()
+        diff_sq += float((d * d).sum())
+        ref_sq += float((by.double() ** 2).sum())
+        if d.numel():
+            max_abs = max(max_abs, float(d.abs().max()))
+    if ref_sq > 0:
+        rel = math.sqrt(diff_sq) / math.sqrt(ref_sq)
+    else:
+        rel = 0.0 if diff_sq == 0 else math.inf
+
+    edge_recall: float | None = None
+    total = 0.0
+    for by in blocks_y():
+        total += float(by.double().abs().sum())
+    if total > 0:
+        t_y, k = _radix_select(blocks_y, EDGE_MASS * total, by_mass=True)
+        t_r, _ = _radix_select(blocks_r, float(k), by_mass=False)
+        hits = n_y = 0
+        for br, by in zip(blocks_r(), blocks_y()):
+            in_y = _abs_bits(by) >= t_y
+            in_r = _abs_bits(br) >= t_r
+            n_y += int(in_y.sum())
+            hits += int((in_y & in_r).sum())
+        edge_recall = hits / n_y if n_y else 1.0
+
+    return {
+        "against": against,
+        "selected_jaccard": _jaccard(feats_r, feats_y),
+        "rel_frobenius": rel,
+        "max_abs": max_abs,
+        "edge_recall": edge_recall,
+        "pruned_node_jaccard": pruned_node_jaccard(result, yardstick, workload),
+    }
+
+
+class _PruneView:
+    """What ``prune_graph`` reads from a Graph, for callers without a workload."""
+
+    def __init__(self, result: AttributionResult):
+        self.input_tokens = result.input_tokens
+        self.logit_targets = result.logit_token_ids.tolist()
+        self.selected_features = result.selected_features
+        self.adjacency_matrix = result.adjacency_matrix
+        self.logit_probabilities = result.logit_probabilities
+
+
+def pruned_nodes(result: AttributionResult, workload: Any = None) -> set[tuple]:
+    """Identities of the nodes circuit-tracer's ``prune_graph`` (defaults) keeps."""
+    from circuit_tracer.graph import prune_graph
+
+    if workload is not None:
+        from attrbench.graph_store import to_circuit_tracer_graph
+
+        graph = to_circuit_tracer_graph(result, workload)
+    else:
+        graph = _PruneView(result)
+    mask = prune_graph(graph).node_mask
+    ids = node_identities(result)
+    return {ids[i] for i in torch.nonzero(mask).flatten().tolist()}
+
+
+def pruned_node_jaccard(result: AttributionResult, yardstick: AttributionResult, workload: Any = None) -> float | None:
+    """Jaccard of the kept node identities after ``prune_graph`` on both graphs; None above
+    :data:`MAX_DENSE_PRUNE_NODES` nodes (a streaming prune will replace this) or when pruning fails."""
+    if max(result.adjacency_matrix.shape[0], yardstick.adjacency_matrix.shape[0]) > MAX_DENSE_PRUNE_NODES:
+        return None
+    try:
+        with torch.no_grad():
+            return _jaccard(pruned_nodes(result, workload), pruned_nodes(yardstick, workload))
+    except (RuntimeError, ValueError):  # e.g. influence power iteration not converging on a cyclic graph
+        return None
+
+
+def summary(parity: dict[str, Any] | None) -> str:
+    """'jac 1.000 rel 1.2e-07 recall 1.000' (or '-')."""
+    if not parity:
+        return "-"
+
+    def f(v: Any, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    return (f"jac {f(parity.get('selected_jaccard'), '.3f')} rel {f(parity.get('rel_frobenius'), '.1e')} "
+            f"recall {f(parity.get('edge_recall'), '.3f')}")

@@ -1,0 +1,238 @@
+"""The results file: schema (version 1), environment record, atomic writes and loading.
+
+A results file is one JSON object::
+
+    {"schema_version": 1, "attrbench_version", "created", "environment": {...},
+     "workload": {"name", "hash", "config", "n_active"}, "settings": {...}, "yardstick_note", "cells": [...]}
+
+Each cell is one (backend, nodes, repeat) run; see :func:`new_cell` for its keys.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from attrbench.errors import UsageError
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "error", "oom", "timeout")
+#: settings that must match for a resumed cell to be reused
+SETTINGS_KEYS = ("device", "dtype", "batch_size", "update_interval", "max_n_logits", "desired_logit_prob",
+                 "backend_options")
+PARITY_KEYS = ("against", "selected_jaccard", "rel_frobenius", "max_abs", "edge_recall", "pruned_node_jaccard")
+
+
+def attrbench_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("attrbench")
+    except Exception:
+        return "unknown"
+
+
+def _pkg_version(name: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:
+        return None
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_revision() -> str | None:
+    """The git revision of the attrbench checkout, or None outside a git checkout."""
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        rev = out.stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5)
+        return rev + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+    except Exception:
+        return None
+
+
+def environment_info() -> dict[str, Any]:
+    """Versions, CPU, GPU and git revision of this machine."""
+    gpu = cuda = None
+    torch_version = None
+    try:
+        import torch
+
+        torch_version = torch.__version__
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+            cuda = torch.version.cuda
+    except Exception:
+        pass
+    return {
+        "python": platform.python_version(),
+        "torch": torch_version,
+        "circuit_tracer": _pkg_version("circuit-tracer"),
+        "transformers": _pkg_version("transformers"),
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "gpu": gpu,
+        "cuda": cuda,
+        "git_revision": git_revision(),
+    }
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def new_results(workload: dict[str, Any], settings: dict[str, Any], environment: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+    """An empty results document."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "attrbench_version": attrbench_version(),
+        "created": now_iso(),
+        "environment": environment if environment is not None else environment_info(),
+        "workload": workload,
+        "settings": settings,
+        "yardstick_note": None,
+        "cells": [],
+    }
+
+
+def new_cell(backend: str, exact: bool, nodes: int, repeat: int, **values: Any) -> dict[str, Any]:
+    """One cell record with every key present (None where not measured)."""
+    cell = {
+        "backend": backend, "exact": bool(exact), "nodes": int(nodes), "repeat": int(repeat),
+        "status": "error", "error": None, "wall_s": None, "phases_s": {}, "peak_host_bytes": None,
+        "peak_gpu_bytes": None, "peak_gpu_torch_bytes": None, "n_selected": None, "n_active": None,
+        "n_logits": None, "info": {}, "parity": None,
+    }
+    unknown = set(values) - set(cell) - {"parity_note"}
+    if unknown:
+        raise ValueError(f"unknown cell keys {sorted(unknown)}")
+    cell.update(values)
+    return cell
+
+
+def cell_key(cell: dict[str, Any]) -> tuple[str, int, int]:
+    """(backend, nodes, repeat): what identifies a cell within one results file."""
+    return (str(cell["backend"]), int(cell["nodes"]), int(cell["repeat"]))
+
+
+def settings_match(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two settings records would produce the same graphs (repeats and timeout do not matter)."""
+    return all(a.get(k) == b.get(k) for k in SETTINGS_KEYS)
+
+
+def _json_default(obj: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.generic):
+            return obj.item()
+    except Exception:
+        pass
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+def write_results_atomic(path: str | os.PathLike, data: dict[str, Any]) -> None:
+    """Write JSON to a temporary file in the same folder, fsync it, then ``os.replace`` it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, default=_json_default, allow_nan=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def validate_results(data: Any, where: str = "results") -> dict[str, Any]:
+    """Raise :class:`UsageError` with one line when ``data`` is not a schema-1 results document."""
+    if not isinstance(data, dict):
+        raise UsageError(f"{where} is not an attrbench results file (top level is not a JSON object)")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise UsageError(
+            f"{where} has schema_version {version!r}; this attrbench reads schema_version {SCHEMA_VERSION}"
+        )
+    for key in ("workload", "settings", "cells"):
+        if key not in data:
+            raise UsageError(f"{where} is not an attrbench results file (missing {key!r})")
+    if not isinstance(data["cells"], list):
+        raise UsageError(f"{where} is not an attrbench results file ('cells' is not a list)")
+    for i, cell in enumerate(data["cells"]):
+        if not isinstance(cell, dict) or not {"backend", "nodes", "repeat", "status"} <= set(cell):
+            raise UsageError(f"{where}: cell {i} lacks backend/nodes/repeat/status")
+    return data
+
+
+def load_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a results file; every problem is one :class:`UsageError` line."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"results file {p} does not exist")
+    if p.is_dir():
+        raise UsageError(f"results file {p} is a directory, not a JSON file")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"results file {p} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"results file {p} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    return validate_results(data, f"results file {p}")
+
+
+def format_bytes(n: float | int | None) -> str:
+    """MiB below 1 GiB, GiB above; '-' for None."""
+    if n is None:
+        return "-"
+    if n >= 1024**3:
+        return f"{n / 1024**3:.2f} GiB"
+    return f"{n / 1024**2:.0f} MiB"
+
+
+__all__ = [
+    "SCHEMA_VERSION", "STATUSES", "SETTINGS_KEYS", "PARITY_KEYS", "environment_info", "new_results", "new_cell",
+    "cell_key", "settings_match", "write_results_atomic", "load_results", "validate_results", "format_bytes",
+]
+
+if __name__ == "__main__":  # pragma: no cover
+    json.dump(environment_info(), sys.stdout, indent=1)
