@@ -109,7 +109,8 @@ class ExactBackend(Backend):
         """The order in which one ranking window's features are batched (influence order here)."""
         return pending
 
-    def attention_vjp(self, model: LinearisedModel, prepared: Prepared, layer: int, grad_out: torch.Tensor) -> torch.Tensor:
+    def attention_vjp(self, model: LinearisedModel, prepared: Prepared, layout: Any, layer: int,
+                      grad_out: torch.Tensor) -> torch.Tensor:
         """VJP of attention's value/output path with frozen patterns: d(attn_out) -> d(ln1 output).
 
         One GEMM per query head: every head applies its (shared) V projection separately.
@@ -165,7 +166,7 @@ class ExactBackend(Backend):
             if here.any():
                 grad_x.index_put_((batch_index[here], batch.positions[here]), batch.vectors[here], accumulate=True)
             grad_mid = grad + grad_x * model.ln2_gain[layer, :P]
-            grad_ln1 = self.attention_vjp(model, prepared, layer, grad_mid)
+            grad_ln1 = self.attention_vjp(model, prepared, layout, layer, grad_mid)
             grad = grad_mid + grad_ln1 * model.ln1_gain[layer, :P]
         t0 = model.token_offset
         out[:, t0:t0 + P] = torch.einsum("bpd,pd->bp", grad, model.token_vecs[:P])
