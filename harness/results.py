@@ -168,6 +168,9 @@ def write_results_atomic(path: str | os.PathLike, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a results file is an ordinary file
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1, default=_json_default, allow_nan=True)
             f.write("\n")

@@ -211,6 +211,8 @@ def _child_main(conn, payload: dict[str, Any]) -> None:
             conn.close()
             sys.stdout.flush()
             sys.stderr.flush()
+            # release semaphores (e.g. tqdm's lock) so the resource tracker does not report them as leaked
+            mp.util._run_finalizers()
         finally:
             # skip interpreter teardown (slow, and some libraries print errors from __del__ there)
             os._exit(code)

@@ -1,0 +1,377 @@
+"""The ``attrbench`` command line: run, list-backends, report, gate.
+
+Exit codes: 0 done (cells may be oom/timeout), 1 a cell failed with status "error" (run) or the gate
+failed, 2 bad usage (one line on stderr, never a traceback), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from attrbench.errors import UsageError
+
+DEFAULT_NODES = (200, 800)
+
+
+def _err(message: str) -> None:
+    click.echo(f"attrbench: {message}", err=True)
+
+
+def _parse_int_list(value: str, flag: str) -> list[int]:
+    out = []
+    for part in value.split(","):
+        part = part.strip()
+        try:
+            n = int(part)
+        except ValueError:
+            raise UsageError(f"{flag} takes positive integers separated by commas, got {part!r}") from None
+        if n <= 0:
+            raise UsageError(f"{flag} takes positive integers, got {n}")
+        out.append(n)
+    if not out:
+        raise UsageError(f"{flag} needs at least one value")
+    return list(dict.fromkeys(out))
+
+
+def _parse_options(values: tuple[str, ...]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in values:
+        if "=" not in item:
+            raise UsageError(f"--option takes KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise UsageError(f"--option takes KEY=VALUE, got {item!r}")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    return options
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    if path.exists() and path.is_dir():
+        raise UsageError(f"{flag} {path} is a directory; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".check"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{flag} {path} is not writable: {exc.strerror or exc}") from None
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if _cuda_available() else "cpu"
+    if device == "cuda" and not _cuda_available():
+        raise UsageError("--device cuda: no CUDA GPU is available here; use --device cpu or auto")
+    return device
+
+
+def _fallback_table(doc: dict[str, Any], markdown: bool) -> str:
+    from tabulate import tabulate
+
+    from attrbench.parity import summary
+    from attrbench.results import format_bytes
+
+    cells = doc.get("cells", [])
+    out = []
+    for nodes in sorted({c["nodes"] for c in cells}):
+        group = [c for c in cells if c["nodes"] == nodes]
+        ref = {c["repeat"]: c["wall_s"] for c in group if c["backend"] == "reference" and c["status"] == "ok"}
+        rows = []
+        for c in group:
+            speed = "-"
+            if c["status"] == "ok" and ref.get(c["repeat"]) and c["wall_s"]:
+                speed = f"{ref[c['repeat']] / c['wall_s']:.2f}x"
+            rows.append([
+                c["backend"], c["status"] if not c.get("error") else f"{c['status']}: {str(c['error'])[:50]}",
+                "-" if c["wall_s"] is None else f"{c['wall_s']:.3f}", speed, format_bytes(c.get("peak_host_bytes")),
+                format_bytes(c.get("peak_gpu_bytes") or c.get("peak_gpu_torch_bytes")),
+                "-" if c.get("n_selected") is None else c["n_selected"], summary(c.get("parity")),
+            ])
+        headers = ["backend", "status", "wall s", "speedup", "peak host", "peak GPU", "selected", "parity"]
+        title = f"nodes = {nodes}"
+        out.append((f"### {title}\n\n" if markdown else f"{title}\n")
+                   + tabulate(rows, headers=headers, tablefmt="github" if markdown else "simple"))
+    if doc.get("yardstick_note"):
+        out.append(f"note: {doc['yardstick_note']}")
+    return "\n\n".join(out)
+
+
+def _render(doc: dict[str, Any], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(doc, indent=1, default=str)
+    try:
+        from attrbench.reporting import render
+
+        text = render([doc], fmt)
+        return text.decode() if isinstance(text, bytes) else text
+    except ImportError:
+        return _fallback_table(doc, markdown=fmt == "markdown")
+    except UsageError:
+        return _fallback_table(doc, markdown=fmt == "markdown")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="attrbench", message="attrbench %(version)s")
+def cli() -> None:
+    """Benchmark circuit-tracer attribution backends: speed, memory and parity with the reference."""
+
+
+@cli.command("list-backends")
+def list_backends() -> int:
+    """List every registered backend with its properties."""
+    from tabulate import tabulate
+
+    from attrbench.manager import get_backends, report_plugin_warnings
+
+    backends = get_backends()
+    report_plugin_warnings()
+    rows = []
+    for b in backends.values():
+        p = b.properties()
+        opts = ", ".join(f"{k}={v!r}" for k, v in p["options"].items()) or "-"
+        rows.append([p["name"], "exact" if p["exact"] else "approximate", ",".join(p["devices"]),
+                     ",".join(p["dtypes"]), opts, p["description"]])
+    click.echo(tabulate(rows, headers=["name", "kind", "devices", "dtypes", "options", "description"],
+                        tablefmt="simple"))
+    return 0
+
+
+@cli.command("run")
+@click.option("--backends", "backends_opt", default="all", show_default=True,
+              help="Backends to run: 'all' or a comma-separated list of names (see list-backends).")
+@click.option("--nodes", "nodes_opt", default=None,
+              help="Feature node counts (max_feature_nodes), comma-separated. [default: 200,800]")
+@click.option("--model", "model", default=None,
+              help="Workload preset name (tiny, small, large, qwen3-4b). Default: the smallest preset with enough "
+                   "active features for the largest --nodes.")
+@click.option("--workload", "workload_file", default=None, type=click.Path(dir_okay=False),
+              help="Workload JSON file (model/transcoders/prompt/seed); excludes --model.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Device to run the backends on.")
+@click.option("--dtype", default="float32", show_default=True, help="Model dtype: float32 or bfloat16.")
+@click.option("--batch-size", type=int, default=512, show_default=True,
+              help="Attribution batch size (circuit-tracer's default is 512).")
+@click.option("--update-interval", type=int, default=4, show_default=True,
+              help="Re-rank features every this many batches (circuit-tracer's update_interval).")
+@click.option("--max-logits", type=int, default=10, show_default=True, help="Maximum number of logit targets.")
+@click.option("--logit-prob", type=float, default=0.95, show_default=True,
+              help="Cumulative probability the logit targets must cover.")
+@click.option("--repeats", type=int, default=1, show_default=True, help="Timed repeats of every cell.")
+@click.option("--timeout", "timeout_s", type=float, default=None,
+              help="Seconds the timed attribution of one cell may take before it is killed (status timeout).")
+@click.option("--output", "-o", "output", default=None, type=click.Path(dir_okay=False),
+              help="Results JSON file, rewritten atomically after every cell.")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table",
+              show_default=True, help="What to print on stdout after the run.")
+@click.option("--resume", "resume_file", default=None, type=click.Path(dir_okay=False),
+              help="Results file of an earlier, interrupted run: its ok cells are kept and not run again "
+                   "(also the default --output).")
+@click.option("--no-warmup", is_flag=True, default=False, help="Skip the untimed warm-up attribution.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Backend option passed in settings.options (repeatable; VALUE parsed as JSON when it can be).")
+@click.option("--d-transcoder", type=int, default=None, help="Override the workload's transcoder width.")
+@click.option("--n-tokens", type=int, default=None, help="Override the workload's prompt length.")
+def run_cmd(backends_opt, nodes_opt, model, workload_file, device, dtype, batch_size, update_interval, max_logits,
+            logit_prob, repeats, timeout_s, output, fmt, resume_file, no_warmup, options, d_transcoder,
+            n_tokens) -> int:
+    """Run the benchmark: every backend x node count x repeat in its own child process."""
+    from attrbench import workload as wl
+    from attrbench.manager import get_backends, report_plugin_warnings
+    from attrbench.results import load_results, settings_match
+    from attrbench.runner import RunConfig, run
+
+    # ---- validate everything before any work starts
+    nodes = _parse_int_list(nodes_opt, "--nodes") if nodes_opt is not None else list(DEFAULT_NODES)
+    if model is not None and workload_file is not None:
+        raise UsageError("--model and --workload are mutually exclusive; give one")
+    if dtype not in ("float32", "bfloat16"):
+        raise UsageError(f"--dtype {dtype!r} is not supported; use float32 or bfloat16")
+    for flag, value in (("--batch-size", batch_size), ("--repeats", repeats), ("--update-interval", update_interval),
+                        ("--max-logits", max_logits)):
+        if value <= 0:
+            raise UsageError(f"{flag} must be a positive integer, got {value}")
+    if not 0 < logit_prob <= 1:
+        raise UsageError(f"--logit-prob must be in (0, 1], got {logit_prob}")
+    if timeout_s is not None and timeout_s <= 0:
+        raise UsageError(f"--timeout must be a positive number of seconds, got {timeout_s:g}")
+    for flag, value in (("--d-transcoder", d_transcoder), ("--n-tokens", n_tokens)):
+        if value is not None and value <= 0:
+            raise UsageError(f"{flag} must be a positive integer, got {value}")
+
+    preset_note = None
+    if workload_file is not None:
+        spec = wl.load_workload_file(workload_file)
+    elif model is not None:
+        spec = wl.preset(model)
+    else:
+        name = wl.smallest_preset_for(max(nodes))
+        spec = wl.preset(name)
+        preset_note = f"--model not given: using preset {name!r} (smallest with >= {max(nodes)} active features)"
+    spec = wl.with_overrides(spec, d_transcoder=d_transcoder, n_tokens=n_tokens)
+    active = spec.estimated_active_features
+    if max(nodes) > active:
+        try:
+            hint = f"; preset {wl.smallest_preset_for(max(nodes))!r} has enough"
+        except UsageError as exc:
+            hint = f"; {exc}"
+        raise UsageError(f"--nodes {max(nodes)} is more than workload {spec.name!r} has active features "
+                         f"(about {active}){hint}")
+
+    known = get_backends()
+    report_plugin_warnings()
+    if backends_opt.strip() == "all":
+        names = list(known)
+    else:
+        names = list(dict.fromkeys(n.strip() for n in backends_opt.split(",") if n.strip()))
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            raise UsageError(f"unknown backend {', '.join(map(repr, unknown)) or '(none given)'}; "
+                             f"known backends: {', '.join(known)}")
+    if not names:
+        raise UsageError("no backends are registered")
+    device = _resolve_device(device)
+    device_kind = device.split(":")[0]
+    for n in names:
+        b = known[n]
+        if device_kind not in b.devices:
+            raise UsageError(f"backend {n!r} does not support device {device_kind!r} (it supports "
+                             f"{', '.join(b.devices)}); choose other --backends or --device")
+        if dtype not in b.dtypes:
+            raise UsageError(f"backend {n!r} does not support dtype {dtype!r} (it supports "
+                             f"{', '.join(b.dtypes)}); choose other --backends or --dtype")
+    opts = _parse_options(options)
+    declared = {k for n in names for k in known[n].option_defaults}
+    stray = sorted(set(opts) - declared)
+    if stray:
+        raise UsageError(f"--option {stray[0]} is not an option of any selected backend "
+                         f"(declared: {', '.join(sorted(declared)) or 'none'})")
+
+    resume = None
+    if resume_file is not None:
+        resume = load_results(resume_file)
+        if output is None:
+            output = resume_file
+    config = RunConfig(
+        spec=spec, backends=names, nodes=nodes, device=device, dtype=dtype, batch_size=batch_size,
+        update_interval=update_interval, max_n_logits=max_logits, desired_logit_prob=logit_prob, repeats=repeats,
+        timeout_s=timeout_s, warmup=not no_warmup, options=opts, output=Path(output) if output else None,
+        resume=resume,
+    )
+    if resume is not None:
+        if resume["workload"].get("hash") != spec.content_hash():
+            raise UsageError(f"--resume {resume_file} was made with another workload "
+                             f"(hash {resume['workload'].get('hash')}, this one {spec.content_hash()})")
+        if not settings_match(resume["settings"], config.settings()):
+            raise UsageError(f"--resume {resume_file} was made with other settings (device, dtype, batch size, "
+                             "update interval, logits or backend options differ)")
+    if config.output is not None:
+        _check_writable(config.output, "--output")
+
+    # ---- run
+    if preset_note:
+        _err(preset_note)
+    try:
+        doc = run(config)
+    except KeyboardInterrupt:
+        where = f"; finished cells are in {config.output}" if config.output else ""
+        _err(f"interrupted{where}")
+        return 130
+    click.echo(_render(doc, fmt))
+    return 1 if any(c.get("status") == "error" for c in doc["cells"]) else 0
+
+
+@cli.command("report")
+@click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json", "png"]), default="table",
+              show_default=True, help="Report format.")
+@click.option("--output", "-o", "output", default=None, type=click.Path(dir_okay=False),
+              help="Write the report to this file instead of stdout (required for png).")
+def report_cmd(results, fmt, output) -> int:
+    """Render one or more results files (RESULTS.json ...) as a table, markdown, csv, json or png."""
+    try:
+        from attrbench.reporting import load_results_file, render
+    except ImportError as exc:
+        raise UsageError(f"reporting is not available in this installation ({exc})") from None
+    docs = [load_results_file(p) for p in results]
+    if fmt == "png" and output is None:
+        raise UsageError("--format png needs --output FILE.png")
+    if output is not None:
+        _check_writable(Path(output), "--output")
+    out = render(docs, fmt, sources=list(results))
+    if output is not None:
+        mode = "wb" if isinstance(out, bytes) else "w"
+        with open(output, mode) as f:
+            f.write(out)
+        _err(f"wrote {output}")
+    else:
+        click.echo(out.decode() if isinstance(out, bytes) else out)
+    return 0
+
+
+@cli.command("gate")
+@click.option("--baseline", required=True, type=click.Path(dir_okay=False), help="Baseline results JSON file.")
+@click.argument("current", type=click.Path(dir_okay=False))
+@click.option("--max-speedup-drop", type=float, default=0.25, show_default=True,
+              help="Allowed relative drop of a backend's speedup over the reference (0.25 = 25%).")
+@click.option("--max-memory-growth", type=float, default=0.25, show_default=True,
+              help="Allowed relative growth of a backend's peak memory ratio to the reference.")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown"]), default="table", show_default=True,
+              help="Output format of the gate report.")
+def gate_cmd(baseline, current, max_speedup_drop, max_memory_growth, fmt) -> int:
+    """Compare CURRENT results with --baseline; exit 1 on a regression."""
+    try:
+        from attrbench.gate import run_gate
+        from attrbench.reporting import load_results_file
+    except ImportError as exc:
+        raise UsageError(f"the gate is not available in this installation ({exc})") from None
+    base = load_results_file(baseline)
+    cur = load_results_file(current)
+    code, text = run_gate(base, cur, max_speedup_drop=max_speedup_drop, max_memory_growth=max_memory_growth,
+                          format=fmt)
+    click.echo(text)
+    return code
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: every usage problem is one line on stderr and exit code 2."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        rv = cli.main(args=argv, prog_name="attrbench", standalone_mode=False)
+    except click.exceptions.UsageError as exc:
+        msg = exc.format_message().replace("\n", " ")
+        cmd = f" {exc.ctx.command_path.split(' ', 1)[1]}" if exc.ctx and " " in exc.ctx.command_path else ""
+        _err(f"error: {msg} (see attrbench{cmd} --help)")
+        sys.exit(2)
+    except UsageError as exc:
+        _err(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        sys.exit(2)
+    except click.exceptions.ClickException as exc:
+        _err(f"error: {exc.format_message().splitlines()[0]}")
+        sys.exit(2)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        _err("interrupted")
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

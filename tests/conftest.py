@@ -1,0 +1,70 @@
+"""Shared fixtures: offline environment, test plugins, one reference run reused by several test modules."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))  # spawned children inherit sys.path, subprocesses get PYTHONPATH below
+
+TEST_PLUGINS = "plugins_for_tests"
+BROKEN_PLUGIN = "broken_plugin_for_tests"
+
+
+def subprocess_env(extra_plugins: str | None = TEST_PLUGINS, **more: str) -> dict[str, str]:
+    """Environment for running ``attrbench`` in a subprocess with the test plugins importable."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
+    env["HF_HUB_OFFLINE"] = "1"
+    if extra_plugins:
+        env["ATTRBENCH_EXTRA_PLUGINS"] = extra_plugins
+    else:
+        env.pop("ATTRBENCH_EXTRA_PLUGINS", None)
+    env.update(more)
+    return env
+
+
+def run_cli(args: list[str], env: dict[str, str] | None = None, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+    """``python -m attrbench.cli ARGS`` in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "attrbench.cli", *args], capture_output=True, text=True,
+                          env=env if env is not None else subprocess_env(), timeout=timeout, **kw)
+
+
+@pytest.fixture
+def extra_plugins(monkeypatch):
+    """Make the test backends known to this process's plugin manager (and to spawned children)."""
+    from attrbench.manager import get_plugin_manager
+
+    def use(modules: str = TEST_PLUGINS):
+        monkeypatch.setenv("ATTRBENCH_EXTRA_PLUGINS", modules)
+        get_plugin_manager.cache_clear()
+        return get_plugin_manager()
+
+    try:
+        yield use
+    finally:
+        monkeypatch.delenv("ATTRBENCH_EXTRA_PLUGINS", raising=False)
+        get_plugin_manager.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+    """``attrbench run --backends reference --nodes 200,800`` on tiny, once per session.
+
+    Returns (completed process, results dict, results path).
+    """
+    out = tmp_path_factory.mktemp("reference") / "r.json"
+    proc = run_cli(["run", "--backends", "reference", "--nodes", "200,800", "--output", str(out)],
+                   env=subprocess_env(None))
+    data = json.loads(out.read_text()) if out.exists() else None
+    return proc, data, out

@@ -1,0 +1,91 @@
+"""Test backends, registered in every process through ATTRBENCH_EXTRA_PLUGINS=plugins_for_tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from attrbench.backend import Backend
+from attrbench.backends.reference import ReferenceBackend
+from attrbench.hookspecs import hookimpl
+
+
+class CopyBackend(ReferenceBackend):
+    """Returns the reference's own graph (parity must be exactly 1.0 / 0.0)."""
+
+    name = "copy"
+    description = "test: the reference, under another name"
+
+
+class _Crashing(Backend):
+    exact = True
+    devices = ("cpu",)
+    dtypes = ("float32",)
+
+    def prepare(self, workload, device, dtype):
+        return None
+
+
+class RaisesBackend(_Crashing):
+    name = "raises"
+    description = "test: raises in attribute"
+
+    def attribute(self, prepared, settings):
+        raise RuntimeError("boom from the raises test backend")
+
+
+class SegfaultBackend(_Crashing):
+    name = "segfault"
+    description = "test: dies with SIGSEGV"
+
+    def attribute(self, prepared, settings):
+        os.kill(os.getpid(), signal.SIGSEGV)
+        time.sleep(60)
+
+
+class KilledBackend(_Crashing):
+    name = "killed"
+    description = "test: killed by SIGKILL, like the OOM killer does"
+
+    def attribute(self, prepared, settings):
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(60)
+
+
+class SleeperBackend(_Crashing):
+    name = "sleeper"
+    description = "test: sleeps far past any --timeout"
+
+    def attribute(self, prepared, settings):
+        time.sleep(3600)
+
+
+class InterruptBackend(_Crashing):
+    """Sends SIGINT to the runner (like Ctrl-C), records its pid, then sleeps."""
+
+    name = "interrupt"
+    description = "test: interrupts the parent"
+
+    def attribute(self, prepared, settings):
+        pid_file = os.environ.get("ATTRBENCH_TEST_PID_FILE")
+        if pid_file:
+            with open(pid_file, "w") as f:
+                f.write(str(os.getpid()))
+        os.kill(os.getppid(), signal.SIGINT)
+        time.sleep(120)
+
+
+class Float32OnlyBackend(_Crashing):
+    name = "f32only"
+    description = "test: declares float32 on cpu only"
+
+    def attribute(self, prepared, settings):
+        raise RuntimeError("not meant to run")
+
+
+@hookimpl
+def register_backends(register):
+    for cls in (CopyBackend, RaisesBackend, SegfaultBackend, KilledBackend, SleeperBackend, InterruptBackend,
+                Float32OnlyBackend):
+        register(cls())
