@@ -21,6 +21,7 @@ import torch
 
 from attrbench.backend import AttributeSettings, AttributionResult, Backend
 from attrbench.backends import ranking
+from attrbench.backends.flops import row_flop_floor
 from attrbench.backends.linearised import (
     LinearisedModel,
     LogitTargets,
@@ -30,10 +31,6 @@ from attrbench.backends.linearised import (
     salient_logits,
 )
 from attrbench.build import BuiltWorkload
-
-#: elements of the gathered-gradient temporary in the plain feature contraction (bounds its memory)
-_GATHER_BUDGET = 1 << 24
-
 
 @dataclass
 class Prepared:
@@ -126,16 +123,15 @@ class ExactBackend(Backend):
 
     def contract_features(self, model: LinearisedModel, prepared: Prepared, layout: Any, layer: int,
                           grad: torch.Tensor, out: torch.Tensor) -> None:
-        """Write ``<grad at mlp_out_layer[pos_s], decoder_s>`` for layer ``layer``'s features into ``out``."""
-        P = grad.shape[1]
-        start, stop = model.layer_offsets[layer], model.layer_offsets[layer + 1]
-        stop = start + int((model.active_features[start:stop, 1] < P).sum())  # features sorted by position
-        positions = model.active_features[start:stop, 1].to(grad.device)
-        chunk = max(1, _GATHER_BUDGET // max(1, grad.shape[0] * grad.shape[2]))
-        for s in range(start, stop, chunk):
-            e = min(stop, s + chunk)
-            gathered = grad[:, positions[s - start:e - start]]  # [B, f, d]
-            out[:, s:e] = torch.einsum("bfd,fd->bf", gathered, model.decoder_vecs[s:e])
+        """Write ``<grad at mlp_out_layer[pos_s], decoder_s>`` for layer ``layer``'s features into ``out``.
+
+        One GEMM per position: ``grad[:, p] @ decoders(layer, p)^T``.
+        """
+        bounds = model.position_bounds[layer]
+        for p in range(grad.shape[1]):
+            s, e = bounds[p], bounds[p + 1]
+            if e > s:
+                out[:, s:e] = grad[:, p] @ model.decoder_vecs[s:e].T
 
     def influences(self, edges: torch.Tensor, logit_probabilities: torch.Tensor, row_nodes: torch.Tensor,
                    row_sums: torch.Tensor) -> torch.Tensor:
@@ -247,8 +243,15 @@ class ExactBackend(Backend):
             adjacency_matrix=adjacency,
             n_layers=model.n_layers,
             phases_s=timer.phases,
-            info={"n_logits": n_logits},
+            info={"n_logits": n_logits, "flop_floor": flop_floor(model, selected, n_logits)},
         )
+
+
+def flop_floor(model: LinearisedModel, selected: torch.Tensor, n_logits: int) -> float:
+    """The FLOP floor of the graph's rows: ``n_logits`` logit rows plus one row per selected feature."""
+    layers = torch.cat([torch.full((n_logits,), model.n_layers), model.active_features[selected, 0]])
+    positions = torch.cat([torch.full((n_logits,), model.n_pos - 1), model.active_features[selected, 1]])
+    return row_flop_floor(model, layers, positions)
 
 
 def package(edges: torch.Tensor, row_nodes: torch.Tensor, selected: torch.Tensor, n_active: int,

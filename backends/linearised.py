@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -128,6 +129,17 @@ class LinearisedModel:
     @property
     def n_layers(self) -> int:
         return self.patterns.shape[0]
+
+    @cached_property
+    def position_bounds(self) -> list[list[int]]:
+        """Feature index ranges per (layer, position): layer l's features at position p are
+        ``position_bounds[l][p]:position_bounds[l][p + 1]`` (features are sorted by layer, then position)."""
+        bounds = []
+        for layer in range(self.n_layers):
+            start, stop = self.layer_offsets[layer], self.layer_offsets[layer + 1]
+            counts = torch.bincount(self.active_features[start:stop, 1], minlength=self.n_pos)
+            bounds.append([start] + (start + counts.cumsum(0)).tolist())
+        return bounds
 
     @property
     def n_pos(self) -> int:
