@@ -2,7 +2,7 @@
 
 :class:`ExactBackend` reproduces ``circuit_tracer.attribution.attribute`` step for step (logit rows, feature
 rows in batches, influence re-ranking every ``update_interval`` batches, packaging into the same node
-order) but computes each batch of rows with hand-written VJPs under ``torch.inference_mode()``. Each
+order) but computes each batch of rows with hand-written VJPs; autograd is never used. Each
 faster backend overrides one of the marked hooks and nothing else:
 
 * :meth:`ExactBackend.position_limit` / :meth:`ExactBackend.order_window` (causal trick),
@@ -169,7 +169,7 @@ class ExactBackend(Backend):
 
     # ------------------------------------------------------------------ circuit-tracer's loop
     def attribute(self, prepared: Prepared, settings: AttributeSettings) -> AttributionResult:
-        with torch.inference_mode():
+        with torch.no_grad():  # no autograd graph; results stay ordinary (not inference-mode) tensors
             return self._attribute(prepared, settings)
 
     def _attribute(self, prepared: Prepared, settings: AttributeSettings) -> AttributionResult:

@@ -1,0 +1,97 @@
+"""The exact backends reproduce the real circuit-tracer graph (issues 3 and 4).
+
+Every exact backend is compared with the reference (circuit-tracer's own ``attribute()``) on the tiny
+preset and on the workload files under ``workloads/`` (a llama model without skip connection, a plain
+multi-head model, and 8 query heads per KV head), at a node count below the active-feature count (so the
+influence ranking decides the selection) and at all active features.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from attrbench.backend import AttributeSettings
+from attrbench.build import build_workload
+from attrbench.manager import get_backends
+from attrbench.parity import compare
+from attrbench.workload import load_workload_file, preset
+
+WORKLOADS = Path(__file__).resolve().parent.parent / "workloads"
+EXACT = ["autodiff-free", "causal-trick", "gqa-shared"]
+WORKLOAD_SPECS = {
+    "tiny": lambda: preset("tiny"),
+    "llama-noskip": lambda: load_workload_file(WORKLOADS / "llama-noskip.json"),
+    "mha": lambda: load_workload_file(WORKLOADS / "mha.json"),
+    "gqa8": lambda: load_workload_file(WORKLOADS / "gqa8.json"),
+}
+
+
+def run(backend_name: str, built, nodes: int | None, dtype=torch.float32, batch_size: int = 32):
+    backend = get_backends()[backend_name]
+    prepared = backend.prepare(built, "cpu", dtype)
+    return backend.attribute(prepared, AttributeSettings(max_feature_nodes=nodes, batch_size=batch_size))
+
+
+@pytest.fixture(scope="module", params=list(WORKLOAD_SPECS))
+def reference_graphs(request):
+    """The workload and the reference graphs at one third of the active features and at all of them."""
+    built = build_workload(WORKLOAD_SPECS[request.param]())
+    full = run("reference", built, None)
+    n_active = full.active_features.shape[0]
+    partial = run("reference", built, n_active // 3)
+    return request.param, built, {n_active // 3: partial, n_active: full}
+
+
+@pytest.mark.parametrize("backend_name", EXACT)
+def test_exact_backend_matches_reference_fp32(reference_graphs, backend_name):
+    name, built, graphs = reference_graphs
+    for nodes, reference in graphs.items():
+        result = run(backend_name, built, nodes)
+        assert torch.equal(result.active_features, reference.active_features), name
+        assert torch.equal(result.logit_token_ids, reference.logit_token_ids), name
+        parity = compare(result, reference, "reference")
+        assert parity["selected_jaccard"] == 1.0, (name, nodes, parity)
+        assert parity["rel_frobenius"] <= 1e-4, (name, nodes, parity)
+        assert result.adjacency_matrix.shape == reference.adjacency_matrix.shape
+        assert parity["edge_recall"] >= 0.999, (name, nodes, parity)
+
+
+@pytest.mark.parametrize("backend_name", EXACT)
+def test_exact_backend_matches_reference_bf16(backend_name):
+    built = build_workload(preset("tiny"))
+    reference = run("reference", built, 300, torch.bfloat16, batch_size=64)
+    result = run(backend_name, built, 300, torch.bfloat16, batch_size=64)
+    parity = compare(result, reference, "reference")
+    assert parity["selected_jaccard"] >= 0.99, parity
+    assert parity["rel_frobenius"] <= 2e-2, parity
+
+
+def test_autodiff_free_records_no_autograd_graph(monkeypatch):
+    """Under inference mode, with every autograd entry point made to fail, the graph still matches."""
+    built = build_workload(preset("tiny"))
+    reference = run("reference", built, 200)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("autograd was used")
+
+    monkeypatch.setattr(torch.autograd, "backward", forbidden)
+    monkeypatch.setattr(torch.autograd, "grad", forbidden)
+    monkeypatch.setattr(torch.Tensor, "backward", forbidden)
+    with torch.inference_mode():
+        result = run("autodiff-free", built, 200)
+    assert not result.adjacency_matrix.requires_grad
+    parity = compare(result, reference, "reference")
+    assert parity["selected_jaccard"] == 1.0 and parity["rel_frobenius"] <= 1e-4, parity
+
+
+def test_a_perturbed_backend_is_caught():
+    """The parity check is not vacuous: a backend graph with one edge changed fails the bound."""
+    built = build_workload(preset("tiny"))
+    reference = run("reference", built, 200)
+    result = run("gqa-shared", built, 200)
+    i, j = torch.nonzero(reference.adjacency_matrix).tolist()[0]
+    result.adjacency_matrix[i, j] += 0.1 * reference.adjacency_matrix.norm()
+    assert compare(result, reference, "reference")["rel_frobenius"] > 1e-2
