@@ -173,10 +173,100 @@ def build_transcoders(spec: WorkloadSpec, inputs: list[torch.Tensor]) -> list[Tr
     return out
 
 
-def build_workload(spec: WorkloadSpec) -> BuiltWorkload:
-    """Build the workload on CPU in float32; identical bytes for the same spec on every machine."""
+#: workloads with more parameters than this are cached on disk after their first build
+CACHE_MIN_PARAMS = 50_000_000
+
+
+def parameter_count(spec: WorkloadSpec) -> int:
+    """Parameters of the model plus its transcoders (what building and caching cost)."""
+    m, t = spec.model, spec.transcoders
+    attn = m.hidden_size * m.head_dim * (2 * m.num_attention_heads + 2 * m.num_key_value_heads)
+    mlp = 3 * m.hidden_size * m.intermediate_size
+    tc = 2 * t.d_transcoder * m.hidden_size + (m.hidden_size**2 if t.skip_connection else 0)
+    return m.num_hidden_layers * (attn + mlp + tc) + 2 * m.vocab_size * m.hidden_size
+
+
+def save_transcoders(transcoders: list[TranscoderWeights], folder: Path) -> None:
+    """Per-layer ``layer_{i}.safetensors`` in the layout of the public per-layer transcoder releases."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for layer, t in enumerate(transcoders):
+        tensors = {"W_enc": t.W_enc, "W_dec": t.W_dec, "b_enc": t.b_enc, "b_dec": t.b_dec, "threshold": t.threshold}
+        if t.W_skip is not None:
+            tensors["W_skip"] = t.W_skip
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / f"layer_{layer}.safetensors"))
+
+
+def load_transcoders(folder: Path, n_layers: int) -> list[TranscoderWeights]:
+    """Read ``layer_{i}.safetensors`` files (W_enc, W_dec, b_enc, b_dec, optional threshold and W_skip)."""
+    from safetensors.torch import load_file
+
+    out = []
+    for layer in range(n_layers):
+        path = folder / f"layer_{layer}.safetensors"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: a transcoder folder needs layer_0 .. layer_{n_layers - 1}")
+        d = {k: v.float() for k, v in load_file(str(path)).items()}
+        W_enc, W_dec = d["W_enc"], d["W_dec"]
+        if W_enc.shape[0] != W_dec.shape[0]:  # some releases store W_enc as [d_model, F]
+            W_enc = W_enc.T.contiguous()
+        threshold = d.get("threshold", torch.zeros(W_enc.shape[0]))  # ReLU = JumpReLU at 0
+        out.append(TranscoderWeights(W_enc, W_dec, d["b_enc"], d["b_dec"], threshold, d.get("W_skip")))
+    return out
+
+
+def save_workload(built: BuiltWorkload, folder: Path) -> None:
+    """A local folder with ``model/`` (HF model + tokenizer), ``transcoders/`` and ``prompt.json``."""
+    import json
+
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    built.hf_model.save_pretrained(str(tmp / "model"), safe_serialization=True)
+    built.tokenizer.save_pretrained(str(tmp / "model"))
+    save_transcoders(built.transcoders, tmp / "transcoders")
+    (tmp / "prompt.json").write_text(json.dumps({"token_ids": built.token_ids.tolist()}))
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process cached it first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_hf_model(folder: Path) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="eager")
+    return model.eval().requires_grad_(False)
+
+
+def _load_cached(spec: WorkloadSpec, folder: Path) -> BuiltWorkload:
+    import json
+    from transformers import PreTrainedTokenizerFast
+
+    token_ids = torch.tensor(json.loads((folder / "prompt.json").read_text())["token_ids"], dtype=torch.long)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder / "model"))
+    transcoders = load_transcoders(folder / "transcoders", spec.model.num_hidden_layers)
+    return BuiltWorkload(spec, load_hf_model(folder / "model"), tokenizer, str(folder / "model"), transcoders, token_ids)
+
+
+def build_workload(spec: WorkloadSpec, use_cache: bool | None = None) -> BuiltWorkload:
+    """Build the workload on CPU in float32; identical bytes for the same spec on every machine.
+
+    Large workloads (more than :data:`CACHE_MIN_PARAMS` parameters) are saved under the cache folder after
+    the first build and loaded from there afterwards, so each benchmark cell does not rebuild them.
+    """
+    if use_cache is None:
+        use_cache = parameter_count(spec) > CACHE_MIN_PARAMS
+    folder = cache_dir() / "workloads" / spec.content_hash()
+    if use_cache and folder.exists():
+        return _load_cached(spec, folder)
     hf_model = build_hf_model(spec)
     tokenizer, tok_dir = build_tokenizer(spec.model.vocab_size)
     token_ids = build_prompt(spec)
     transcoders = build_transcoders(spec, mlp_inputs(hf_model, token_ids))
-    return BuiltWorkload(spec, hf_model, tokenizer, tok_dir, transcoders, token_ids)
+    built = BuiltWorkload(spec, hf_model, tokenizer, tok_dir, transcoders, token_ids)
+    if use_cache:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        save_workload(built, folder)
+    return built

@@ -119,7 +119,7 @@ PRESETS: dict[str, tuple[WorkloadSpec, str]] = dict(
             "qwen3-4b",
             ModelSpec(num_hidden_layers=36, hidden_size=2560, num_attention_heads=32, num_key_value_heads=8,
                       head_dim=128, intermediate_size=9728, vocab_size=151936, rope_theta=1000000.0),
-            TranscoderSpec(d_transcoder=16384, target_l0=80), 32,
+            TranscoderSpec(d_transcoder=8192, target_l0=80), 32,
             "real Qwen3-4B shapes (36 layers, d 2560, 32/8 heads); for GPU runs",
         ),
     ]
