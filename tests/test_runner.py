@@ -66,3 +66,15 @@ def test_interrupt_writes_finished_cells_and_leaves_no_orphans(tmp_path):
         assert time.monotonic() < deadline, "the interrupted cell's child process is still running"
         time.sleep(0.1)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".attrbench-graphs")]
+
+
+def test_yardstick_falls_back_to_autodiff_free():
+    from attrbench.runner import Runner
+
+    runner = Runner(RunConfig(spec=preset("tiny"), backends=["gqa-shared", "autodiff-free", "reference"], nodes=[200]))
+    assert runner._yardstick_for("gqa-shared", 200, 0, {"reference": "ok", "autodiff-free": "ok"}) == "reference"
+    assert runner._yardstick_for("autodiff-free", 200, 0, {"reference": "ok"}) == "reference"
+    assert runner._yardstick_for("gqa-shared", 200, 0, {"reference": "oom", "autodiff-free": "ok"}) == "autodiff-free"
+    assert runner._yardstick_for("autodiff-free", 200, 0, {"reference": "oom"}) is None
+    assert runner._yardstick_for("reference", 200, 0, {}) is None
+    assert runner._yardstick_for("gqa-shared", 200, 0, {"reference": "timeout", "autodiff-free": "error"}) is None
