@@ -7,7 +7,8 @@ faster backend overrides one of the marked hooks and nothing else:
 
 * :meth:`ExactBackend.position_limit` / :meth:`ExactBackend.order_window` (causal trick),
 * :meth:`ExactBackend.attention_vjp`, :meth:`ExactBackend.contract_features`,
-  :meth:`ExactBackend.node_layout`, :meth:`ExactBackend.influences` (GQA and GEMM layouts).
+  :meth:`ExactBackend.node_layout`, :attr:`ExactBackend.ranking_rule` (GQA and GEMM layouts),
+* :meth:`ExactBackend.make_edge_store` (approximate-pruned).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Iterator
 import torch
 
 from attrbench.backend import AttributeSettings, AttributionResult, Backend
-from attrbench.backends import ranking
+from attrbench.backends.edge_store import DenseEdgeStore
 from attrbench.backends.flops import row_flop_floor
 from attrbench.backends.linearised import (
     LinearisedModel,
@@ -81,8 +82,8 @@ class ExactBackend(Backend):
     """Base of the exact hand-differentiated backends (not registered itself)."""
 
     exact = True
-    #: rank features with circuit-tracer's own ``compute_partial_influences`` (bit-for-bit its rule)
-    circuit_tracer_ranking = True
+    #: "circuit-tracer": rank with its own ``compute_partial_influences``; "streamed": the one-pass equivalent
+    ranking_rule = "circuit-tracer"
 
     # ------------------------------------------------------------------ set-up
     def prepare(self, workload: BuiltWorkload, device: str, dtype: torch.dtype) -> Prepared:
@@ -133,10 +134,9 @@ class ExactBackend(Backend):
             if e > s:
                 out[:, s:e] = grad[:, p] @ model.decoder_vecs[s:e].T
 
-    def influences(self, edges: torch.Tensor, logit_probabilities: torch.Tensor, row_nodes: torch.Tensor,
-                   row_sums: torch.Tensor) -> torch.Tensor:
-        """Influence of every node on the logits from the rows computed so far."""
-        return ranking.circuit_tracer_influences(edges, logit_probabilities, row_nodes)
+    def make_edge_store(self, n_rows: int, n_nodes: int, device: torch.device, settings: AttributeSettings):
+        """Storage of the edge rows (dense float32 rows, as circuit-tracer keeps them)."""
+        return DenseEdgeStore(n_rows, n_nodes, device)
 
     # ------------------------------------------------------------------ the VJP chain
     def backward_rows(self, model: LinearisedModel, prepared: Prepared, layout: Any, batch: TargetBatch,
@@ -185,26 +185,19 @@ class ExactBackend(Backend):
         B = settings.batch_size
 
         with timer("setup"):
-            edges = torch.zeros(max_nodes + n_logits, total_nodes, dtype=torch.float32, device=w.device)
-            row_nodes = torch.zeros(max_nodes + n_logits, dtype=torch.long)
-            row_sums = torch.zeros(max_nodes + n_logits, dtype=torch.float32, device=w.device)
+            store = self.make_edge_store(max_nodes + n_logits, total_nodes, w.device, settings)
 
-        def store(start: int, batch: TargetBatch, nodes: torch.Tensor) -> int:
-            stop = start + len(batch)
+        def compute(batch: TargetBatch, nodes: torch.Tensor) -> None:
             block = torch.zeros(len(batch), row_size, dtype=w.dtype, device=w.device)
             self.backward_rows(model, prepared, layout, batch, block)
-            edges[start:stop, :row_size] = block
-            row_sums[start:stop] = edges[start:stop].abs().sum(1)
-            row_nodes[start:stop] = nodes
-            return stop
+            store.append(block, nodes)
 
         with timer("logit_rows"):
-            st = 0
             for i in range(0, n_logits, B):
                 vecs = targets.vectors[i:i + B]
                 layers = torch.full((len(vecs),), model.n_layers, device=w.device)
                 batch = TargetBatch(layers, torch.full_like(layers, model.n_pos - 1), vecs)
-                st = store(st, batch, torch.arange(i, i + len(vecs)) + row_size)
+                compute(batch, torch.arange(i, i + len(vecs)) + row_size)
 
         feat_layers = model.active_features[:, 0].to(w.device)
         feat_pos = model.active_features[:, 1].to(w.device)
@@ -215,7 +208,7 @@ class ExactBackend(Backend):
                 pending = torch.arange(n_active)
             else:
                 with timer("ranking"):
-                    infl = self.influences(edges[:st], targets.probabilities, row_nodes[:st], row_sums[:st])
+                    infl = store.influences(targets.probabilities, self.ranking_rule)
                     rank = torch.argsort(infl[:n_active], descending=True).cpu()
                     queue_size = min(settings.update_interval * B, max_nodes - n_visited)
                     pending = rank[~visited[rank]][:queue_size]
@@ -225,14 +218,13 @@ class ExactBackend(Backend):
                     idx = pending[i:i + B]
                     idx_dev = idx.to(w.device)
                     batch = TargetBatch(feat_layers[idx_dev], feat_pos[idx_dev], model.encoder_vecs[idx_dev])
-                    st = store(st, batch, idx)
+                    compute(batch, idx)
                     visited[idx] = True
                     n_visited += len(idx)
 
         with timer("packaging"):
             selected = torch.where(visited)[0]
-            adjacency = package(edges, row_nodes, selected, n_active, max_nodes, n_logits)
-            del edges
+            adjacency = store.package(selected, n_active, n_logits)
         return AttributionResult(
             input_tokens=prepared.token_ids.cpu(),
             logit_token_ids=targets.token_ids,
@@ -252,20 +244,3 @@ def flop_floor(model: LinearisedModel, selected: torch.Tensor, n_logits: int) ->
     layers = torch.cat([torch.full((n_logits,), model.n_layers), model.active_features[selected, 0]])
     positions = torch.cat([torch.full((n_logits,), model.n_pos - 1), model.active_features[selected, 1]])
     return row_flop_floor(model, layers, positions)
-
-
-def package(edges: torch.Tensor, row_nodes: torch.Tensor, selected: torch.Tensor, n_active: int,
-            max_nodes: int, n_logits: int) -> torch.Tensor:
-    """circuit-tracer's square adjacency: rows and columns in node order, only selected features kept."""
-    total_nodes = edges.shape[1]
-    cols = torch.cat([selected, torch.arange(n_active, total_nodes)]).to(edges.device)
-    n = cols.numel()
-    adjacency = torch.zeros(n, n, dtype=torch.float32)
-    order = row_nodes.argsort()  # feature rows first (by feature index), then logit rows
-    for s in range(0, order.numel(), 4096):  # blockwise, so no second full copy of the edge rows
-        rows = order[s:s + 4096]
-        block = edges[rows.to(edges.device)][:, cols].cpu()
-        dest = torch.arange(s, s + rows.numel())
-        dest[dest >= max_nodes] += n - max_nodes - n_logits  # logit rows go to the last n_logits rows
-        adjacency[dest] = block
-    return adjacency

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 
-from attrbench.backends import ranking
 from attrbench.backends.causal_trick import CausalTrickBackend
 from attrbench.backends.exact import Prepared
 from attrbench.backends.linearised import LinearisedModel, ModelWeights
@@ -40,6 +39,7 @@ class NodeLayout:
 class GqaSharedBackend(CausalTrickBackend):
     name = "gqa-shared"
     description = "causal-trick + one V GEMM per KV group, pre-transposed GEMM layouts, single-pass ranking"
+    ranking_rule = "streamed"
 
     def prepare_layouts(self, weights: ModelWeights) -> GroupedWeights:
         return GroupedWeights(W_V=weights.W_V.flatten(1, 2).contiguous())
@@ -88,9 +88,6 @@ class GqaSharedBackend(CausalTrickBackend):
         scores = torch.bmm(grad.transpose(0, 1), decoders)  # [P, B, width]
         flat = scores.transpose(0, 1).reshape(grad.shape[0], -1)  # [B, P * width]
         out[:, start:start + n_here] = flat[:, layout.slots[layer][:n_here]]
-
-    def influences(self, edges, logit_probabilities, row_nodes, row_sums):
-        return ranking.streamed_influences(edges, logit_probabilities, row_nodes, row_sums)
 
 
 @hookimpl
