@@ -78,3 +78,24 @@ def test_yardstick_falls_back_to_autodiff_free():
     assert runner._yardstick_for("autodiff-free", 200, 0, {"reference": "oom"}) is None
     assert runner._yardstick_for("reference", 200, 0, {}) is None
     assert runner._yardstick_for("gqa-shared", 200, 0, {"reference": "timeout", "autodiff-free": "error"}) is None
+
+
+def test_results_file_helpers(tmp_path):
+    from attrbench.errors import UsageError
+    from attrbench.results import cell_key, environment_info, load_results, new_cell, new_results, write_results_atomic
+
+    doc = new_results({"name": "tiny", "hash": "h", "config": {}, "n_active": None}, {"device": "cpu"},
+                      environment=environment_info())
+    doc["cells"].append(new_cell("reference", True, 200, 0, status="ok", wall_s=1.0))
+    path = tmp_path / "sub" / "r.json"
+    write_results_atomic(path, doc)
+    assert load_results(path) == json.loads(json.dumps(doc))
+    assert [p.name for p in path.parent.iterdir()] == ["r.json"]  # no temp file left
+    assert cell_key(doc["cells"][0]) == ("reference", 200, 0)
+    for content, fragment in [("{", "not valid JSON"), ("[]", "not an attrbench results file"),
+                              (json.dumps({"schema_version": 2}), "schema_version 2")]:
+        path.write_text(content)
+        with pytest.raises(UsageError, match=fragment):
+            load_results(path)
+    with pytest.raises(UsageError, match="does not exist"):
+        load_results(tmp_path / "nope.json")
