@@ -103,9 +103,17 @@ class ExactBackend(Backend):
         """How many leading positions the backward pass of ``batch`` covers (all of them here)."""
         return n_pos
 
-    def order_window(self, model: LinearisedModel, pending: torch.Tensor) -> torch.Tensor:
+    def order_window(self, model: LinearisedModel, pending: torch.Tensor, batch_size: int) -> torch.Tensor:
         """The order in which one ranking window's features are batched (influence order here)."""
         return pending
+
+    def live_rows(self, batch: TargetBatch, layer: int) -> int:
+        """How many leading rows of ``batch`` the VJP must carry at ``layer`` (all of them here).
+
+        Rows whose target lies below ``layer`` still have a zero gradient there; a backend that orders
+        each batch by descending target layer can skip them (they form the tail).
+        """
+        return len(batch)
 
     def attention_vjp(self, model: LinearisedModel, prepared: Prepared, layout: Any, layer: int,
                       grad_out: torch.Tensor) -> torch.Tensor:
@@ -153,17 +161,21 @@ class ExactBackend(Backend):
             grad[logit, P - 1] = batch.vectors[logit] * model.final_gain[P - 1]
         batch_index = torch.arange(B, device=w.device)
         for layer in range(min(top, L - 1), -1, -1):
-            if layer < top:
-                self.contract_features(model, prepared, layout, layer, grad, out)
+            reached = self.live_rows(batch, layer + 1)  # rows whose gradient can be non-zero above the MLP
+            if layer < top and reached:
+                self.contract_features(model, prepared, layout, layer, grad[:reached], out[:reached])
                 e0 = model.error_offset + layer * n_pos
-                out[:, e0:e0 + P] = torch.einsum("bpd,pd->bp", grad, model.error_vecs[layer, :P])
-            grad_x = grad @ w.W_skip[layer] if w.W_skip is not None else torch.zeros_like(grad)
-            here = batch.layers == layer
+                out[:reached, e0:e0 + P] = torch.einsum("bpd,pd->bp", grad[:reached], model.error_vecs[layer, :P])
+            live = self.live_rows(batch, layer)
+            g = grad[:live]
+            grad_x = g @ w.W_skip[layer] if w.W_skip is not None else torch.zeros_like(g)
+            here = batch.layers[:live] == layer
             if here.any():
-                grad_x.index_put_((batch_index[here], batch.positions[here]), batch.vectors[here], accumulate=True)
-            grad_mid = grad + grad_x * model.ln2_gain[layer, :P]
+                grad_x.index_put_((batch_index[:live][here], batch.positions[:live][here]),
+                                  batch.vectors[:live][here], accumulate=True)
+            grad_mid = g + grad_x * model.ln2_gain[layer, :P]
             grad_ln1 = self.attention_vjp(model, prepared, layout, layer, grad_mid)
-            grad = grad_mid + grad_ln1 * model.ln1_gain[layer, :P]
+            grad[:live] = grad_mid + grad_ln1 * model.ln1_gain[layer, :P]
         t0 = model.token_offset
         out[:, t0:t0 + P] = torch.einsum("bpd,pd->bp", grad, model.token_vecs[:P])
 
@@ -213,7 +225,7 @@ class ExactBackend(Backend):
                     queue_size = min(settings.update_interval * B, max_nodes - n_visited)
                     pending = rank[~visited[rank]][:queue_size]
             with timer("feature_rows"):
-                pending = self.order_window(model, pending)
+                pending = self.order_window(model, pending, B)
                 for i in range(0, len(pending), B):
                     idx = pending[i:i + B]
                     idx_dev = idx.to(w.device)
