@@ -25,11 +25,11 @@ class ApproximatePrunedBackend(GqaSharedBackend):
     description = "gqa-shared + edges below approx_threshold x row max dropped, sparse edge storage"
     option_defaults = {"approx_threshold": DEFAULT_THRESHOLD}
 
-    def make_edge_store(self, n_rows, n_nodes, device, settings: AttributeSettings):
+    def make_edge_store(self, model, n_rows, n_nodes, settings: AttributeSettings):
         threshold = settings.options.get("approx_threshold", DEFAULT_THRESHOLD)
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
             raise UsageError(f"approx_threshold must be a number in [0, 1), got {threshold!r}")
-        return PrunedEdgeStore(n_rows, n_nodes, device, float(threshold))
+        return PrunedEdgeStore(n_rows, n_nodes, model.weights.device, float(threshold))
 
     def attribute(self, prepared, settings):
         result = super().attribute(prepared, settings)

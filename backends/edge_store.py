@@ -143,3 +143,106 @@ class PrunedEdgeStore:
         adjacency[dest_row[rows[keep]], column_of_node[cols[keep]]] = values.cpu()[keep]
         self.chunks = []
         return adjacency
+
+
+class LayeredEdgeStore:
+    """Lean storage for large graphs: each row keeps only the columns its target can reach.
+
+    A row whose target sits at layer ``l`` (logits: ``l = n_layers``) has non-zero edges only from features
+    and error nodes of layers below ``l`` and from tokens; features are numbered layer by layer, so those
+    columns are a prefix of the feature range plus a prefix of the error range. Rows are kept per target
+    layer at that width, about half of a dense row on average.
+
+    Ranking is one pass over the rows in topological order (top layer first), which gives the same
+    influences as circuit-tracer's power iteration. Packaging writes the square adjacency to a ``.npy``
+    file row block by row block, so it never exists twice in memory (or once: it is memory-mapped back).
+    """
+
+    def __init__(self, model, n_rows: int, n_nodes: int, device: torch.device, scratch_dir: str | None):
+        self.n_layers, self.n_pos = model.n_layers, model.n_pos
+        self.n_active = model.n_active
+        self.n_nodes = n_nodes
+        self.device = device
+        self.scratch_dir = scratch_dir
+        self.node_layer = torch.cat([model.active_features[:, 0],
+                                     torch.full((n_nodes - model.n_active,), self.n_layers)])
+        self.columns: list[torch.Tensor] = []  # per target layer: the row columns it keeps
+        for layer in range(self.n_layers + 1):
+            n_feat = model.layer_offsets[layer]
+            self.columns.append(torch.cat([
+                torch.arange(n_feat),
+                torch.arange(model.error_offset, model.error_offset + layer * self.n_pos),
+                torch.arange(model.token_offset, model.token_offset + self.n_pos),
+            ]).to(device))
+        self.feature_prefix = list(model.layer_offsets)
+        self.rows: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers + 1)]
+        self.nodes: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers + 1)]
+        self.sums: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers + 1)]
+        self.row_nodes = torch.zeros(n_rows, dtype=torch.long)
+        self.n_filled = 0
+
+    def append(self, block: torch.Tensor, nodes: torch.Tensor) -> None:
+        layers = self.node_layer[nodes]
+        sums = block.abs().sum(1, dtype=torch.float32)
+        for layer in layers.unique().tolist():
+            here = (layers == layer).nonzero().flatten()
+            here_dev = here.to(block.device)
+            self.rows[layer].append(block[here_dev][:, self.columns[layer]].float())
+            self.nodes[layer].append(nodes[here])
+            self.sums[layer].append(sums[here_dev])
+        self.row_nodes[self.n_filled:self.n_filled + len(nodes)] = nodes
+        self.n_filled += len(nodes)
+
+    def influences(self, logit_probabilities: torch.Tensor, rule: str = "streamed") -> torch.Tensor:
+        """circuit-tracer's partial influences by back-substitution, top layer first (one pass)."""
+        infl = torch.zeros(self.n_nodes, dtype=torch.float32, device=self.device)
+        first_logit = self.n_nodes - logit_probabilities.numel()
+        probs = logit_probabilities.to(self.device, torch.float32)
+        for layer in range(self.n_layers, -1, -1):
+            for rows, nodes, sums in zip(self.rows[layer], self.nodes[layer], self.sums[layer]):
+                nodes = nodes.to(self.device)
+                # total weight of the row = its own logit probability + everything flowing into its node
+                x = infl[nodes] + torch.where(nodes >= first_logit, probs[(nodes - first_logit).clamp(min=0)], 0.0)
+                weights = x / sums.clamp(min=1e-8)
+                infl[self.columns[layer]] += weights @ rows.abs()
+        return infl
+
+    def package(self, selected: torch.Tensor, n_active: int, n_logits: int) -> torch.Tensor:
+        import os
+        import tempfile
+        import warnings
+
+        import numpy as np
+
+        n_sel = selected.numel()
+        n = n_sel + self.n_nodes - n_active
+        L, n_pos = self.n_layers, self.n_pos
+        folder = self.scratch_dir or tempfile.gettempdir()
+        os.makedirs(folder, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix="adjacency-", suffix=".npy", dir=folder)
+        with os.fdopen(fd, "wb") as f:
+            np.lib.format.write_array_header_2_0(f, {"descr": "<f4", "fortran_order": False, "shape": (n, n)})
+            zero_rows = torch.zeros(PACKAGE_BLOCK_ROWS // 8, n, dtype=torch.float32)
+            for layer in list(range(L)) + [L]:
+                if layer == L:  # error and token rows have no incoming edges
+                    for s in range(0, L * n_pos + n_pos, zero_rows.shape[0]):
+                        f.write(zero_rows[:min(zero_rows.shape[0], L * n_pos + n_pos - s)].numpy().tobytes())
+                if not self.rows[layer]:
+                    continue
+                rows = torch.cat(self.rows[layer])
+                self.rows[layer] = []
+                order = torch.cat(self.nodes[layer]).argsort()
+                n_feat = self.feature_prefix[layer]
+                keep_sel = int(torch.searchsorted(selected, n_feat))  # selected features below this layer
+                for s in range(0, order.numel(), PACKAGE_BLOCK_ROWS // 8):
+                    part = rows[order[s:s + PACKAGE_BLOCK_ROWS // 8].to(rows.device)].cpu()
+                    out = torch.zeros(part.shape[0], n, dtype=torch.float32)
+                    out[:, :keep_sel] = part[:, selected[:keep_sel]]
+                    out[:, n_sel:n_sel + layer * n_pos] = part[:, n_feat:n_feat + layer * n_pos]
+                    out[:, n_sel + L * n_pos:n_sel + L * n_pos + n_pos] = part[:, n_feat + layer * n_pos:]
+                    f.write(out.numpy().tobytes())
+                del rows
+        self.adjacency_file = path
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # read-only memmap: never written to
+            return torch.from_numpy(np.load(path, mmap_mode="r"))

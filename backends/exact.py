@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import torch
 
 from attrbench.backend import AttributeSettings, AttributionResult, Backend
-from attrbench.backends.edge_store import DenseEdgeStore
+from attrbench.backends.edge_store import DenseEdgeStore, LayeredEdgeStore
 from attrbench.backends.flops import row_flop_floor
 from attrbench.backends.linearised import (
     LinearisedModel,
@@ -32,6 +32,7 @@ from attrbench.backends.linearised import (
     salient_logits,
 )
 from attrbench.build import BuiltWorkload
+from attrbench.errors import UsageError
 
 @dataclass
 class Prepared:
@@ -82,6 +83,7 @@ class ExactBackend(Backend):
     """Base of the exact hand-differentiated backends (not registered itself)."""
 
     exact = True
+    option_defaults = {"edge_storage": "auto"}
     #: "circuit-tracer": rank with its own ``compute_partial_influences``; "streamed": the one-pass equivalent
     ranking_rule = "circuit-tracer"
 
@@ -142,8 +144,20 @@ class ExactBackend(Backend):
             if e > s:
                 out[:, s:e] = grad[:, p] @ model.decoder_vecs[s:e].T
 
-    def make_edge_store(self, n_rows: int, n_nodes: int, device: torch.device, settings: AttributeSettings):
-        """Storage of the edge rows (dense float32 rows, as circuit-tracer keeps them)."""
+    def make_edge_store(self, model: LinearisedModel, n_rows: int, n_nodes: int, settings: AttributeSettings):
+        """Storage of the edge rows: circuit-tracer's dense float32 rows, or the lean layered store.
+
+        Option ``edge_storage``: ``dense``, ``lean`` or ``auto`` (default: lean when the dense rows, their
+        ranking copy and the square adjacency would take more than half of the memory they live in).
+        """
+        choice = settings.options.get("edge_storage", "auto")
+        if choice not in ("auto", "dense", "lean"):
+            raise UsageError(f"edge_storage must be auto, dense or lean, got {choice!r}")
+        device = model.weights.device
+        if choice == "auto":
+            choice = "lean" if dense_storage_bytes(n_rows, n_nodes, model) > 0.5 * memory_for(device) else "dense"
+        if choice == "lean":
+            return LayeredEdgeStore(model, n_rows, n_nodes, device, settings.scratch_dir)
         return DenseEdgeStore(n_rows, n_nodes, device)
 
     # ------------------------------------------------------------------ the VJP chain
@@ -197,7 +211,7 @@ class ExactBackend(Backend):
         B = settings.batch_size
 
         with timer("setup"):
-            store = self.make_edge_store(max_nodes + n_logits, total_nodes, w.device, settings)
+            store = self.make_edge_store(model, max_nodes + n_logits, total_nodes, settings)
 
         def compute(batch: TargetBatch, nodes: torch.Tensor) -> None:
             block = torch.zeros(len(batch), row_size, dtype=w.dtype, device=w.device)
@@ -237,6 +251,7 @@ class ExactBackend(Backend):
         with timer("packaging"):
             selected = torch.where(visited)[0]
             adjacency = store.package(selected, n_active, n_logits)
+            storage = type(store).__name__
         return AttributionResult(
             input_tokens=prepared.token_ids.cpu(),
             logit_token_ids=targets.token_ids,
@@ -247,8 +262,24 @@ class ExactBackend(Backend):
             adjacency_matrix=adjacency,
             n_layers=model.n_layers,
             phases_s=timer.phases,
-            info={"n_logits": n_logits, "flop_floor": flop_floor(model, selected, n_logits)},
+            info={"n_logits": n_logits, "flop_floor": flop_floor(model, selected, n_logits), "edge_storage": storage},
+            adjacency_file=getattr(store, "adjacency_file", None),
         )
+
+
+def dense_storage_bytes(n_rows: int, n_nodes: int, model: LinearisedModel) -> int:
+    """Bytes of the dense edge rows, circuit-tracer's ranking copy of them, and the square adjacency."""
+    n_square = n_rows + model.n_layers * model.n_pos + model.n_pos
+    return 4 * (2 * n_rows * n_nodes + n_square * n_square)
+
+
+def memory_for(device: torch.device) -> int:
+    """Total memory of the device the edge rows live on (host RAM for the CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    import psutil
+
+    return psutil.virtual_memory().total
 
 
 def flop_floor(model: LinearisedModel, selected: torch.Tensor, n_logits: int) -> float:

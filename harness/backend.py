@@ -23,6 +23,8 @@ class AttributeSettings:
     max_n_logits: int = 10
     desired_logit_prob: float = 0.95
     options: dict[str, Any] = field(default_factory=dict)
+    #: where a backend may write large files (e.g. an adjacency too big to hold in memory)
+    scratch_dir: str | None = None
 
 
 @dataclass
@@ -44,6 +46,8 @@ class AttributionResult:
     n_layers: int
     phases_s: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    #: the ``.npy`` file the adjacency is memory-mapped from, when the backend wrote it to disk
+    adjacency_file: str | None = None
 
     @property
     def n_pos(self) -> int:

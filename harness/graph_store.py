@@ -28,6 +28,11 @@ def save_result(result: AttributionResult, directory: str | os.PathLike) -> Path
     """Write ``result`` into ``directory`` (created if needed); returns the folder."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if result.adjacency_file and os.path.exists(result.adjacency_file):
+        # the backend already wrote the adjacency as .npy: move it rather than copy gigabytes
+        shutil.move(result.adjacency_file, directory / ADJACENCY_FILE)
+        _save_meta(result, directory)
+        return directory
     adj = result.adjacency_matrix.detach()
     if adj.device.type != "cpu":
         adj = adj.cpu()
@@ -38,10 +43,14 @@ def save_result(result: AttributionResult, directory: str | os.PathLike) -> Path
     with open(tmp, "wb") as f:
         np.save(f, arr, allow_pickle=False)
     os.replace(tmp, directory / ADJACENCY_FILE)
+    _save_meta(result, directory)
+    return directory
+
+
+def _save_meta(result: AttributionResult, directory: Path) -> None:
     meta: dict[str, Any] = {name: getattr(result, name).detach().cpu() for name in _META_FIELDS}
     meta.update(n_layers=int(result.n_layers), phases_s=dict(result.phases_s), info=dict(result.info))
     torch.save(meta, directory / META_FILE)
-    return directory
 
 
 def load_result(directory: str | os.PathLike, mmap: bool = True) -> AttributionResult:

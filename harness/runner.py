@@ -67,6 +67,15 @@ class RunConfig:
     options: dict[str, Any] = field(default_factory=dict)
     output: Path | None = None
     resume: dict[str, Any] | None = None
+    #: address-space limit of each CPU cell's child in GiB: None = the default (:func:`default_memory_limit`),
+    #: 0 = no limit
+    memory_limit_gib: float | None = None
+    #: do not launch cells predicted (:mod:`attrbench.estimate`) not to fit; record them as ``oom``
+    strict: bool = False
+
+    def memory_limit_bytes(self) -> int | None:
+        """The RLIMIT_AS each child gets, or None for no limit."""
+        return resolve_memory_limit(self.device, self.memory_limit_gib)
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -74,11 +83,53 @@ class RunConfig:
             "update_interval": self.update_interval, "max_n_logits": self.max_n_logits,
             "desired_logit_prob": self.desired_logit_prob, "repeats": self.repeats, "timeout_s": self.timeout_s,
             "warmup": self.warmup, "backend_options": dict(self.options),
+            "memory_limit_bytes": self.memory_limit_bytes(), "strict": self.strict,
         }
 
     def workload_record(self) -> dict[str, Any]:
         return {"name": self.spec.name, "hash": self.spec.content_hash(), "config": self.spec.to_dict(),
                 "n_active": None}
+
+
+#: the default limit is this many times the physical memory. The limit is on *virtual* address space
+#: (RLIMIT_AS): torch's thread pools, glibc's per-thread malloc arenas and mapped shared libraries reserve
+#: a few GiB that is never resident, so a limit of exactly the physical total would refuse a cell that could
+#: still run. 1.25x leaves that slack on a 24 GiB machine (tiny/small cells of every backend reserve about
+#: 3-5 GiB of address space), while an allocation that cannot possibly fit (a 26 GB edge matrix, then a 20 GB
+#: adjacency) still fails at once with "can't allocate memory" instead of pushing the machine into swap or the
+#: OOM killer.
+DEFAULT_LIMIT_FACTOR = 1.25
+
+
+def default_memory_limit(device: str) -> int | None:
+    """1.25x physical memory for CPU cells (see :data:`DEFAULT_LIMIT_FACTOR`); None (no limit) for CUDA,
+    whose driver reserves huge virtual ranges."""
+    if not str(device).startswith("cpu"):
+        return None
+    import psutil
+
+    return int(psutil.virtual_memory().total * DEFAULT_LIMIT_FACTOR)
+
+
+def resolve_memory_limit(device: str, gib: float | None) -> int | None:
+    """``--memory-limit`` in GiB -> bytes: None = default for the device, 0 = no limit."""
+    if gib is None:
+        return default_memory_limit(device)
+    if gib == 0:
+        return None
+    return int(gib * 2**30)
+
+
+def _apply_memory_limit(limit: int | None) -> None:
+    """Set RLIMIT_AS of this (child) process; beyond it allocations raise instead of swapping."""
+    if not limit:
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
 def ordered_backends(names: list[str]) -> list[str]:
@@ -136,6 +187,7 @@ def _child_run(conn, payload: dict[str, Any]) -> dict[str, Any]:
         max_feature_nodes=payload["nodes"], batch_size=payload["batch_size"],
         update_interval=payload["update_interval"], max_n_logits=payload["max_n_logits"],
         desired_logit_prob=payload["desired_logit_prob"], options=dict(payload["options"]),
+        scratch_dir=payload["graph_dir"],
     )
     if payload["warmup"]:
         warm = backend.attribute(prepared, replace(settings, max_feature_nodes=min(payload["nodes"], payload["batch_size"])))
@@ -198,6 +250,7 @@ def _child_main(conn, payload: dict[str, Any]) -> None:
         pass
     code = 0
     try:
+        _apply_memory_limit(payload.get("memory_limit_bytes"))
         out = _child_run(conn, payload)
         conn.send(("result", out))
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
@@ -354,7 +407,7 @@ class Runner:
             "spec": c.spec.to_dict(), "backend": backend, "nodes": nodes, "device": c.device, "dtype": c.dtype,
             "batch_size": c.batch_size, "update_interval": c.update_interval, "max_n_logits": c.max_n_logits,
             "desired_logit_prob": c.desired_logit_prob, "options": dict(c.options), "warmup": c.warmup,
-            "graph_dir": str(graph_dir),
+            "graph_dir": str(graph_dir), "memory_limit_bytes": c.memory_limit_bytes(),
         }
 
     def _graph_root(self) -> Path:
