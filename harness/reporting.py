@@ -258,6 +258,15 @@ def _worst_parity(parities: list[dict]) -> dict | None:
     return out
 
 
+def flop_fraction_of(cell: dict, floor: float | None) -> float | None:
+    """The graph's FLOP floor over what the cell's wall time at the machine's GEMM rate could do."""
+    rate = ((cell.get("info") or {}).get("measurement") or {}).get("gemm_gflops")
+    wall = cell.get("wall_s")
+    if not (floor and rate and wall) or cell.get("status") != "ok":
+        return None
+    return floor / (wall * rate * 1e9)
+
+
 def aggregate_cells(result: dict) -> dict[tuple[str, Any], dict]:
     """Aggregate repeats into one cell per (backend, nodes).
 
@@ -265,8 +274,12 @@ def aggregate_cells(result: dict) -> dict[tuple[str, Any], dict]:
     with no ok repeat takes the status and error of its last repeat.
     """
     groups: dict[tuple[str, Any], list[dict]] = {}
+    floors: dict[Any, float] = {}  # every exact graph at a node count has the same FLOP floor
     for cell in result.get("cells", []):
         groups.setdefault((cell.get("backend"), cell.get("nodes")), []).append(cell)
+        floor = (cell.get("info") or {}).get("flop_floor")
+        if floor and cell.get("exact", True):
+            floors.setdefault(cell.get("nodes"), floor)
     out: dict[tuple[str, Any], dict] = {}
     for key, cells in groups.items():
         cells = sorted(cells, key=lambda c: c.get("repeat") or 0)
@@ -277,7 +290,8 @@ def aggregate_cells(result: dict) -> dict[tuple[str, Any], dict]:
             for name, secs in (c.get("phases_s") or {}).items():
                 phases.setdefault(name, []).append(secs)
         info = dict((use[0].get("info") or {}))
-        flop_fractions = [(c.get("info") or {}).get("flop_fraction") for c in use]
+        flop_fractions = [(c.get("info") or {}).get("flop_fraction") or flop_fraction_of(c, floors.get(key[1]))
+                          for c in use]
         flop_fraction = _median(flop_fractions)
         if flop_fraction is not None:
             info["flop_fraction"] = flop_fraction

@@ -7,6 +7,8 @@ number is labelled with where it came from in ``results()["sources"]``.
 
 from __future__ import annotations
 
+import time
+
 import os
 import threading
 from typing import Any, Callable
@@ -193,8 +195,45 @@ class GpuMemoryTracker:
         }
 
 
+class GemmRateTracker:
+    """The machine's dense GEMM rate just before the timed attribution, the denominator of FLOP-floor
+    fractions (float32 on the CPU, bfloat16 on CUDA, square matrices of 2048)."""
+
+    SIZE = 2048
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+        self.gflops: float | None = None
+
+    def start(self) -> None:
+        import torch
+
+        cuda = str(self.device).startswith("cuda")
+        dtype = torch.bfloat16 if cuda else torch.float32
+        a = torch.randn(self.SIZE, self.SIZE, device=self.device, dtype=dtype)
+        b = torch.randn(self.SIZE, self.SIZE, device=self.device, dtype=dtype)
+        reps = 20 if cuda else 3
+        a @ b  # warm-up
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        if cuda:
+            torch.cuda.synchronize()
+        self.gflops = 2 * self.SIZE**3 * reps / (time.perf_counter() - t0) / 1e9
+        self.dtype = str(dtype).replace("torch.", "")
+
+    def stop(self) -> None:
+        pass
+
+    def results(self) -> dict[str, Any]:
+        return {"gemm_gflops": self.gflops, "sources": {"gemm_gflops": f"{self.SIZE}^3 {self.dtype} matmul before timing"}}
+
+
 @hookimpl
 def register_trackers(register):
-    """Host memory and GPU memory trackers."""
+    """Host memory, GPU memory and machine GEMM-rate trackers."""
+    register(GemmRateTracker)
     register(HostMemoryTracker)
     register(GpuMemoryTracker)
