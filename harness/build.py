@@ -236,7 +236,8 @@ def save_workload(built: BuiltWorkload, folder: Path) -> None:
 def load_hf_model(folder: Path) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="eager",
+                                                 local_files_only=True)
     return model.eval().requires_grad_(False)
 
 
@@ -250,12 +251,27 @@ def _load_cached(spec: WorkloadSpec, folder: Path) -> BuiltWorkload:
     return BuiltWorkload(spec, load_hf_model(folder / "model"), tokenizer, str(folder / "model"), transcoders, token_ids)
 
 
+def build_local(spec: WorkloadSpec) -> BuiltWorkload:
+    """Load a workload of real weights from its local folders (``spec.source``); never contacts a hub."""
+    from transformers import AutoTokenizer
+
+    src = spec.source
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    model_dir = Path(src.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    transcoders = load_transcoders(Path(src.transcoders_dir), spec.model.num_hidden_layers)
+    token_ids = torch.tensor(spec.prompt.token_ids, dtype=torch.long)
+    return BuiltWorkload(spec, load_hf_model(model_dir), tokenizer, str(model_dir), transcoders, token_ids)
+
+
 def build_workload(spec: WorkloadSpec, use_cache: bool | None = None) -> BuiltWorkload:
     """Build the workload on CPU in float32; identical bytes for the same spec on every machine.
 
     Large workloads (more than :data:`CACHE_MIN_PARAMS` parameters) are saved under the cache folder after
     the first build and loaded from there afterwards, so each benchmark cell does not rebuild them.
     """
+    if spec.source is not None:
+        return build_local(spec)
     if use_cache is None:
         use_cache = parameter_count(spec) > CACHE_MIN_PARAMS
     folder = cache_dir() / "workloads" / spec.content_hash()

@@ -129,6 +129,43 @@ def _render(doc: dict[str, Any], fmt: str) -> str:
         return _fallback_table(doc, markdown=fmt == "markdown")
 
 
+def _resolve_spec(model, workload_file, transcoders_dir, prompt_text, nodes, d_transcoder=None, n_tokens=None):
+    """The workload of --model PRESET|DIR (+ --transcoders DIR --prompt TEXT) or --workload FILE, checked
+    against the node counts; returns (spec, note about an automatically chosen preset or None)."""
+    from attrbench import workload as wl
+
+    if model is not None and workload_file is not None:
+        raise UsageError("--model and --workload are mutually exclusive; give one")
+    local = model is not None and model not in wl.PRESETS and (os.path.isdir(model) or transcoders_dir is not None)
+    if (transcoders_dir is not None or prompt_text is not None) and not local:
+        raise UsageError("--transcoders and --prompt go with --model DIR (a local Hugging Face model folder)")
+    preset_note = None
+    if local:
+        if transcoders_dir is None or prompt_text is None:
+            raise UsageError("--model DIR needs --transcoders DIR and --prompt TEXT")
+        if d_transcoder is not None or n_tokens is not None:
+            raise UsageError("--d-transcoder and --n-tokens do not apply to a local model folder")
+        return wl.local_spec(model, transcoders_dir, prompt_text), None
+    if workload_file is not None:
+        spec = wl.load_workload_file(workload_file)
+    elif model is not None:
+        spec = wl.preset(model)
+    else:
+        name = wl.smallest_preset_for(max(nodes))
+        spec = wl.preset(name)
+        preset_note = f"--model not given: using preset {name!r} (smallest with >= {max(nodes)} active features)"
+    spec = wl.with_overrides(spec, d_transcoder=d_transcoder, n_tokens=n_tokens)
+    active = spec.estimated_active_features
+    if spec.source is None and max(nodes) > active:
+        try:
+            hint = f"; preset {wl.smallest_preset_for(max(nodes))!r} has enough"
+        except UsageError as exc:
+            hint = f"; {exc}"
+        raise UsageError(f"--nodes {max(nodes)} is more than workload {spec.name!r} has active features "
+                         f"(about {active}){hint}")
+    return spec, preset_note
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="attrbench", message="attrbench %(version)s")
 def cli() -> None:
@@ -161,8 +198,9 @@ def list_backends() -> int:
 @click.option("--nodes", "nodes_opt", default=None,
               help="Feature node counts (max_feature_nodes), comma-separated. [default: 200,800]")
 @click.option("--model", "model", default=None,
-              help="Workload preset name (tiny, small, large, qwen3-4b). Default: the smallest preset with enough "
-                   "active features for the largest --nodes.")
+              help="Workload preset name (tiny, small, large, qwen3-4b) or a local Hugging Face model folder (with "
+                   "--transcoders and --prompt). Default: the smallest preset with enough active features for "
+                   "the largest --nodes.")
 @click.option("--workload", "workload_file", default=None, type=click.Path(dir_okay=False),
               help="Workload JSON file (model/transcoders/prompt/seed); excludes --model.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
@@ -190,9 +228,19 @@ def list_backends() -> int:
               help="Backend option passed in settings.options (repeatable; VALUE parsed as JSON when it can be).")
 @click.option("--d-transcoder", type=int, default=None, help="Override the workload's transcoder width.")
 @click.option("--n-tokens", type=int, default=None, help="Override the workload's prompt length.")
+@click.option("--memory-limit", "memory_limit", type=float, default=None, metavar="GIB",
+              help="Address-space limit (RLIMIT_AS) of each CPU cell in GiB; an allocation beyond it makes the "
+                   "cell 'oom'. Default: 1.25x physical memory on CPU, none on CUDA; 0 disables.")
+@click.option("--strict", is_flag=True, default=False,
+              help="Do not launch cells whose predicted peak memory (attrbench estimate) exceeds what is "
+                   "available; record them as 'oom'.")
+@click.option("--transcoders", "transcoders_dir", default=None, type=click.Path(file_okay=False),
+              help="Folder of per-layer transcoders (layer_{i}.safetensors); with --model DIR (a local HF model).")
+@click.option("--prompt", "prompt_text", default=None,
+              help="Prompt text, tokenized with the local model's tokenizer; with --model DIR --transcoders DIR.")
 def run_cmd(backends_opt, nodes_opt, model, workload_file, device, dtype, batch_size, update_interval, max_logits,
             logit_prob, repeats, timeout_s, output, fmt, resume_file, no_warmup, options, d_transcoder,
-            n_tokens) -> int:
+            n_tokens, memory_limit, strict, transcoders_dir, prompt_text) -> int:
     """Run the benchmark: every backend x node count x repeat in its own child process."""
     from attrbench import workload as wl
     from attrbench.manager import get_backends, report_plugin_warnings
@@ -213,28 +261,14 @@ def run_cmd(backends_opt, nodes_opt, model, workload_file, device, dtype, batch_
         raise UsageError(f"--logit-prob must be in (0, 1], got {logit_prob}")
     if timeout_s is not None and timeout_s <= 0:
         raise UsageError(f"--timeout must be a positive number of seconds, got {timeout_s:g}")
+    if memory_limit is not None and memory_limit < 0:
+        raise UsageError(f"--memory-limit must be a number of GiB >= 0 (0 = no limit), got {memory_limit:g}")
     for flag, value in (("--d-transcoder", d_transcoder), ("--n-tokens", n_tokens)):
         if value is not None and value <= 0:
             raise UsageError(f"{flag} must be a positive integer, got {value}")
 
-    preset_note = None
-    if workload_file is not None:
-        spec = wl.load_workload_file(workload_file)
-    elif model is not None:
-        spec = wl.preset(model)
-    else:
-        name = wl.smallest_preset_for(max(nodes))
-        spec = wl.preset(name)
-        preset_note = f"--model not given: using preset {name!r} (smallest with >= {max(nodes)} active features)"
-    spec = wl.with_overrides(spec, d_transcoder=d_transcoder, n_tokens=n_tokens)
-    active = spec.estimated_active_features
-    if max(nodes) > active:
-        try:
-            hint = f"; preset {wl.smallest_preset_for(max(nodes))!r} has enough"
-        except UsageError as exc:
-            hint = f"; {exc}"
-        raise UsageError(f"--nodes {max(nodes)} is more than workload {spec.name!r} has active features "
-                         f"(about {active}){hint}")
+    spec, preset_note = _resolve_spec(model, workload_file, transcoders_dir, prompt_text, nodes, d_transcoder,
+                                      n_tokens)
 
     known = get_backends()
     report_plugin_warnings()
@@ -274,7 +308,7 @@ def run_cmd(backends_opt, nodes_opt, model, workload_file, device, dtype, batch_
         spec=spec, backends=names, nodes=nodes, device=device, dtype=dtype, batch_size=batch_size,
         update_interval=update_interval, max_n_logits=max_logits, desired_logit_prob=logit_prob, repeats=repeats,
         timeout_s=timeout_s, warmup=not no_warmup, options=opts, output=Path(output) if output else None,
-        resume=resume,
+        resume=resume, memory_limit_gib=memory_limit, strict=strict,
     )
     if resume is not None:
         if resume["workload"].get("hash") != spec.content_hash():
@@ -297,6 +331,71 @@ def run_cmd(backends_opt, nodes_opt, model, workload_file, device, dtype, batch_
         return 130
     click.echo(_render(doc, fmt))
     return 1 if any(c.get("status") == "error" for c in doc["cells"]) else 0
+
+
+@cli.command("estimate")
+@click.option("--nodes", "nodes_opt", required=True, help="Feature node counts, comma-separated.")
+@click.option("--model", "model", default=None,
+              help="Workload preset name or a local model folder (with --transcoders and --prompt).")
+@click.option("--workload", "workload_file", default=None, type=click.Path(dir_okay=False),
+              help="Workload JSON file; excludes --model.")
+@click.option("--transcoders", "transcoders_dir", default=None, type=click.Path(file_okay=False),
+              help="Per-layer transcoder folder, with --model DIR.")
+@click.option("--prompt", "prompt_text", default=None, help="Prompt text, with --model DIR.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Device the cells would run on (no GPU needed to estimate one).")
+@click.option("--dtype", default="float32", show_default=True, help="float32 or bfloat16.")
+@click.option("--batch-size", type=int, default=512, show_default=True, help="Attribution batch size.")
+@click.option("--update-interval", type=int, default=4, show_default=True, help="Re-rank every this many batches.")
+@click.option("--max-logits", type=int, default=10, show_default=True, help="Maximum number of logit targets.")
+@click.option("--backends", "backends_opt", default="all", show_default=True,
+              help="'all' or a comma-separated list of backend names.")
+@click.option("--memory-limit", "memory_limit", type=float, default=None, metavar="GIB",
+              help="Compare host peaks with this many GiB instead of the physical memory.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def estimate_cmd(nodes_opt, model, workload_file, transcoders_dir, prompt_text, device, dtype, batch_size,
+                 update_interval, max_logits, backends_opt, memory_limit, fmt) -> int:
+    """Predict peak host/GPU memory and rough time per backend and node count, without building weights."""
+    from attrbench.estimate import available_memory, estimate_cell, estimate_table, fits, gemm_rate
+    from attrbench.manager import get_backends
+
+    nodes = _parse_int_list(nodes_opt, "--nodes")
+    if dtype not in ("float32", "bfloat16"):
+        raise UsageError(f"--dtype {dtype!r} is not supported; use float32 or bfloat16")
+    for flag, value in (("--batch-size", batch_size), ("--update-interval", update_interval),
+                        ("--max-logits", max_logits)):
+        if value <= 0:
+            raise UsageError(f"{flag} must be a positive integer, got {value}")
+    if memory_limit is not None and memory_limit <= 0:
+        raise UsageError(f"--memory-limit must be a positive number of GiB, got {memory_limit:g}")
+    spec, note = _resolve_spec(model, workload_file, transcoders_dir, prompt_text, nodes)
+    known = get_backends()
+    if backends_opt.strip() == "all":
+        names = list(known)
+    else:
+        names = list(dict.fromkeys(n.strip() for n in backends_opt.split(",") if n.strip()))
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            raise UsageError(f"unknown backend {', '.join(map(repr, unknown)) or '(none given)'}; "
+                             f"known backends: {', '.join(known)}")
+    if note:
+        _err(note)
+    rate = gemm_rate(device, measure=device == "cpu" or _cuda_available())
+    estimates = [estimate_cell(spec, b, n, device, dtype, batch_size, update_interval, max_logits, rate=rate)
+                 for n in nodes for b in names]
+    host, gpu = available_memory(device, int(memory_limit * 2**30) if memory_limit else None)
+    if fmt == "json":
+        click.echo(json.dumps({"workload": spec.name, "available_host_bytes": host, "available_gpu_bytes": gpu,
+                               "gemm_flops": rate,
+                               "cells": [dict(e.to_dict(), fits=fits(e, host, gpu)[0]) for e in estimates]},
+                              indent=1))
+    else:
+        click.echo(f"workload {spec.name}: about {spec.estimated_active_features} active features; "
+                   f"available: host {host / 2**30:.1f} GiB"
+                   + (f", GPU {gpu / 2**30:.1f} GiB" if gpu else "")
+                   + f"; GEMM rate {rate / 1e9:.0f} GFLOP/s")
+        click.echo(estimate_table(estimates, host, gpu))
+    return 0
 
 
 @cli.command("report")

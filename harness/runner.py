@@ -433,6 +433,39 @@ class Runner:
 
         return compare(load_result(graph_dir), load_result(yard_dir), against, workload=self.config.spec)
 
+    def _predict(self, plan: list[tuple[str, int, int]]) -> dict[tuple[str, int], str]:
+        """Estimate every (backend, nodes) to run; warn about those predicted not to fit. Returns the reason
+        per cell that does not fit."""
+        c = self.config
+        try:
+            from attrbench.estimate import DEFAULT_CPU_RATE, available_memory, estimate_cell, fits
+
+            host, gpu = available_memory(c.device, c.memory_limit_bytes())
+        except Exception as exc:  # an estimate must never stop a run
+            self._say(f"warning: memory estimate unavailable ({type(exc).__name__}: {exc})")
+            return {}
+        too_big: dict[tuple[str, int], str] = {}
+        for b, n in dict.fromkeys((b, n) for b, n, r in plan if (b, n, r) not in self.kept):
+            try:
+                est = estimate_cell(c.spec, b, n, c.device, c.dtype, c.batch_size, c.update_interval,
+                                    c.max_n_logits, c.options, rate=DEFAULT_CPU_RATE)
+            except Exception:
+                continue
+            ok, reason = fits(est, host, gpu)
+            if not ok:
+                too_big[(b, n)] = reason
+                action = "not run (--strict)" if c.strict else "it may run out of memory"
+                self._say(f"warning: {b} nodes={n}: {reason}; {action}")
+        return too_big
+
+    def _record_predicted_oom(self, b: str, n: int, r: int, reason: str, done: int, total: int) -> None:
+        backend = self.backends.get(b)
+        cell = new_cell(b, getattr(backend, "exact", True), n, r, status="oom",
+                        error=f"{reason}; not run (--strict)")
+        self.doc["cells"] = [x for x in self.doc["cells"] if cell_key(x) != (b, n, r)] + [cell]
+        self._write()
+        self._say(f"[{done}/{total}] {b} nodes={n} repeat={r}: oom ({cell['error']})")
+
     # -- the run
     def run(self) -> dict[str, Any]:
         c = self.config
@@ -440,6 +473,7 @@ class Runner:
         total = len(plan)
         try:
             self._write()
+            too_big = self._predict(plan)
             groups: dict[tuple[int, int], list[str]] = {}
             for b, n, r in plan:
                 groups.setdefault((n, r), []).append(b)
@@ -454,6 +488,10 @@ class Runner:
                         if kept is not None:
                             status[b] = "ok"
                             self._say(f"[{done}/{total}] {b} nodes={n} repeat={r}: kept from --resume (ok)")
+                            continue
+                        if c.strict and (b, n) in too_big:
+                            status[b] = "oom"
+                            self._record_predicted_oom(b, n, r, too_big[(b, n)], done, total)
                             continue
                         self._run_one(b, n, r, done, total, graphs, status)
                 finally:

@@ -60,15 +60,40 @@ class PromptSpec:
 
 
 @dataclass(frozen=True)
+class LocalSource:
+    """Real weights from local folders: a Hugging Face model folder (config.json, *.safetensors, tokenizer
+    files), a folder of per-layer transcoders (``layer_{i}.safetensors``) and the prompt text."""
+
+    model_dir: str
+    transcoders_dir: str
+    prompt: str
+
+    def fingerprint(self) -> list[list[Any]]:
+        """(relative path, size, mtime_ns) of every file in both folders: part of the content hash."""
+        out = []
+        for key, folder in (("model", self.model_dir), ("transcoders", self.transcoders_dir)):
+            root = Path(folder)
+            for f in sorted(root.rglob("*")) if root.is_dir() else ():
+                if f.is_file():
+                    st = f.stat()
+                    out.append([f"{key}/{f.relative_to(root)}", st.st_size, st.st_mtime_ns])
+        return out
+
+
+@dataclass(frozen=True)
 class WorkloadSpec:
     name: str = "custom"
     model: ModelSpec = field(default_factory=ModelSpec)
     transcoders: TranscoderSpec = field(default_factory=TranscoderSpec)
     prompt: PromptSpec = field(default_factory=PromptSpec)
     seed: int = 0
+    #: real weights from local folders instead of seeded ones (see :func:`local_spec`)
+    source: LocalSource | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if d["source"] is None:
+            del d["source"]  # seeded workloads keep the hashes they always had
         if d["prompt"]["token_ids"] is None:
             del d["prompt"]["token_ids"]
         else:
@@ -80,6 +105,8 @@ class WorkloadSpec:
         """sha256 of everything that determines the weights and prompt (the name is not part of it)."""
         d = self.to_dict()
         d.pop("name")
+        if self.source is not None:
+            d["source_files"] = self.source.fingerprint()
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -218,7 +245,7 @@ def spec_from_dict(data: Any, path: str = "<dict>") -> WorkloadSpec:
     """Build and validate a spec from the JSON shape documented in the README."""
     if not isinstance(data, dict):
         raise UsageError(f"workload file {path}: top level must be a JSON object with model/transcoders/prompt/seed")
-    unknown = set(data) - {"name", "model", "transcoders", "prompt", "seed"}
+    unknown = set(data) - {"name", "model", "transcoders", "prompt", "seed", "source"}
     if unknown:
         raise UsageError(f"workload file {path}: unknown top-level keys {sorted(unknown)}; expected model, transcoders, prompt, seed")
     if "model" not in data:
@@ -230,6 +257,11 @@ def spec_from_dict(data: Any, path: str = "<dict>") -> WorkloadSpec:
         prompt=_section(data, "prompt", PromptSpec, path),
         seed=data.get("seed", 0),
     )
+    source = data.get("source")
+    if source is not None:
+        if not isinstance(source, dict) or set(source) != {"model_dir", "transcoders_dir", "prompt"}:
+            raise UsageError(f"workload file {path}: 'source' must be an object with model_dir, transcoders_dir, prompt")
+        spec = replace(spec, source=LocalSource(**{k: str(v) for k, v in source.items()}))
     return validate(spec)
 
 
@@ -254,4 +286,112 @@ def with_overrides(spec: WorkloadSpec, d_transcoder: int | None = None, n_tokens
         spec = replace(spec, transcoders=replace(spec.transcoders, d_transcoder=d_transcoder))
     if n_tokens is not None:
         spec = replace(spec, prompt=PromptSpec(n_tokens=n_tokens))
+    return validate(spec)
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{what} {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{what} {path} must hold a JSON object")
+    return data
+
+
+def _transcoder_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:
+        raise UsageError(f"transcoder file {path} cannot be read as safetensors: {exc}") from None
+
+
+def check_transcoder_folder(folder: Path, model: ModelSpec) -> TranscoderSpec:
+    """Check ``layer_0 .. layer_{L-1}.safetensors`` against the model (count and shapes); their TranscoderSpec."""
+    L, d = model.num_hidden_layers, model.hidden_size
+    if not folder.is_dir():
+        raise UsageError(f"--transcoders {folder} is not a folder")
+    present = sorted(int(p.stem.split("_", 1)[1]) for p in folder.glob("layer_*.safetensors")
+                     if p.stem.split("_", 1)[1].isdigit())
+    if present != list(range(L)):
+        raise UsageError(f"--transcoders {folder} has {len(present)} layer_{{i}}.safetensors files "
+                         f"({', '.join(map(str, present[:5])) or 'none'}{'...' if len(present) > 5 else ''}); "
+                         f"the model has num_hidden_layers={L}: expected layer_0 .. layer_{L - 1}")
+    widths, skips = set(), set()
+    for layer in range(L):
+        path = folder / f"layer_{layer}.safetensors"
+        shapes = _transcoder_shapes(path)
+        missing = [k for k in ("W_enc", "W_dec", "b_enc", "b_dec") if k not in shapes]
+        if missing:
+            raise UsageError(f"transcoder file {path} lacks {', '.join(missing)}")
+        F = shapes["W_dec"][0] if len(shapes["W_dec"]) == 2 else None
+        enc = shapes["W_enc"]
+        expected = {"W_dec": (F, d), "b_enc": (F,), "b_dec": (d,), "threshold": (F,), "W_skip": (d, d)}
+        if F is None or enc not in ((F, d), (d, F)):
+            raise UsageError(f"transcoder file {path}: W_enc {list(enc)} and W_dec {list(shapes['W_dec'])} do not "
+                             f"fit d_model={d} (expected [F, {d}])")
+        for key, shape in expected.items():
+            if key in shapes and shapes[key] != shape:
+                raise UsageError(f"transcoder file {path}: {key} has shape {list(shapes[key])}, expected {list(shape)} "
+                                 f"(d_model={d}, F={F})")
+        widths.add(F)
+        skips.add("W_skip" in shapes)
+    if len(widths) > 1 or len(skips) > 1:
+        raise UsageError(f"--transcoders {folder}: layers differ in width {sorted(widths)} or in having W_skip")
+    return TranscoderSpec(d_transcoder=widths.pop(), skip_connection=skips.pop(), target_l0=TranscoderSpec.target_l0)
+
+
+def model_spec_from_config(folder: Path) -> ModelSpec:
+    """The model section of a local Hugging Face model folder's ``config.json``."""
+    config = folder / "config.json"
+    if not config.exists():
+        raise UsageError(f"--model {folder} has no config.json (a local Hugging Face model folder is needed)")
+    data = _read_json(config, "model config")
+    mt = data.get("model_type")
+    if mt not in MODEL_TYPES:
+        raise UsageError(f"--model {folder}: model_type {mt!r} is not supported; use one of {', '.join(MODEL_TYPES)}")
+    known = {f.name for f in fields(ModelSpec)}
+    kwargs = {k: v for k, v in data.items() if k in known}
+    if "head_dim" not in kwargs and "hidden_size" in data and "num_attention_heads" in data:
+        kwargs["head_dim"] = data["hidden_size"] // data["num_attention_heads"]
+    kwargs.setdefault("num_key_value_heads", data.get("num_attention_heads", ModelSpec.num_key_value_heads))
+    return ModelSpec(**kwargs)
+
+
+def tokenize_prompt(model_dir: Path, text: str) -> tuple[int, ...]:
+    """``text`` tokenized with the folder's tokenizer, BOS prepended when it has one and it is not there."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    except Exception as exc:
+        raise UsageError(f"--model {model_dir}: its tokenizer cannot be loaded ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    ids = list(tok(text, add_special_tokens=False)["input_ids"])
+    bos = tok.bos_token_id
+    if bos is not None and (not ids or ids[0] != bos):
+        ids.insert(0, bos)
+    return tuple(int(i) for i in ids)
+
+
+def local_spec(model_dir: str | Path, transcoders_dir: str | Path, prompt: str) -> WorkloadSpec:
+    """A workload of real local weights: model section from config.json, transcoder shape checked from the
+    files, prompt tokenized now (no hub is ever contacted). Any problem is one :class:`UsageError` line."""
+    mdir, tdir = Path(model_dir).resolve(), Path(transcoders_dir).resolve()
+    if not mdir.is_dir():
+        raise UsageError(f"--model {model_dir} is neither a preset nor an existing folder")
+    if not any(mdir.glob("*.safetensors")):
+        raise UsageError(f"--model {mdir} has no *.safetensors weights")
+    model = model_spec_from_config(mdir)
+    transcoders = check_transcoder_folder(tdir, model)
+    if not prompt or not prompt.strip():
+        raise UsageError("--prompt must be a non-empty text")
+    token_ids = tokenize_prompt(mdir, prompt)
+    spec = WorkloadSpec(name=mdir.name, model=model, transcoders=transcoders, prompt=PromptSpec(token_ids=token_ids),
+                        source=LocalSource(str(mdir), str(tdir), prompt))
     return validate(spec)

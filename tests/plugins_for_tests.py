@@ -82,6 +82,20 @@ class InterruptBackend(_Crashing):
         time.sleep(120)
 
 
+class HogBackend(_Crashing):
+    """Allocates and touches ATTRBENCH_TEST_HOG_GIB GiB (default 64) in attribute: beyond any --memory-limit."""
+
+    name = "hog"
+    description = "test: allocates far more memory than a small --memory-limit"
+
+    def attribute(self, prepared, settings):
+        import torch
+
+        gib = float(os.environ.get("ATTRBENCH_TEST_HOG_GIB", "64"))
+        torch.empty(int(gib * 2**30) // 4, dtype=torch.float32).fill_(1)
+        raise RuntimeError("the hog test backend was not stopped by the memory limit")
+
+
 class Float32OnlyBackend(_Crashing):
     name = "f32only"
     description = "test: declares float32 on cpu only"
@@ -93,5 +107,5 @@ class Float32OnlyBackend(_Crashing):
 @hookimpl
 def register_backends(register):
     for cls in (CopyBackend, RaisesBackend, SegfaultBackend, KilledBackend, SleeperBackend, InterruptBackend,
-                Float32OnlyBackend):
+                Float32OnlyBackend, HogBackend):
         register(cls())

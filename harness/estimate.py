@@ -1,0 +1,368 @@
+"""Predicted peak host memory, peak GPU memory and rough time of a cell, from the workload's shape alone.
+
+Nothing is built: the model is closed-form in the workload's shape (layers, widths, prompt length, the
+calibrated number of active features) and the run settings. The big terms, per backend:
+
+* ``reference`` (circuit-tracer): its dense float32 edge matrix ``[nodes + n_logits, total_nodes]`` on the
+  host; a copy of it during every re-ranking (``compute_partial_influences`` copies before normalising);
+  packaging reads the selected columns (a square-sized copy), sorts the rows (a second one) and fills the
+  dense square adjacency ``[n_square, n_square]``; the weights twice (HF model + TransformerLens copy, the
+  transcoders in the workload and in the replacement model); the forward pass with ``batch_size`` copies of
+  the prompt (``batch x n_pos x d_model x ~12 L`` activations kept for the backward passes) and the
+  backward's feature contraction (``batch x features_per_layer x d_model``).
+* exact backends (``autodiff-free``, ``causal-trick``, ``gqa-shared``): the weights once (+ stacked V/O/skip),
+  the edge rows in whichever store the backend would pick (:func:`attrbench.backends.exact.make_edge_store`
+  decides dense vs lean through ``dense_storage_bytes``/``memory_for``; both are asked here when they exist),
+  the ranking's temporaries (circuit-tracer's copy, or the streamed ``rows x rows`` block) and the square
+  adjacency; per-batch gradient buffers.
+* ``approximate-pruned``: like gqa-shared, but about :data:`PRUNED_KEPT_FRACTION` of the edges kept as
+  12-byte coordinate entries, with int64 index temporaries during ranking and packaging.
+
+Time is FLOP/byte based: multiply-adds of every row's VJP (circuit-tracer's backward over the whole prompt
+and every layer below the target, with partial batches padded to ``batch_size``; the causal backends only
+over positions <= the target's), at the GEMM rate measured on this machine once (:func:`gemm_rate`), plus
+memory passes over the edge rows for ranking and packaging at :data:`HOST_BANDWIDTH`, times a per-backend
+inefficiency factor calibrated from the measurements below.
+
+Estimate vs measured (2 CPU cores, fp32, batch 512, update_interval 4; ``peak_host_bytes`` and ``wall_s`` of
+``attrbench run``; relative error = estimate / measured - 1):
+
+MEASURED_TABLE
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from attrbench.workload import WorkloadSpec
+
+GIB = 2**30
+#: RSS of a cell's child before any workload-sized memory: python + torch + transformers (+ circuit-tracer
+#: and TransformerLens for the reference), calibrated on tiny
+BASE_HOST = {"reference": 0.74 * GIB, "default": 0.36 * GIB}
+#: fraction of the edges approximate-pruned keeps (its threshold's typical outcome)
+PRUNED_KEPT_FRACTION = 0.25
+#: activations of the replacement model's forward per (batch copy, position, d_model) and layer
+REF_ACTIVATION_TENSORS_PER_LAYER = 12
+#: host memory bandwidth assumed for memory-bound passes over the edge rows (bytes/s)
+HOST_BANDWIDTH = 4e9
+GPU_BANDWIDTH = 1.5e12
+#: GEMM rate used when none is measured (fp32 FLOP/s); a GPU's is taken as a constant
+DEFAULT_CPU_RATE = 50e9
+DEFAULT_GPU_RATE = 30e12
+#: measured wall time / predicted compute time, per backend (calibrated on tiny and small, see above)
+INEFFICIENCY = {
+    "reference": 3.0, "autodiff-free": 3.0, "causal-trick": 3.0, "gqa-shared": 3.0, "approximate-pruned": 3.0,
+}
+#: seconds of fixed cost per cell (linearisation, salient logits, python overhead)
+FIXED_S = {"reference": 0.3, "default": 0.02}
+EXACT_BACKENDS = ("autodiff-free", "causal-trick", "gqa-shared")
+KNOWN_BACKENDS = ("reference",) + EXACT_BACKENDS + ("approximate-pruned",)
+CAUSAL = ("causal-trick", "gqa-shared", "approximate-pruned")
+
+_RATE_CACHE: dict[str, float] = {}
+
+
+def gemm_rate(device: str = "cpu", measure: bool = True) -> float:
+    """fp32 FLOP/s of a large matmul on ``device``, measured once per process (about 0.2 s on a CPU)."""
+    kind = str(device).split(":")[0]
+    if kind in _RATE_CACHE:
+        return _RATE_CACHE[kind]
+    rate = DEFAULT_GPU_RATE if kind == "cuda" else DEFAULT_CPU_RATE
+    if measure:
+        try:
+            import torch
+
+            if kind == "cuda" and not torch.cuda.is_available():
+                raise RuntimeError("no GPU")
+            n = 1024 if kind == "cpu" else 4096
+            a = torch.randn(n, n, device=kind)
+            b = torch.randn(n, n, device=kind)
+            (a @ b).sum().item()
+            reps, t0 = 0, time.perf_counter()
+            while reps < 3 or time.perf_counter() - t0 < 0.1:
+                c = a @ b
+                reps += 1
+            if kind == "cuda":
+                torch.cuda.synchronize()
+            del c
+            rate = 2 * n**3 * reps / (time.perf_counter() - t0)
+        except Exception:
+            pass
+    _RATE_CACHE[kind] = rate
+    return rate
+
+
+@dataclass
+class Shape:
+    """The sizes the estimate needs, derived from a workload spec and the run settings."""
+
+    L: int
+    d: int
+    H: int
+    KV: int
+    dh: int
+    d_mlp: int
+    vocab: int
+    F: int
+    skip: bool
+    n_pos: int
+    n_active: int
+    n_logits: int
+    nodes: int  # selected feature nodes = min(max_feature_nodes, n_active)
+
+    @classmethod
+    def of(cls, spec: WorkloadSpec, nodes: int, max_n_logits: int = 10) -> "Shape":
+        m, t = spec.model, spec.transcoders
+        n_active = max(int(spec.estimated_active_features), 1)
+        return cls(m.num_hidden_layers, m.hidden_size, m.num_attention_heads, m.num_key_value_heads, m.head_dim,
+                   m.intermediate_size, m.vocab_size, t.d_transcoder, bool(t.skip_connection),
+                   spec.prompt.length, n_active, max_n_logits, min(nodes, n_active))
+
+    @property
+    def row_size(self) -> int:
+        return self.n_active + (self.L + 1) * self.n_pos
+
+    @property
+    def total_nodes(self) -> int:
+        return self.row_size + self.n_logits
+
+    @property
+    def n_rows(self) -> int:
+        return self.nodes + self.n_logits
+
+    @property
+    def n_square(self) -> int:
+        return self.nodes + (self.L + 1) * self.n_pos + self.n_logits
+
+    def model_params(self) -> int:
+        attn = self.d * self.dh * (2 * self.H + 2 * self.KV)
+        return self.L * (attn + 3 * self.d * self.d_mlp) + 2 * self.vocab * self.d
+
+    def transcoder_params(self) -> int:
+        return self.L * (2 * self.F * self.d + (self.d * self.d if self.skip else 0))
+
+
+@dataclass
+class Estimate:
+    backend: str
+    nodes: int
+    host_bytes: int
+    gpu_bytes: int | None
+    time_s: float
+    edge_storage: str | None = None
+    terms: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def model_kind(backend: str) -> str:
+    """The built-in backend whose model applies: itself, the nearest built-in base class of a registered
+    plugin backend (a subclass of the reference is modelled as the reference), else gqa-shared."""
+    if backend in KNOWN_BACKENDS:
+        return backend
+    try:
+        from attrbench.manager import get_backends
+
+        obj = get_backends().get(backend)
+    except Exception:
+        obj = None
+    for cls in type(obj).__mro__ if obj is not None else ():
+        name = cls.__dict__.get("name")
+        if name in KNOWN_BACKENDS:
+            return name
+    return "gqa-shared"
+
+
+def _dtype_bytes(dtype: str) -> int:
+    return 2 if dtype in ("bfloat16", "float16") else 4
+
+
+def _windows(s: Shape, batch_size: int, update_interval: int) -> list[int]:
+    """Sizes of the feature windows between re-rankings (one window of everything when all are kept)."""
+    if s.nodes >= s.n_active:
+        return [s.nodes]
+    window = update_interval * batch_size
+    return [min(window, s.nodes - i) for i in range(0, s.nodes, window)]
+
+
+def _row_macs(s: Shape, backend: str) -> tuple[float, float]:
+    """Multiply-adds of (one feature row on average, one logit row)."""
+    causal = backend in CAUSAL
+    v_heads = s.KV if backend in ("gqa-shared", "approximate-pruned") else s.H
+    per_pos = (s.d * s.d if s.skip else 0) + s.d * s.H * s.dh + v_heads * s.dh * s.d
+    feats_per_layer = s.n_active / s.L
+
+    def layer_cost(P: float, P2: float, reach: float) -> float:
+        return P * per_pos + s.H * s.dh * P2 + (feats_per_layer * reach + P) * s.d
+
+    if causal:  # positions up to the target's: mean P ~ n/2, mean P^2 ~ n^2/3
+        feat = layer_cost(s.n_pos / 2, s.n_pos**2 / 6, 0.5)
+    else:
+        feat = layer_cost(s.n_pos, s.n_pos**2, 1.0)
+    full = layer_cost(s.n_pos, s.n_pos**2, 1.0)
+    layers_below = (s.L - 1) / 2
+    if backend == "reference":
+        layers_below = s.L  # the whole model's backward runs for every batch
+    return feat * layers_below + s.n_pos * s.d, full * s.L + s.n_pos * s.d
+
+
+def _choose_store(backend: str, s: Shape, device: str, options: dict[str, Any]) -> str:
+    """What the exact engine would pick: ask its own helpers when present, else dense."""
+    if backend == "approximate-pruned":
+        return "pruned"
+    choice = options.get("edge_storage", "auto")
+    if choice in ("dense", "lean"):
+        return choice
+    try:
+        from attrbench.backends import exact
+    except Exception:
+        return "dense"
+    dense_bytes = getattr(exact, "dense_storage_bytes", None)
+    memory_for = getattr(exact, "memory_for", None)
+    if dense_bytes is None or memory_for is None or not hasattr(exact, "LayeredEdgeStore"):
+        return "dense"
+    try:
+        import torch
+
+        model = SimpleNamespace(n_layers=s.L, n_pos=s.n_pos, n_active=s.n_active)
+        need = dense_bytes(s.n_rows, s.total_nodes, model)
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            return "dense"
+        return "lean" if need > 0.5 * memory_for(torch.device(device)) else "dense"
+    except Exception:
+        return "dense"
+
+
+def estimate_cell(spec: WorkloadSpec, backend: str, nodes: int, device: str = "cpu", dtype: str = "float32",
+                  batch_size: int = 512, update_interval: int = 4, max_n_logits: int = 10,
+                  options: dict[str, Any] | None = None, rate: float | None = None) -> Estimate:
+    """Predicted peaks and time of one (backend, nodes) cell. Unknown backends are modelled as gqa-shared."""
+    options = dict(options or {})
+    s = Shape.of(spec, nodes, max_n_logits)
+    cuda = str(device).startswith("cuda")
+    wb = _dtype_bytes(dtype)
+    B = batch_size
+    model_b, tc_b = 4 * s.model_params(), 4 * s.transcoder_params()
+    E = 4 * s.n_rows * s.total_nodes  # dense fp32 edge rows
+    S = 4 * s.n_square**2  # square adjacency
+    S_cols = 4 * s.n_rows * s.n_square  # the edge rows' selected columns
+    ranks = len(_windows(s, B, update_interval)) if s.nodes < s.n_active else 0
+    kind = model_kind(backend)
+    terms: dict[str, int] = {}
+    host = BASE_HOST.get(kind, BASE_HOST["default"])
+    gpu = 0
+    store = None
+    rate = rate if rate is not None else gemm_rate(device)
+    bw = GPU_BANDWIDTH if cuda else HOST_BANDWIDTH
+
+    if kind == "reference":
+        # HF model (workload, fp32 on host) + TL copy and transcoders in the replacement model (device dtype)
+        device_w = (model_b + tc_b) * wb // 4
+        terms["weights"] = model_b + tc_b + device_w
+        acts = B * s.n_pos * s.d * s.L * REF_ACTIVATION_TENSORS_PER_LAYER * wb
+        contract = B * math.ceil(s.n_active / s.L) * s.d * wb
+        terms["activations"] = acts + contract
+        ranking = 2 * E if ranks else E
+        if cuda:  # the ranking copy goes to the GPU, the edge matrix stays on the host
+            ranking = E
+            gpu = device_w + acts + contract + (E if ranks else 0)
+        packaging = max(E + S_cols, 2 * S_cols, S_cols + S) if s.nodes < s.n_active else max(2 * E, E + S)
+        terms["edges"] = max(ranking, packaging)
+        host += model_b + tc_b + terms["edges"] + (0 if cuda else device_w + acts + contract)
+        feat_macs, logit_macs = _row_macs(s, "reference")
+        padded_rows = B * (math.ceil(s.n_logits / B) + sum(math.ceil(w / B) for w in _windows(s, B, update_interval)))
+        forward = 2 * B * s.n_pos * (s.model_params() + s.L * 2 * s.F * s.d) / rate
+        compute = 2 * feat_macs * padded_rows / rate + forward
+        passes = sum(4 * (s.L + 4) * (s.n_logits + i * update_interval * B) * s.total_nodes for i in range(ranks))
+        memory = (passes + 3 * E + 2 * S) / bw
+    else:
+        store = _choose_store(kind, s, device, options)
+        weights = model_b + tc_b + 4 * s.L * (s.KV * s.dh * s.d + s.d * s.H * s.dh + (s.d * s.d if s.skip else 0))
+        if kind in ("gqa-shared", "approximate-pruned"):
+            weights += 4 * s.L * (s.n_pos * s.d * max(1, math.ceil(s.n_active / s.L / max(1, s.n_pos - 1))) * 2)
+        buffers = 4 * B * s.row_size + 6 * 4 * B * s.n_pos * s.d
+        terms["weights"], terms["buffers"] = weights, buffers
+        if store == "pruned":
+            kept = PRUNED_KEPT_FRACTION * s.n_rows * s.row_size
+            edges = int(max(2 * 12 * kept, kept * (12 + 40)))
+            pack = int(kept * (12 + 28)) + S
+            dev_edges, host_edges = edges, max(edges, pack)
+            passes = ranks * kept * 40 + kept * 40
+        elif store == "lean":
+            lean = 4 * (s.nodes * (s.n_active / 2 + s.L * s.n_pos / 2 + s.n_pos) + s.n_logits * s.row_size)
+            dev_edges = int(lean * (1 + 1 / s.L))
+            host_edges = dev_edges + 4 * 512 * s.n_square  # packaging blocks; the adjacency goes to a file
+            passes = ranks * lean + 2 * lean + S
+        else:
+            if kind in ("autodiff-free", "causal-trick"):
+                rank_tmp = E  # circuit-tracer's copy of the rows
+            else:
+                rank_tmp = 4 * s.n_rows**2 + 4 * min(8192, s.n_rows) * s.total_nodes
+            dev_edges = E + (rank_tmp if ranks else 0)
+            host_edges = max(dev_edges, E + S + 2 * 4 * min(4096, s.n_rows) * s.n_square)
+            factor = (s.L + 4) if kind in ("autodiff-free", "causal-trick") else 3
+            passes = sum(4 * factor * (s.n_logits + i * update_interval * B) * s.total_nodes for i in range(ranks))
+            passes += E + 2 * S
+        terms["edges"] = host_edges
+        if cuda:
+            gpu = weights * wb // 4 + buffers * wb // 4 + dev_edges
+            host += model_b + tc_b + (S if store != "lean" else 0) + (0 if store == "pruned" else 0)
+        else:
+            host += weights + buffers + host_edges
+        feat_macs, logit_macs = _row_macs(s, kind)
+        compute = 2 * (feat_macs * s.nodes + logit_macs * s.n_logits) / rate
+        memory = passes / bw
+    fixed = FIXED_S.get(kind, FIXED_S["default"])
+    t = INEFFICIENCY.get(kind, INEFFICIENCY["gqa-shared"]) * (compute + memory) + fixed
+    return Estimate(backend, nodes, int(host), int(gpu) if cuda else None, float(t), store, terms)
+
+
+def available_memory(device: str = "cpu", memory_limit_bytes: int | None = None) -> tuple[int, int | None]:
+    """(host bytes, GPU bytes or None) a cell may use: physical memory (or the memory limit when lower),
+    and the GPU's total memory on CUDA."""
+    import psutil
+
+    host = psutil.virtual_memory().total
+    if memory_limit_bytes:
+        host = min(host, memory_limit_bytes)
+    gpu = None
+    if str(device).startswith("cuda"):
+        try:
+            import torch
+
+            gpu = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
+        except Exception:
+            gpu = None
+    return int(host), gpu
+
+
+def fits(est: Estimate, host_avail: int, gpu_avail: int | None) -> tuple[bool, str | None]:
+    """Whether ``est`` fits; else the reason, as the runner records it."""
+    if est.host_bytes > host_avail:
+        return False, f"predicted peak {est.host_bytes / GIB:.1f} GiB exceeds {host_avail / GIB:.1f} GiB available"
+    if est.gpu_bytes is not None and gpu_avail is not None and est.gpu_bytes > gpu_avail:
+        return False, (f"predicted peak {est.gpu_bytes / GIB:.1f} GiB exceeds {gpu_avail / GIB:.1f} GiB available "
+                       "on the GPU")
+    return True, None
+
+
+def estimate_table(estimates: list[Estimate], host_avail: int, gpu_avail: int | None) -> str:
+    from tabulate import tabulate
+
+    from attrbench.results import format_bytes
+
+    rows = []
+    for e in estimates:
+        ok, _ = fits(e, host_avail, gpu_avail)
+        t = f"{e.time_s:.3g} s" if e.time_s < 600 else f"{e.time_s / 3600:.3g} h"
+        rows.append([e.backend, e.nodes, format_bytes(e.host_bytes),
+                     "-" if e.gpu_bytes is None else format_bytes(e.gpu_bytes), t, e.edge_storage or "-",
+                     "yes" if ok else "no"])
+    return tabulate(rows, headers=["backend", "nodes", "host peak", "GPU peak", "time", "edge store", "fits"],
+                    tablefmt="simple")
