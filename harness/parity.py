@@ -18,8 +18,9 @@ from typing import Any, Callable, Iterator
 import torch
 
 from attrbench.backend import AttributionResult
+from attrbench.prune import abs_bits, radix_select
 
-#: graphs with more nodes than this are not pruned densely (pruned_node_jaccard is null)
+#: graphs with more nodes than this are pruned by the streaming attrbench.prune.prune instead of prune_graph
 MAX_DENSE_PRUNE_NODES = 30_000
 #: fraction of total |weight| the yardstick's top edges must carry
 EDGE_MASS = 0.99
@@ -81,51 +82,17 @@ def _submatrix_blocks(adj: torch.Tensor, idx: torch.Tensor) -> Callable[[], Iter
 
 def _abs_bits(block: torch.Tensor) -> torch.Tensor:
     """int32 bit patterns of |block| (monotone in the value)."""
-    return block.abs().contiguous().view(torch.int32).flatten()
+    return abs_bits(block)
 
 
 def _radix_select(blocks: Callable[[], Iterator[torch.Tensor]], need: float, by_mass: bool) -> tuple[int, int]:
-    """The smallest bit threshold t such that the elements with bits >= t reach ``need``.
+    """The largest bit threshold t such that the elements with bits >= t reach ``need``.
 
     ``by_mass``: ``need`` is an amount of |weight|; otherwise a count of elements. Returns (t, count of
-    elements >= t). Two passes over the blocks.
+    elements >= t). Two passes over the blocks (:func:`attrbench.prune.radix_select`).
     """
-    size = 1 << 16
-    hi_count = torch.zeros(size, dtype=torch.float64)
-    hi_mass = torch.zeros(size, dtype=torch.float64)
-    for block in blocks():
-        bits = _abs_bits(block)
-        hi = bits >> 16
-        hi_count += torch.bincount(hi, minlength=size).double()
-        if by_mass:
-            hi_mass += torch.bincount(hi, weights=block.abs().flatten().double(), minlength=size)
-    weights_hi = hi_mass if by_mass else hi_count
-    # cumulative from the top bin down
-    rev = torch.flip(weights_hi, [0]).cumsum(0)
-    pos = int(torch.searchsorted(rev, torch.tensor([need], dtype=torch.float64) * (1 - 1e-12)).item())
-    pos = min(pos, size - 1)
-    h = size - 1 - pos
-    above = float(rev[pos - 1]) if pos > 0 else 0.0
-    count_above = float(torch.flip(hi_count, [0])[:pos].sum()) if pos > 0 else 0.0
-    remaining = need - above
-    lo_count = torch.zeros(size, dtype=torch.float64)
-    lo_mass = torch.zeros(size, dtype=torch.float64)
-    for block in blocks():
-        bits = _abs_bits(block)
-        sel = (bits >> 16) == h
-        if not bool(sel.any()):
-            continue
-        lo = bits[sel] & 0xFFFF
-        lo_count += torch.bincount(lo, minlength=size).double()
-        if by_mass:
-            lo_mass += torch.bincount(lo, weights=block.abs().flatten()[sel].double(), minlength=size)
-    weights_lo = lo_mass if by_mass else lo_count
-    rev_lo = torch.flip(weights_lo, [0]).cumsum(0)
-    pos_lo = int(torch.searchsorted(rev_lo, torch.tensor([remaining], dtype=torch.float64) * (1 - 1e-12)).item())
-    pos_lo = min(pos_lo, size - 1)
-    l = size - 1 - pos_lo
-    count = count_above + float(torch.flip(lo_count, [0])[: pos_lo + 1].sum())
-    return (h << 16) | l, int(count)
+    t, count, _ = radix_select(blocks, need, by_mass, rel_tol=1e-12)
+    return t, count
 
 
 def compare(result: AttributionResult, yardstick: AttributionResult, against: str,
@@ -192,25 +159,32 @@ class _PruneView:
 
 
 def pruned_nodes(result: AttributionResult, workload: Any = None) -> set[tuple]:
-    """Identities of the nodes circuit-tracer's ``prune_graph`` (defaults) keeps."""
-    from circuit_tracer.graph import prune_graph
+    """Identities of the nodes circuit-tracer's ``prune_graph`` (defaults) keeps.
 
-    if workload is not None:
-        from attrbench.graph_store import to_circuit_tracer_graph
+    Up to :data:`MAX_DENSE_PRUNE_NODES` nodes circuit-tracer's own ``prune_graph`` runs (the yardstick); above,
+    :func:`attrbench.prune.prune`, which gives the same node mask reading the adjacency in row blocks.
+    """
+    if result.adjacency_matrix.shape[0] > MAX_DENSE_PRUNE_NODES:
+        from attrbench.prune import prune
 
-        graph = to_circuit_tracer_graph(result, workload)
+        mask = prune(result, return_edge_mask=False).node_mask
     else:
-        graph = _PruneView(result)
-    mask = prune_graph(graph).node_mask
+        from circuit_tracer.graph import prune_graph
+
+        if workload is not None:
+            from attrbench.graph_store import to_circuit_tracer_graph
+
+            graph = to_circuit_tracer_graph(result, workload)
+        else:
+            graph = _PruneView(result)
+        mask = prune_graph(graph).node_mask
     ids = node_identities(result)
     return {ids[i] for i in torch.nonzero(mask).flatten().tolist()}
 
 
 def pruned_node_jaccard(result: AttributionResult, yardstick: AttributionResult, workload: Any = None) -> float | None:
-    """Jaccard of the kept node identities after ``prune_graph`` on both graphs; None above
-    :data:`MAX_DENSE_PRUNE_NODES` nodes (a streaming prune will replace this) or when pruning fails."""
-    if max(result.adjacency_matrix.shape[0], yardstick.adjacency_matrix.shape[0]) > MAX_DENSE_PRUNE_NODES:
-        return None
+    """Jaccard of the kept node identities after ``prune_graph`` on both graphs (the streaming prune above
+    :data:`MAX_DENSE_PRUNE_NODES` nodes); None when pruning fails."""
     try:
         with torch.no_grad():
             return _jaccard(pruned_nodes(result, workload), pruned_nodes(yardstick, workload))

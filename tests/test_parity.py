@@ -133,12 +133,15 @@ def test_swapped_feature_noise_and_permutation_are_aligned():
     assert p["rel_frobenius"] == pytest.approx((0.5**2 + 0.125**2) ** 0.5 / float(ref), rel=1e-5)
 
 
-def test_large_graphs_skip_dense_prune(monkeypatch):
+def test_large_graphs_use_streaming_prune(monkeypatch):
     import attrbench.parity as parity
 
-    monkeypatch.setattr(parity, "MAX_DENSE_PRUNE_NODES", 10)
-    a = make_graph()
-    assert compare(a, a, "autodiff-free")["pruned_node_jaccard"] is None
+    a, b = make_graph(2), make_graph(2)
+    b.adjacency_matrix.mul_(1 + 0.3 * torch.randn(b.adjacency_matrix.shape, generator=torch.Generator().manual_seed(4)))
+    dense_same, dense_noisy = parity.pruned_node_jaccard(a, a), parity.pruned_node_jaccard(b, a)
+    monkeypatch.setattr(parity, "MAX_DENSE_PRUNE_NODES", 10)  # every graph takes the streaming prune
+    assert compare(a, a, "autodiff-free")["pruned_node_jaccard"] == dense_same == 1.0
+    assert parity.pruned_node_jaccard(b, a) == dense_noisy
 
 
 def test_blockwise_matches_dense(monkeypatch):

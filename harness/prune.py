@@ -1,0 +1,347 @@
+"""Streaming version of circuit-tracer's ``prune_graph`` for graphs whose adjacency barely fits in memory.
+
+circuit-tracer's ``prune_graph(graph, node_threshold=0.8, edge_threshold=0.98)`` clones the adjacency, builds
+two normalised copies and an edge-score matrix, and sorts all N^2 edge scores: at ~63k nodes that is out of
+memory. :func:`prune` computes the same node mask and cumulative scores (and, up to
+:data:`MAX_EDGE_MASK_NODES` nodes, the same edge mask) reading the adjacency in row blocks only:
+
+* normalisation (``|A| / rowsum``) is done per row block (row sums do not depend on the blocking);
+* node influence is circuit-tracer's power series ``x A + x A^2 + ...`` with blockwise vector-matrix
+  products (row blocks whose entries of ``x`` are all zero are skipped);
+* the node threshold sorts the N influences (N values, cheap) with circuit-tracer's own ``find_threshold``;
+* the edge threshold is found by an exact radix select over the float32 bit patterns of the edge scores
+  (:func:`radix_select`, two histogram passes of 2^16 bins) that reproduces ``find_threshold``'s
+  ``sort descending -> cumsum / sum -> searchsorted(left) -> clamp`` semantics on CPU: the cumulative sum is
+  accumulated in float64 and rounded to float32, then divided by the float32 total, as torch does;
+* the iterative node-mask clean-up (features and errors need an outgoing kept edge, features an incoming
+  one) recomputes the edge scores blockwise in every iteration instead of keeping an N x N mask.
+
+The adjacency may be a read-only tensor over a ``numpy.memmap``; it is never written to and no N x N
+temporary is made. The only remaining difference from circuit-tracer is floating-point summation order:
+circuit-tracer's float32 ``torch.sum`` of the sorted edge scores can differ from the correctly rounded total
+used here by an ulp, and its dense ``x @ A`` from the blockwise product by a few ulps. Either moves the edge
+threshold only when edge scores lie within those ulps of it (on large graphs a handful of near-threshold
+edges at most); graphs that fit in one row block get bit-identical influences.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, NamedTuple
+
+import numpy as np
+import torch
+
+#: above this many nodes :func:`prune` returns ``edge_mask=None`` (a dense bool mask is N^2 bytes)
+MAX_EDGE_MASK_NODES = 20_000
+#: elements per row block of the adjacency (64 MiB of float32; a block costs about 5x that while scoring)
+BLOCK_ELEMENTS = 1 << 24
+#: circuit-tracer's ``compute_influence`` limit
+MAX_ITER = 1000
+
+_HALF = 16
+_BINS = 1 << _HALF
+
+
+class StreamingPruneResult(NamedTuple):
+    node_mask: torch.Tensor  # bool [N]
+    edge_mask: torch.Tensor | None  # bool [N, N] ([target, source]), None above MAX_EDGE_MASK_NODES nodes
+    cumulative_scores: torch.Tensor  # float32 [N]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# radix select over float32 bit patterns (also used by attrbench.parity for its top-edge selection)
+
+
+def abs_bits(block: torch.Tensor) -> torch.Tensor:
+    """int32 bit patterns of ``|block|``, flattened; for non-negative floats they order like the values."""
+    return block.abs().contiguous().view(torch.int32).flatten()
+
+
+def radix_select(blocks: Callable[[], Iterator[torch.Tensor]], need: float | Callable[[float, float], float],
+                 by_mass: bool, rel_tol: float = 0.0) -> tuple[int, int, float]:
+    """The largest bit pattern ``t`` such that the elements of ``|blocks|`` with bits >= t reach ``need``.
+
+    ``blocks`` is a re-iterable generator of float32 blocks (two passes are made). With ``by_mass`` ``need``
+    is an amount of ``|value|`` (summed in float64), otherwise a count of elements. ``need`` may be a callable
+    ``need(total_mass, total_count)`` evaluated after the first pass. ``need`` is lowered by the relative
+    ``rel_tol`` before the search (a guard against summation-order rounding). When ``need`` is more than the
+    total, the search stops at the lowest bin (t = 0). Returns ``(t, count of elements with bits >= t,
+    total)`` where total is the mass (``by_mass``) or the count of all elements.
+
+    For ``need > 0`` and ``by_mass``, ``t`` is the bit pattern of the element ``v`` with
+    ``mass(> v) < need <= mass(>= v)``: the element at which a descending sort's cumulative sum first
+    reaches ``need``.
+    """
+    hi_count = torch.zeros(_BINS, dtype=torch.float64)
+    hi_mass = torch.zeros(_BINS, dtype=torch.float64)
+    for block in blocks():
+        bits = abs_bits(block)
+        hi = bits >> _HALF
+        hi_count += torch.bincount(hi, minlength=_BINS).double()
+        if by_mass:
+            hi_mass += torch.bincount(hi, weights=block.abs().flatten().double(), minlength=_BINS)
+        del bits, hi
+    total_mass, total_count = float(hi_mass.sum()), float(hi_count.sum())
+    if callable(need):
+        need = need(total_mass, total_count)
+    need = float(need)
+    weights_hi = hi_mass if by_mass else hi_count
+    rev = torch.flip(weights_hi, [0]).cumsum(0)  # cumulative from the top bin down
+    target = torch.tensor([need * (1 - rel_tol)], dtype=torch.float64)
+    pos = min(int(torch.searchsorted(rev, target).item()), _BINS - 1)
+    h = _BINS - 1 - pos
+    above = float(rev[pos - 1]) if pos > 0 else 0.0
+    count_above = float(torch.flip(hi_count, [0])[:pos].sum()) if pos > 0 else 0.0
+    remaining = need - above
+    lo_count = torch.zeros(_BINS, dtype=torch.float64)
+    lo_mass = torch.zeros(_BINS, dtype=torch.float64)
+    for block in blocks():
+        bits = abs_bits(block)
+        sel = (bits >> _HALF) == h
+        if not bool(sel.any()):
+            continue
+        lo = bits[sel] & (_BINS - 1)
+        lo_count += torch.bincount(lo, minlength=_BINS).double()
+        if by_mass:
+            lo_mass += torch.bincount(lo, weights=block.abs().flatten()[sel].double(), minlength=_BINS)
+        del bits, sel, lo
+    weights_lo = lo_mass if by_mass else lo_count
+    rev_lo = torch.flip(weights_lo, [0]).cumsum(0)
+    target_lo = torch.tensor([remaining * (1 - rel_tol) if rel_tol else remaining], dtype=torch.float64)
+    pos_lo = min(int(torch.searchsorted(rev_lo, target_lo).item()), _BINS - 1)
+    low = _BINS - 1 - pos_lo
+    count = count_above + float(torch.flip(lo_count, [0])[: pos_lo + 1].sum())
+    return (h << _HALF) | low, int(count), total_mass if by_mass else total_count
+
+
+def _bits_to_float(bits: int) -> float:
+    return float(np.array([bits], dtype=np.int32).view(np.float32)[0])
+
+
+def cumsum_need(total: float, threshold: float) -> float:
+    """The smallest float64 prefix sum P with ``f32(f32(P) / f32(total)) >= f32(threshold)``.
+
+    That is the condition ``torch.searchsorted(cumsum(sorted) / sum(sorted), threshold)`` tests for a
+    float32 tensor on CPU (``cumsum`` accumulates in float64 and rounds each prefix to float32; the threshold
+    is a wrapped scalar, so it is compared as float32). Returns ``inf`` when no prefix can reach it.
+    """
+    t32 = np.float32(total)
+    c32 = np.float32(threshold)
+    if t32 <= 0 or not np.isfinite(t32):
+        return 0.0
+
+    def ok(a: np.float32) -> bool:
+        return bool(np.float32(a) / t32 >= c32)
+
+    a = np.float32(float(c32) * float(t32))
+    with np.errstate(over="ignore"):
+        while a > 0 and ok(np.nextafter(a, np.float32(0))):
+            a = np.nextafter(a, np.float32(0))
+        while not ok(a):
+            a = np.nextafter(a, np.float32(np.inf))
+            if not np.isfinite(a):
+                return float("inf")
+    if a <= 0:
+        return 0.0
+    prev = np.nextafter(a, np.float32(0))
+    mid = (float(prev) + float(a)) / 2  # exact in float64
+    even = int(np.array([a], dtype=np.float32).view(np.int32)[0]) % 2 == 0
+    return mid if even else float(np.nextafter(mid, np.inf))  # round half to even
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the prune
+
+
+def _parts(graph: Any) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """(adjacency, logit probabilities, n_tokens, n_features) of a Graph, AttributionResult or look-alike."""
+    adj = graph.adjacency_matrix
+    probs = graph.logit_probabilities
+    if not isinstance(probs, torch.Tensor):
+        probs = torch.as_tensor(probs)
+    if hasattr(graph, "logit_targets") and len(graph.logit_targets) != probs.numel():
+        raise ValueError("logit_targets and logit_probabilities differ in length")
+    return adj, probs, len(graph.input_tokens), len(graph.selected_features)
+
+
+class _Scorer:
+    """Row blocks of the normalised (optionally node-masked) adjacency, computed on demand."""
+
+    def __init__(self, adj: torch.Tensor, block_rows: int, keep: torch.Tensor | None = None):
+        self.adj = adj
+        self.n = adj.shape[0]
+        self.block_rows = block_rows
+        self.keep = keep  # None: the adjacency as is; else rows and columns of dropped nodes are zero
+        self.drop_cols = None if keep is None else ~keep
+        self._rowsum: dict[int, torch.Tensor] = {}
+
+    def ranges(self) -> Iterator[tuple[int, int]]:
+        for r0 in range(0, self.n, self.block_rows):
+            yield r0, min(self.n, r0 + self.block_rows)
+
+    def abs_block(self, r0: int, r1: int) -> torch.Tensor:
+        block = self.adj[r0:r1]
+        block = block.abs() if block.dtype == torch.float32 else block.float().abs()  # a copy: never in place
+        if self.keep is not None:
+            block.masked_fill_(self.drop_cols[None, :], 0.0)
+            block.masked_fill_(~self.keep[r0:r1, None], 0.0)
+        return block
+
+    def normalized(self, r0: int, r1: int) -> torch.Tensor:
+        """circuit-tracer's ``normalize_matrix`` on rows r0:r1 (bit-identical: row sums ignore the blocking)."""
+        block = self.abs_block(r0, r1)
+        rowsum = self._rowsum.get(r0)
+        if rowsum is None:
+            rowsum = self._rowsum[r0] = block.sum(dim=1, keepdim=True).clamp(min=1e-10)
+        return block.div_(rowsum)
+
+    def block_has_rows(self, r0: int, r1: int) -> bool:
+        return self.keep is None or bool(self.keep[r0:r1].any())
+
+    def vecmat(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ normalized`` blockwise; one block is the same dense product circuit-tracer computes."""
+        if self.block_rows >= self.n:
+            return x @ self.normalized(0, self.n)
+        out = torch.zeros(self.n, dtype=torch.float64, device=x.device)
+        for r0, r1 in self.ranges():
+            xs = x[r0:r1]
+            if not bool(xs.any()):
+                continue
+            out += (xs @ self.normalized(r0, r1)).double()
+        return out.to(x.dtype)
+
+    def influence(self, logit_weights: torch.Tensor, max_iter: int = MAX_ITER) -> torch.Tensor:
+        """circuit-tracer's ``compute_influence`` power series."""
+        current = self.vecmat(logit_weights)
+        influence = current.clone()
+        iterations = 0
+        while current.any():
+            if iterations >= max_iter:
+                raise RuntimeError(f"Influence computation failed to converge after {iterations} iterations")
+            current = self.vecmat(current)
+            influence += current
+            iterations += 1
+        return influence
+
+
+def _cumulative_scores(node_influence: torch.Tensor) -> torch.Tensor:
+    sorted_scores, sorted_indices = torch.sort(node_influence, descending=True)
+    cumulative = torch.cumsum(sorted_scores, dim=0) / torch.sum(sorted_scores)
+    final = torch.zeros_like(node_influence)
+    final[sorted_indices] = cumulative
+    return final
+
+
+def default_block_rows(n: int) -> int:
+    return max(2, min(n, BLOCK_ELEMENTS // max(1, n)))
+
+
+def prune(graph: Any, node_threshold: float = 0.8, edge_threshold: float = 0.98, *, block_rows: int | None = None,
+          return_edge_mask: bool | None = None) -> StreamingPruneResult:
+    """circuit-tracer's ``prune_graph`` without N x N temporaries; returns ``(node_mask, edge_mask, cumulative_scores)``.
+
+    ``graph`` is a ``circuit_tracer.graph.Graph``, an :class:`attrbench.backend.AttributionResult` or anything with
+    ``adjacency_matrix`` (``[target, source]``, possibly a read-only memory-mapped tensor), ``input_tokens``,
+    ``selected_features`` and ``logit_probabilities``. ``block_rows`` sets the rows per block (default: about
+    :data:`BLOCK_ELEMENTS` elements). The edge mask is returned densely only for graphs of at most
+    :data:`MAX_EDGE_MASK_NODES` nodes (or as ``return_edge_mask`` says); otherwise it is None.
+    """
+    from circuit_tracer.graph import find_threshold
+
+    if node_threshold > 1.0 or node_threshold < 0.0:
+        raise ValueError("node_threshold must be between 0.0 and 1.0")
+    if edge_threshold > 1.0 or edge_threshold < 0.0:
+        raise ValueError("edge_threshold must be between 0.0 and 1.0")
+    adj, probs, n_tokens, n_features = _parts(graph)
+    n = adj.shape[0]
+    if adj.ndim != 2 or adj.shape[1] != n:
+        raise ValueError(f"adjacency must be square, got {tuple(adj.shape)}")
+    n_logits = probs.numel()
+    block_rows = max(1, min(n, block_rows or default_block_rows(n)))
+    if return_edge_mask is None:
+        return_edge_mask = n <= MAX_EDGE_MASK_NODES
+    device = adj.device
+
+    with torch.no_grad():
+        logit_weights = torch.zeros(n, device=device)
+        logit_weights[-n_logits:] = probs.to(device=device, dtype=logit_weights.dtype)
+
+        # node influence and the node threshold (N values: circuit-tracer's own find_threshold)
+        node_influence = _Scorer(adj, block_rows).influence(logit_weights)
+        node_mask = node_influence >= find_threshold(node_influence, node_threshold)
+        node_mask[-n_logits - n_tokens:] = True
+
+        # edge scores of the pruned matrix: normalized_pruned * pruned_influence[:, None], blockwise
+        kept = node_mask.clone()
+        pruned = _Scorer(adj, block_rows, keep=kept)
+        pruned_influence = pruned.influence(logit_weights)
+        pruned_influence += logit_weights
+
+        def score_block(r0: int, r1: int) -> torch.Tensor:
+            return pruned.normalized(r0, r1).mul_(pruned_influence[r0:r1, None])
+
+        def score_blocks() -> Iterator[torch.Tensor]:
+            for r0, r1 in pruned.ranges():
+                yield score_block(r0, r1)
+
+        # the edge threshold: the score find_threshold(edge_scores.flatten(), edge_threshold) returns
+        need_holder: dict[str, float] = {}
+
+        def need(total: float, _count: float) -> float:
+            p = cumsum_need(total, edge_threshold)
+            need_holder["need"], need_holder["total"] = p, total
+            return max(p, 5e-324)  # need <= 0: the first (largest) score
+
+        t_bits, _, total = radix_select(score_blocks, need, by_mass=True)
+        if total <= 0:
+            threshold = 0.0  # every score is zero: find_threshold returns 0
+        elif need_holder["need"] > total:  # clamped to the last sorted element: the smallest score
+            threshold = min(float(b.min()) for b in score_blocks())
+        else:
+            threshold = _bits_to_float(t_bits)
+        threshold_t = torch.tensor(threshold, dtype=torch.float32, device=device)
+
+        # iterative clean-up of the node mask, recomputing edge masks blockwise
+        n_fe = n - n_logits - n_tokens  # features and errors
+        dense_mask = torch.zeros(n, n, dtype=torch.bool, device=device) if return_edge_mask else None
+        skip_dropped_rows = threshold > 0  # dropped rows have all-zero scores, so no edge at all
+
+        def sweep(mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+            """(any kept edge out of each source, any kept edge into each target) of base & mask mask^T."""
+            out_any = torch.zeros(n, dtype=torch.bool, device=device)
+            in_any = torch.zeros(n, dtype=torch.bool, device=device)
+            for r0, r1 in pruned.ranges():
+                rows = mask[r0:r1] if mask is not None else None
+                if rows is not None and not bool(rows.any()):
+                    continue
+                if dense_mask is not None and mask is not None:
+                    edges = dense_mask[r0:r1]  # base mask of this block, stored on the first sweep
+                else:
+                    if skip_dropped_rows and not pruned.block_has_rows(r0, r1):
+                        continue
+                    edges = score_block(r0, r1) >= threshold_t
+                    if dense_mask is not None:
+                        dense_mask[r0:r1] = edges
+                if mask is not None:
+                    edges = edges & mask[None, :] & rows[:, None]
+                out_any |= edges.any(0)
+                in_any[r0:r1] = edges.any(1)
+            return out_any, in_any
+
+        old_mask = node_mask.clone()
+        out_any, in_any = sweep(None)
+        node_mask[:n_fe] &= out_any[:n_fe]
+        node_mask[:n_features] &= in_any[:n_features]
+        looped = False
+        while not torch.equal(node_mask, old_mask):
+            looped = True
+            old_mask = node_mask.clone()
+            out_any, in_any = sweep(old_mask)
+            node_mask[:n_fe] &= out_any[:n_fe]
+            node_mask[:n_features] &= in_any[:n_features]
+
+        if dense_mask is not None and looped:
+            dense_mask[~node_mask] = False
+            dense_mask[:, ~node_mask] = False
+
+        return StreamingPruneResult(node_mask, dense_mask, _cumulative_scores(node_influence))
