@@ -151,7 +151,8 @@ class LayeredEdgeStore:
     A row whose target sits at layer ``l`` (logits: ``l = n_layers``) has non-zero edges only from features
     and error nodes of layers below ``l`` and from tokens; features are numbered layer by layer, so those
     columns are a prefix of the feature range plus a prefix of the error range. Rows are kept per target
-    layer at that width, about half of a dense row on average.
+    layer at that width, about half of a dense row on average, as magnitudes plus packed sign bits (ranking
+reads only magnitudes, so it needs no temporary copy).
 
     Ranking is one pass over the rows in topological order (top layer first), which gives the same
     influences as circuit-tracer's power iteration. Packaging writes the square adjacency to a ``.npy``
@@ -175,7 +176,8 @@ class LayeredEdgeStore:
                 torch.arange(model.token_offset, model.token_offset + self.n_pos),
             ]).to(device))
         self.feature_prefix = list(model.layer_offsets)
-        self.rows: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers + 1)]
+        self.rows: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers + 1)]  # |edges|
+        self.signs: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers + 1)]  # packed sign bits
         self.nodes: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers + 1)]
         self.sums: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers + 1)]
         self.row_nodes = torch.zeros(n_rows, dtype=torch.long)
@@ -187,7 +189,9 @@ class LayeredEdgeStore:
         for layer in layers.unique().tolist():
             here = (layers == layer).nonzero().flatten()
             here_dev = here.to(block.device)
-            self.rows[layer].append(block[here_dev][:, self.columns[layer]].float())
+            rows = block[here_dev][:, self.columns[layer]].float()
+            self.signs[layer].append(_pack_bits(rows < 0))
+            self.rows[layer].append(rows.abs_())  # ranking reads |edges|; signs come back at packaging
             self.nodes[layer].append(nodes[here])
             self.sums[layer].append(sums[here_dev])
         self.row_nodes[self.n_filled:self.n_filled + len(nodes)] = nodes
@@ -204,7 +208,7 @@ class LayeredEdgeStore:
                 # total weight of the row = its own logit probability + everything flowing into its node
                 x = infl[nodes] + torch.where(nodes >= first_logit, probs[(nodes - first_logit).clamp(min=0)], 0.0)
                 weights = x / sums.clamp(min=1e-8)
-                infl[self.columns[layer]] += weights @ rows.abs()
+                infl[self.columns[layer]] += weights @ rows
         return infl
 
     def package(self, selected: torch.Tensor, n_active: int, n_logits: int) -> torch.Tensor:
@@ -229,8 +233,10 @@ class LayeredEdgeStore:
                         f.write(zero_rows[:min(zero_rows.shape[0], L * n_pos + n_pos - s)].numpy().tobytes())
                 if not self.rows[layer]:
                     continue
+                width = self.rows[layer][0].shape[1]
                 rows = torch.cat(self.rows[layer])
-                self.rows[layer] = []
+                rows[_unpack_bits(torch.cat(self.signs[layer]), width)] *= -1
+                self.rows[layer], self.signs[layer] = [], []
                 order = torch.cat(self.nodes[layer]).argsort()
                 n_feat = self.feature_prefix[layer]
                 keep_sel = int(torch.searchsorted(selected, n_feat))  # selected features below this layer
@@ -246,3 +252,20 @@ class LayeredEdgeStore:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # read-only memmap: never written to
             return torch.from_numpy(np.load(path, mmap_mode="r"))
+
+
+_BIT_WEIGHTS = 2 ** torch.arange(8, dtype=torch.uint8)
+
+
+def _pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """``[rows, width]`` bool -> ``[rows, ceil(width / 8)]`` uint8, 8 flags a byte."""
+    pad = (-mask.shape[1]) % 8
+    mask = torch.nn.functional.pad(mask, (0, pad)) if pad else mask
+    bits = mask.view(mask.shape[0], -1, 8).to(torch.uint8) * _BIT_WEIGHTS.to(mask.device)
+    return bits.sum(-1, dtype=torch.uint8)
+
+
+def _unpack_bits(packed: torch.Tensor, width: int) -> torch.Tensor:
+    """Inverse of :func:`_pack_bits`."""
+    bits = (packed[..., None] & _BIT_WEIGHTS.to(packed.device)) != 0
+    return bits.view(packed.shape[0], -1)[:, :width]
