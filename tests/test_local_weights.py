@@ -1,0 +1,116 @@
+"""Real weights from local folders: --model DIR --transcoders DIR --prompt TEXT, offline, with parity."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from conftest import run_cli, subprocess_env
+
+from attrbench.build import build_workload, save_workload
+from attrbench.cli import main
+from attrbench.workload import local_spec, preset, spec_from_dict
+
+PROMPT = "t1 t5 t9 t17 t33 t2 t8 t100"
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("local") / "tiny"
+    save_workload(build_workload(preset("tiny"), use_cache=False), folder)
+    return folder
+
+
+def invoke(capsys, args):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def test_local_spec_reads_config_tokenizes_and_round_trips(saved):
+    spec = local_spec(saved / "model", saved / "transcoders", PROMPT)
+    tiny = preset("tiny")
+    assert spec.model.num_hidden_layers == 4 and spec.model.hidden_size == 128 and spec.model.model_type == "qwen3"
+    assert spec.transcoders.d_transcoder == tiny.transcoders.d_transcoder and spec.transcoders.skip_connection
+    # t1 is BOS: not prepended again. The word-level tokenizer's special tokens t0..t3 also match inside
+    # words ("t17" -> "t1" + unknown "7"), which is what the folder's tokenizer does, so it is what we use.
+    assert spec.prompt.token_ids == (1, 5, 9, 1, 0, 3, 0, 2, 8, 1, 0)
+    assert local_spec(saved / "model", saved / "transcoders", "t5 t9").prompt.token_ids == (1, 5, 9)
+    again = spec_from_dict(spec.to_dict())  # what the runner's child does
+    assert again == spec and again.content_hash() == spec.content_hash()
+    built = build_workload(again)
+    assert built.token_ids.tolist() == list(spec.prompt.token_ids) and built.n_layers == 4
+
+
+def test_content_hash_covers_the_files(saved, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(saved, copy)
+    before = local_spec(copy / "model", copy / "transcoders", PROMPT).content_hash()
+    st = os.stat(copy / "transcoders" / "layer_2.safetensors")
+    os.utime(copy / "transcoders" / "layer_2.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert local_spec(copy / "model", copy / "transcoders", PROMPT).content_hash() != before
+
+
+def test_run_local_folders_parity_offline(saved, tmp_path):
+    out = tmp_path / "r.json"
+    # any attempt to reach a hub would go to a closed port and fail the run
+    env = subprocess_env(None, HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9")
+    proc = run_cli(["run", "--model", str(saved / "model"), "--transcoders", str(saved / "transcoders"),
+                    "--prompt", PROMPT, "--backends", "reference,gqa-shared", "--nodes", "50", "--batch-size", "64",
+                    "--output", str(out)], env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["workload"]["config"]["source"]["prompt"] == PROMPT
+    cells = {c["backend"]: c for c in doc["cells"]}
+    assert cells["reference"]["status"] == "ok" and cells["gqa-shared"]["status"] == "ok", proc.stderr[-3000:]
+    parity = cells["gqa-shared"]["parity"]
+    assert parity["against"] == "reference"
+    assert parity["selected_jaccard"] == 1.0 and parity["rel_frobenius"] <= 1e-4
+
+
+def _bad_copy(saved, tmp_path):
+    copy = tmp_path / "bad"
+    shutil.copytree(saved, copy)
+    return copy
+
+
+@pytest.mark.parametrize("case", ["missing-model", "no-config", "wrong-type", "layer-count", "shape", "no-prompt",
+                                  "no-transcoders"])
+def test_bad_local_folders_are_one_line_usage_errors(saved, tmp_path, capsys, case):
+    copy = _bad_copy(saved, tmp_path)
+    model, tcs, prompt = copy / "model", copy / "transcoders", PROMPT
+    expect = {"missing-model": "neither a preset nor an existing folder", "no-config": "no config.json",
+              "wrong-type": "model_type 'gpt2' is not supported", "layer-count": "num_hidden_layers=4",
+              "shape": "W_dec", "no-prompt": "needs --transcoders DIR and --prompt TEXT",
+              "no-transcoders": "needs --transcoders DIR"}[case]
+    args = None
+    if case == "missing-model":
+        model = copy / "nothing-here"
+    elif case == "no-config":
+        (model / "config.json").unlink()
+    elif case == "wrong-type":
+        cfg = json.loads((model / "config.json").read_text())
+        cfg["model_type"] = "gpt2"
+        (model / "config.json").write_text(json.dumps(cfg))
+    elif case == "layer-count":
+        (tcs / "layer_3.safetensors").unlink()
+    elif case == "shape":
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        d = load_file(str(tcs / "layer_1.safetensors"))
+        d["W_dec"] = torch.zeros(d["W_dec"].shape[0], 64)
+        save_file(d, str(tcs / "layer_1.safetensors"))
+    elif case == "no-prompt":
+        args = ["run", "--model", str(model), "--transcoders", str(tcs), "--nodes", "10"]
+    elif case == "no-transcoders":
+        args = ["run", "--model", str(model), "--prompt", prompt, "--nodes", "10"]
+    if args is None:
+        args = ["run", "--model", str(model), "--transcoders", str(tcs), "--prompt", prompt, "--nodes", "10"]
+    code, _, err = invoke(capsys, args)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert expect in err, err
