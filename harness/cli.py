@@ -398,6 +398,114 @@ def estimate_cmd(nodes_opt, model, workload_file, transcoders_dir, prompt_text, 
     return 0
 
 
+@cli.command("attribute")
+@click.option("--backend", "backend_name", required=True, help="Backend to run (one name; see list-backends).")
+@click.option("--nodes", "nodes", type=int, required=True,
+              help="Feature nodes to select (circuit-tracer's max_feature_nodes).")
+@click.option("--model", "model", default=None,
+              help="Workload preset name (tiny, small, large, qwen3-4b) or a local Hugging Face model folder (with "
+                   "--transcoders and --prompt). Default: the smallest preset with enough active features.")
+@click.option("--workload", "workload_file", default=None, type=click.Path(dir_okay=False),
+              help="Workload JSON file (model/transcoders/prompt/seed); excludes --model.")
+@click.option("--transcoders", "transcoders_dir", default=None, type=click.Path(file_okay=False),
+              help="Folder of per-layer transcoders (layer_{i}.safetensors); with --model DIR.")
+@click.option("--prompt", "prompt_text", default=None, help="Prompt text; with --model DIR --transcoders DIR.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Device to run the backend on.")
+@click.option("--dtype", default="float32", show_default=True, help="Model dtype: float32 or bfloat16.")
+@click.option("--batch-size", type=int, default=512, show_default=True,
+              help="Attribution batch size (circuit-tracer's default is 512).")
+@click.option("--update-interval", type=int, default=4, show_default=True,
+              help="Re-rank features every this many batches (circuit-tracer's update_interval).")
+@click.option("--max-logits", type=int, default=10, show_default=True, help="Maximum number of logit targets.")
+@click.option("--logit-prob", type=float, default=0.95, show_default=True,
+              help="Cumulative probability the logit targets must cover.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Backend option passed in settings.options (repeatable; VALUE parsed as JSON when it can be).")
+@click.option("--format", "fmt", type=click.Choice(["pt", "json"]), default="pt", show_default=True,
+              help="pt: circuit-tracer's Graph.to_pt file (Graph.from_pt loads it); json: the pruned graph JSON "
+                   "circuit-tracer's server and Neuronpedia read.")
+@click.option("--node-threshold", type=float, default=0.8, show_default=True,
+              help="With --format json: keep nodes carrying this fraction of the total influence.")
+@click.option("--edge-threshold", type=float, default=0.98, show_default=True,
+              help="With --format json: keep edges carrying this fraction of the total edge influence.")
+@click.option("--slug", default=None, help="With --format json: the graph's slug (default: the output file name).")
+@click.option("--output", "-o", "output", required=True, type=click.Path(dir_okay=False),
+              help="File to write the graph to.")
+def attribute_cmd(backend_name, nodes, model, workload_file, transcoders_dir, prompt_text, device, dtype, batch_size,
+                  update_interval, max_logits, logit_prob, options, fmt, node_threshold, edge_threshold, slug,
+                  output) -> int:
+    """Attribute the workload's prompt once with one backend and write the graph (.pt or pruned JSON)."""
+    import time
+
+    from attrbench.manager import get_backends, report_plugin_warnings
+    from attrbench.results import format_bytes
+
+    for flag, value in (("--nodes", nodes), ("--batch-size", batch_size), ("--update-interval", update_interval),
+                        ("--max-logits", max_logits)):
+        if value <= 0:
+            raise UsageError(f"{flag} must be a positive integer, got {value}")
+    if dtype not in ("float32", "bfloat16"):
+        raise UsageError(f"--dtype {dtype!r} is not supported; use float32 or bfloat16")
+    if not 0 < logit_prob <= 1:
+        raise UsageError(f"--logit-prob must be in (0, 1], got {logit_prob}")
+    for flag, value in (("--node-threshold", node_threshold), ("--edge-threshold", edge_threshold)):
+        if not 0 <= value <= 1:
+            raise UsageError(f"{flag} must be in [0, 1], got {value}")
+    spec, preset_note = _resolve_spec(model, workload_file, transcoders_dir, prompt_text, [nodes])
+    known = get_backends()
+    report_plugin_warnings()
+    if backend_name not in known:
+        raise UsageError(f"unknown backend {backend_name!r}; known backends: {', '.join(known) or 'none'}")
+    backend = known[backend_name]
+    device = _resolve_device(device)
+    if device.split(":")[0] not in backend.devices:
+        raise UsageError(f"backend {backend_name!r} does not support device {device!r} (it supports "
+                         f"{', '.join(backend.devices)})")
+    if dtype not in backend.dtypes:
+        raise UsageError(f"backend {backend_name!r} does not support dtype {dtype!r} (it supports "
+                         f"{', '.join(backend.dtypes)})")
+    opts = _parse_options(options)
+    stray = sorted(set(opts) - set(backend.option_defaults))
+    if stray:
+        raise UsageError(f"--option {stray[0]} is not an option of backend {backend_name!r} "
+                         f"(declared: {', '.join(sorted(backend.option_defaults)) or 'none'})")
+    out_path = Path(output)
+    _check_writable(out_path, "--output")
+
+    import torch
+
+    from attrbench.backend import AttributeSettings
+    from attrbench.build import build_workload
+    from attrbench.export import save_graph, to_cpu
+
+    if preset_note:
+        _err(preset_note)
+    built = build_workload(spec)
+    settings = AttributeSettings(max_feature_nodes=nodes, batch_size=batch_size, update_interval=update_interval,
+                                 max_n_logits=max_logits, desired_logit_prob=logit_prob, options=opts)
+    try:
+        prepared = backend.prepare(built, device, getattr(torch, dtype))
+        start = time.perf_counter()
+        result = backend.attribute(prepared, settings)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+        result = to_cpu(result)
+    except Exception as exc:  # a failing backend: one line, no traceback
+        _err(f"error: backend {backend_name!r} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        return 1
+    kw = dict(node_threshold=node_threshold, edge_threshold=edge_threshold, slug=slug) if fmt == "json" else {}
+    save_graph(result, built, out_path, fmt, **kw)
+    n_active = int(result.active_features.shape[0])
+    size = out_path.stat().st_size
+    size_text = format_bytes(size) if size >= 2**20 else f"{size / 1024:.0f} KiB"
+    _err(f"{backend_name}: {int(result.selected_features.numel())} nodes selected of {n_active} active, "
+         f"{result.adjacency_matrix.shape[0]} graph nodes, attribution {wall:.2f} s; wrote {out_path} "
+         f"({fmt}, {size_text})")
+    return 0
+
+
 @cli.command("report")
 @click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json", "png"]), default="table",

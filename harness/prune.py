@@ -246,6 +246,16 @@ def prune(graph: Any, node_threshold: float = 0.8, edge_threshold: float = 0.98,
     :data:`BLOCK_ELEMENTS` elements). The edge mask is returned densely only for graphs of at most
     :data:`MAX_EDGE_MASK_NODES` nodes (or as ``return_edge_mask`` says); otherwise it is None.
     """
+    return prune_with_edges(graph, node_threshold, edge_threshold, block_rows=block_rows,
+                            return_edge_mask=return_edge_mask)[0]
+
+
+def prune_with_edges(graph: Any, node_threshold: float = 0.8, edge_threshold: float = 0.98, *,
+                     block_rows: int | None = None, return_edge_mask: bool | None = None
+                     ) -> tuple[StreamingPruneResult, Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]]:
+    """:func:`prune` plus a re-iterable generator of the kept edges between kept nodes, row block by row
+    block: ``(targets, sources)`` index tensors in row-major (target, then source) order, as
+    ``edge_mask.nonzero()`` orders them. Made for writing graph files of any size."""
     from circuit_tracer.graph import find_threshold
 
     if node_threshold > 1.0 or node_threshold < 0.0:
@@ -344,4 +354,15 @@ def prune(graph: Any, node_threshold: float = 0.8, edge_threshold: float = 0.98,
             dense_mask[~node_mask] = False
             dense_mask[:, ~node_mask] = False
 
-        return StreamingPruneResult(node_mask, dense_mask, _cumulative_scores(node_influence))
+        def kept_edges() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            with torch.no_grad():
+                for r0, r1 in pruned.ranges():
+                    rows = node_mask[r0:r1]
+                    if not bool(rows.any()):
+                        continue
+                    edges = (score_block(r0, r1) >= threshold_t) & node_mask[None, :] & rows[:, None]
+                    dst, src = edges.nonzero(as_tuple=True)
+                    if dst.numel():
+                        yield dst + r0, src
+
+        return StreamingPruneResult(node_mask, dense_mask, _cumulative_scores(node_influence)), kept_edges
