@@ -159,7 +159,9 @@ reads only magnitudes, so it needs no temporary copy).
     file row block by row block, so it never exists twice in memory (or once: it is memory-mapped back).
     """
 
-    def __init__(self, model, n_rows: int, n_nodes: int, device: torch.device, scratch_dir: str | None):
+    def __init__(self, model, n_rows: int, n_nodes: int, device: torch.device, scratch_dir: str | None,
+                 prune_threshold: float = 0.0):
+        self.prune_threshold = prune_threshold  # approximate-pruned: zero entries below this x row max
         self.n_layers, self.n_pos = model.n_layers, model.n_pos
         self.n_active = model.n_active
         self.n_nodes = n_nodes
@@ -186,6 +188,9 @@ reads only magnitudes, so it needs no temporary copy).
     def append(self, block: torch.Tensor, nodes: torch.Tensor) -> None:
         layers = self.node_layer[nodes]
         sums = block.abs().sum(1, dtype=torch.float32)
+        if self.prune_threshold:
+            magnitude = block.abs()
+            block = block.masked_fill(magnitude < self.prune_threshold * magnitude.amax(1, keepdim=True), 0)
         for layer in layers.unique().tolist():
             here = (layers == layer).nonzero().flatten()
             here_dev = here.to(block.device)
@@ -224,13 +229,17 @@ reads only magnitudes, so it needs no temporary copy).
         folder = self.scratch_dir or tempfile.gettempdir()
         os.makedirs(folder, exist_ok=True)
         fd, path = tempfile.mkstemp(prefix="adjacency-", suffix=".npy", dir=folder)
+        # Only the reachable column ranges of each row are written; the rest of the file (columns of the
+        # target's own and higher layers, error and token rows) is left as holes, which read as zeros.
         with os.fdopen(fd, "wb") as f:
             np.lib.format.write_array_header_2_0(f, {"descr": "<f4", "fortran_order": False, "shape": (n, n)})
-            zero_rows = torch.zeros(PACKAGE_BLOCK_ROWS // 8, n, dtype=torch.float32)
+            data_start = f.tell()
+            row_bytes = 4 * n
+            tail_start = n_sel  # errors and tokens: columns n_sel .. n_sel + (L + 1) * n_pos
+            dest = 0
             for layer in list(range(L)) + [L]:
-                if layer == L:  # error and token rows have no incoming edges
-                    for s in range(0, L * n_pos + n_pos, zero_rows.shape[0]):
-                        f.write(zero_rows[:min(zero_rows.shape[0], L * n_pos + n_pos - s)].numpy().tobytes())
+                if layer == L:
+                    dest = n - n_logits  # error and token rows have no incoming edges: holes
                 if not self.rows[layer]:
                     continue
                 width = self.rows[layer][0].shape[1]
@@ -242,12 +251,21 @@ reads only magnitudes, so it needs no temporary copy).
                 keep_sel = int(torch.searchsorted(selected, n_feat))  # selected features below this layer
                 for s in range(0, order.numel(), PACKAGE_BLOCK_ROWS // 8):
                     part = rows[order[s:s + PACKAGE_BLOCK_ROWS // 8].to(rows.device)].cpu()
-                    out = torch.zeros(part.shape[0], n, dtype=torch.float32)
-                    out[:, :keep_sel] = part[:, selected[:keep_sel]]
-                    out[:, n_sel:n_sel + layer * n_pos] = part[:, n_feat:n_feat + layer * n_pos]
-                    out[:, n_sel + L * n_pos:n_sel + L * n_pos + n_pos] = part[:, n_feat + layer * n_pos:]
-                    f.write(out.numpy().tobytes())
+                    features = part[:, selected[:keep_sel]].numpy()
+                    tail = torch.zeros(part.shape[0], (L + 1) * n_pos, dtype=torch.float32)
+                    tail[:, :layer * n_pos] = part[:, n_feat:n_feat + layer * n_pos]
+                    tail[:, L * n_pos:] = part[:, n_feat + layer * n_pos:]
+                    tail = tail.numpy()
+                    for i in range(part.shape[0]):
+                        offset = data_start + (dest + i) * row_bytes
+                        if keep_sel:
+                            f.seek(offset)
+                            f.write(memoryview(features[i]))
+                        f.seek(offset + 4 * tail_start)
+                        f.write(memoryview(tail[i]))
+                    dest += part.shape[0]
                 del rows
+            f.truncate(data_start + n * row_bytes)
         self.adjacency_file = path
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # read-only memmap: never written to

@@ -144,11 +144,13 @@ class ExactBackend(Backend):
             if e > s:
                 out[:, s:e] = grad[:, p] @ model.decoder_vecs[s:e].T
 
-    def make_edge_store(self, model: LinearisedModel, n_rows: int, n_nodes: int, settings: AttributeSettings):
+    def make_edge_store(self, model: LinearisedModel, n_rows: int, n_nodes: int, settings: AttributeSettings,
+                        build: bool = True):
         """Storage of the edge rows: circuit-tracer's dense float32 rows, or the lean layered store.
 
         Option ``edge_storage``: ``dense``, ``lean`` or ``auto`` (default: lean when the dense rows, their
         ranking copy and the square adjacency would take more than half of the memory they live in).
+        With ``build=False`` only the choice (``"dense"`` or ``"lean"``) is returned.
         """
         choice = settings.options.get("edge_storage", "auto")
         if choice not in ("auto", "dense", "lean"):
@@ -156,6 +158,8 @@ class ExactBackend(Backend):
         device = model.weights.device
         if choice == "auto":
             choice = "lean" if dense_storage_bytes(n_rows, n_nodes, model) > 0.5 * memory_for(device) else "dense"
+        if not build:
+            return choice
         if choice == "lean":
             return LayeredEdgeStore(model, n_rows, n_nodes, device, settings.scratch_dir)
         return DenseEdgeStore(n_rows, n_nodes, device)
