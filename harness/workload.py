@@ -139,7 +139,7 @@ PRESETS: dict[str, tuple[WorkloadSpec, str]] = dict(
             "large",
             ModelSpec(num_hidden_layers=8, hidden_size=256, num_attention_heads=8, num_key_value_heads=2,
                       head_dim=32, intermediate_size=768, vocab_size=2048),
-            TranscoderSpec(d_transcoder=8192, target_l0=240), 48,
+            TranscoderSpec(d_transcoder=8192, target_l0=265), 48,
             ">= 90,000 active features, for 70,000-node runs",
         ),
         _preset(
