@@ -66,8 +66,8 @@ def test_estimate_usage_errors_are_one_line(capsys):
 
 def test_strict_records_predicted_oom_without_running(tmp_path, monkeypatch, capsys):
     spec = preset("tiny")
-    ref = estimate_cell(spec, "reference", 100, rate=50e9).host_bytes
-    gqa = estimate_cell(spec, "gqa-shared", 100, rate=50e9).host_bytes
+    ref = estimate_cell(spec, "reference", 100, batch_size=64, rate=50e9).host_bytes
+    gqa = estimate_cell(spec, "gqa-shared", 100, batch_size=64, rate=50e9).host_bytes
     assert gqa < ref
     monkeypatch.setattr(est, "available_memory", lambda device, limit=None: ((gqa + ref) // 2, None))
     launched = []
