@@ -57,6 +57,17 @@ def abs_bits(block: torch.Tensor) -> torch.Tensor:
     return block.abs().contiguous().view(torch.int32).flatten()
 
 
+#: elements radix_select histograms at once (its float64 and int32 temporaries stay below ~30 MiB)
+RADIX_CHUNK = 1 << 20
+
+
+def _chunks(blocks: Callable[[], Iterator[torch.Tensor]]) -> Iterator[torch.Tensor]:
+    for block in blocks():
+        flat = block.reshape(-1)
+        for c in range(0, flat.numel(), RADIX_CHUNK):
+            yield flat[c:c + RADIX_CHUNK]
+
+
 def radix_select(blocks: Callable[[], Iterator[torch.Tensor]], need: float | Callable[[float, float], float],
                  by_mass: bool, rel_tol: float = 0.0) -> tuple[int, int, float]:
     """The largest bit pattern ``t`` such that the elements of ``|blocks|`` with bits >= t reach ``need``.
@@ -74,7 +85,7 @@ def radix_select(blocks: Callable[[], Iterator[torch.Tensor]], need: float | Cal
     """
     hi_count = torch.zeros(_BINS, dtype=torch.float64)
     hi_mass = torch.zeros(_BINS, dtype=torch.float64)
-    for block in blocks():
+    for block in _chunks(blocks):
         bits = abs_bits(block)
         hi = bits >> _HALF
         hi_count += torch.bincount(hi, minlength=_BINS).double()
@@ -95,7 +106,7 @@ def radix_select(blocks: Callable[[], Iterator[torch.Tensor]], need: float | Cal
     remaining = need - above
     lo_count = torch.zeros(_BINS, dtype=torch.float64)
     lo_mass = torch.zeros(_BINS, dtype=torch.float64)
-    for block in blocks():
+    for block in _chunks(blocks):
         bits = abs_bits(block)
         sel = (bits >> _HALF) == h
         if not bool(sel.any()):
@@ -187,27 +198,64 @@ class _Scorer:
             block.masked_fill_(~self.keep[r0:r1, None], 0.0)
         return block
 
-    def normalized(self, r0: int, r1: int) -> torch.Tensor:
-        """circuit-tracer's ``normalize_matrix`` on rows r0:r1 (bit-identical: row sums ignore the blocking)."""
-        block = self.abs_block(r0, r1)
+    def rowsum(self, r0: int, r1: int) -> torch.Tensor:
+        """Row sums of |rows r0:r1| (masked), clamped like ``normalize_matrix``; ``[r1 - r0, 1]``, cached."""
         rowsum = self._rowsum.get(r0)
         if rowsum is None:
-            rowsum = self._rowsum[r0] = block.sum(dim=1, keepdim=True).clamp(min=1e-10)
-        return block.div_(rowsum)
+            rowsum = self._rowsum[r0] = self.abs_block(r0, r1).sum(dim=1, keepdim=True).clamp(min=1e-10)
+        return rowsum
 
-    def block_has_rows(self, r0: int, r1: int) -> bool:
-        return self.keep is None or bool(self.keep[r0:r1].any())
+    def _abs_rows(self, r0: int, r1: int, rows: torch.Tensor | None) -> torch.Tensor:
+        """|adjacency| of rows ``r0 + rows`` (all of r0:r1 when None), columns of dropped nodes zeroed; the rows
+        given must be kept ones."""
+        if rows is None:
+            return self.abs_block(r0, r1)
+        block = self.adj[r0:r1].index_select(0, rows)  # a copy
+        block = block.abs_() if block.dtype == torch.float32 else block.float().abs_()
+        if self.keep is not None:
+            block.masked_fill_(self.drop_cols[None, :], 0.0)
+        return block
+
+    def normalized(self, r0: int, r1: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """circuit-tracer's ``normalize_matrix`` on rows r0:r1 (or ``r0 + rows``); bit-identical to it, as row
+        sums do not depend on the blocking."""
+        rowsum = self.rowsum(r0, r1)
+        block = self._abs_rows(r0, r1, rows)
+        return block.div_(rowsum if rows is None else rowsum[rows])
+
+    def kept_rows(self, r0: int, r1: int, mask: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Local indices of the rows of r0:r1 in ``mask`` (default: the kept ones); None for all rows."""
+        mask = self.keep if mask is None else mask
+        if mask is None:
+            return None
+        rows = torch.nonzero(mask[r0:r1]).flatten()
+        return None if rows.numel() == r1 - r0 else rows
 
     def vecmat(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ normalized`` blockwise; one block is the same dense product circuit-tracer computes."""
+        """``x @ normalized`` blockwise; one block is the same dense product circuit-tracer computes.
+
+        With several blocks only the rows where ``x`` is non-zero are read, as ``(x / rowsum) @ |rows|``, and
+        the columns of dropped nodes are zeroed in the product instead of in the matrix.
+        """
         if self.block_rows >= self.n:
             return x @ self.normalized(0, self.n)
         out = torch.zeros(self.n, dtype=torch.float64, device=x.device)
         for r0, r1 in self.ranges():
             xs = x[r0:r1]
-            if not bool(xs.any()):
+            rows = torch.nonzero(xs).flatten()
+            if rows.numel() == 0:
                 continue
-            out += (xs @ self.normalized(r0, r1)).double()
+            if rows.numel() == r1 - r0:
+                w = xs / self.rowsum(r0, r1)[:, 0]
+                block = self.adj[r0:r1]
+                block = block.abs() if block.dtype == torch.float32 else block.float().abs()
+            else:
+                w = xs[rows] / self.rowsum(r0, r1)[rows, 0]
+                block = self.adj[r0:r1].index_select(0, rows)
+                block = block.abs_() if block.dtype == torch.float32 else block.float().abs_()
+            out += (w @ block).double()
+        if self.keep is not None:
+            out.masked_fill_(self.drop_cols, 0.0)
         return out.to(x.dtype)
 
     def influence(self, logit_weights: torch.Tensor, max_iter: int = MAX_ITER) -> torch.Tensor:
@@ -287,12 +335,17 @@ def prune_with_edges(graph: Any, node_threshold: float = 0.8, edge_threshold: fl
         pruned_influence = pruned.influence(logit_weights)
         pruned_influence += logit_weights
 
-        def score_block(r0: int, r1: int) -> torch.Tensor:
-            return pruned.normalized(r0, r1).mul_(pruned_influence[r0:r1, None])
+        def score_rows(r0: int, r1: int, rows: torch.Tensor | None) -> torch.Tensor:
+            """Edge scores of rows r0 + rows (all of r0:r1 when None)."""
+            infl = pruned_influence[r0:r1] if rows is None else pruned_influence[r0 + rows]
+            return pruned.normalized(r0, r1, rows).mul_(infl[:, None])
 
         def score_blocks() -> Iterator[torch.Tensor]:
+            """The scores of kept rows (dropped rows score zero everywhere and add no mass)."""
             for r0, r1 in pruned.ranges():
-                yield score_block(r0, r1)
+                rows = pruned.kept_rows(r0, r1)
+                if rows is None or rows.numel():
+                    yield score_rows(r0, r1, rows)
 
         # the edge threshold: the score find_threshold(edge_scores.flatten(), edge_threshold) returns
         need_holder: dict[str, float] = {}
@@ -306,7 +359,7 @@ def prune_with_edges(graph: Any, node_threshold: float = 0.8, edge_threshold: fl
         if total <= 0:
             threshold = 0.0  # every score is zero: find_threshold returns 0
         elif need_holder["need"] > total:  # clamped to the last sorted element: the smallest score
-            threshold = min(float(b.min()) for b in score_blocks())
+            threshold = 0.0 if not bool(kept.all()) else min(float(b.min()) for b in score_blocks())
         else:
             threshold = _bits_to_float(t_bits)
         threshold_t = torch.tensor(threshold, dtype=torch.float32, device=device)
@@ -321,21 +374,30 @@ def prune_with_edges(graph: Any, node_threshold: float = 0.8, edge_threshold: fl
             out_any = torch.zeros(n, dtype=torch.bool, device=device)
             in_any = torch.zeros(n, dtype=torch.bool, device=device)
             for r0, r1 in pruned.ranges():
-                rows = mask[r0:r1] if mask is not None else None
-                if rows is not None and not bool(rows.any()):
+                if mask is not None:
+                    rows = pruned.kept_rows(r0, r1, mask)
+                elif skip_dropped_rows:
+                    rows = pruned.kept_rows(r0, r1)
+                else:
+                    rows = None
+                if rows is not None and rows.numel() == 0:
                     continue
                 if dense_mask is not None and mask is not None:
-                    edges = dense_mask[r0:r1]  # base mask of this block, stored on the first sweep
+                    edges = dense_mask[r0:r1] if rows is None else dense_mask[r0 + rows]  # stored base mask
                 else:
-                    if skip_dropped_rows and not pruned.block_has_rows(r0, r1):
-                        continue
-                    edges = score_block(r0, r1) >= threshold_t
+                    edges = score_rows(r0, r1, rows) >= threshold_t
                     if dense_mask is not None:
-                        dense_mask[r0:r1] = edges
+                        if rows is None:
+                            dense_mask[r0:r1] = edges
+                        else:
+                            dense_mask[r0 + rows] = edges
                 if mask is not None:
-                    edges = edges & mask[None, :] & rows[:, None]
+                    edges = edges & mask[None, :]  # rows are already the masked ones
                 out_any |= edges.any(0)
-                in_any[r0:r1] = edges.any(1)
+                if rows is None:
+                    in_any[r0:r1] = edges.any(1)
+                else:
+                    in_any[r0 + rows] = edges.any(1)
             return out_any, in_any
 
         old_mask = node_mask.clone()
@@ -357,12 +419,12 @@ def prune_with_edges(graph: Any, node_threshold: float = 0.8, edge_threshold: fl
         def kept_edges() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             with torch.no_grad():
                 for r0, r1 in pruned.ranges():
-                    rows = node_mask[r0:r1]
-                    if not bool(rows.any()):
+                    rows = torch.nonzero(node_mask[r0:r1]).flatten()
+                    if rows.numel() == 0:
                         continue
-                    edges = (score_block(r0, r1) >= threshold_t) & node_mask[None, :] & rows[:, None]
+                    edges = (score_rows(r0, r1, rows) >= threshold_t) & node_mask[None, :]
                     dst, src = edges.nonzero(as_tuple=True)
                     if dst.numel():
-                        yield dst + r0, src
+                        yield rows[dst] + r0, src
 
         return StreamingPruneResult(node_mask, dense_mask, _cumulative_scores(node_influence)), kept_edges
