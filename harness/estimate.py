@@ -16,7 +16,7 @@ calibrated number of active features) and the run settings. The big terms, per b
   the ranking's temporaries (circuit-tracer's copy, or the streamed ``rows x rows`` block) and the square
   adjacency; per-batch gradient buffers.
 * ``approximate-pruned``: like gqa-shared, but about :data:`PRUNED_KEPT_FRACTION` of the edges kept as
-  12-byte coordinate entries, with int64 index temporaries during ranking and packaging.
+  12-byte coordinate entries (twice while the chunks are concatenated), then the square adjacency.
 
 Time is FLOP/byte based: multiply-adds of every row's VJP (circuit-tracer's backward over the whole prompt
 and every layer below the target, with partial batches padded to ``batch_size``; the causal backends only
@@ -31,28 +31,32 @@ Estimate vs measured (2 CPU cores, fp32, batch 512, update_interval 4; ``peak_ho
 |------------|--------------------|---------|---------|----------------|----------------|-------|--------------|--------------|-------|
 | tiny       | reference          |     200 |     512 |           0.78 |           0.79 | +2%   |       2.28   |       2.25   | -1%   |
 | tiny       | gqa-shared         |     200 |     512 |           0.37 |           0.4  | +7%   |       0.0389 |       0.0605 | +55%  |
-| tiny       | approximate-pruned |     200 |     512 |           0.37 |           0.4  | +7%   |       0.0387 |       0.0616 | +59%  |
+| tiny       | approximate-pruned |     200 |     512 |           0.37 |           0.4  | +6%   |       0.0387 |       0.0616 | +59%  |
 | tiny       | reference          |     800 |     512 |           0.79 |           0.8  | +1%   |       1.26   |       2.47   | +96%  |
-| tiny       | approximate-pruned |     800 |     512 |           0.38 |           0.41 | +6%   |       0.108  |       0.137  | +27%  |
+| tiny       | approximate-pruned |     800 |     512 |           0.38 |           0.4  | +4%   |       0.108  |       0.137  | +27%  |
 | tiny*      | reference          |     200 |     512 |           0.79 |           0.79 | -0%   |       6.23   |       2.25   | -64%  |
 | tiny*      | gqa-shared         |     200 |     512 |           0.38 |           0.4  | +6%   |       1.97   |       0.0605 | -97%  |
 | tiny*      | reference          |     800 |     512 |           0.76 |           0.8  | +4%   |       7.47   |       2.47   | -67%  |
 | tiny*      | gqa-shared         |     800 |     512 |           0.4  |           0.41 | +2%   |       1.63   |       0.134  | -92%  |
 | small*     | reference          |    1000 |     512 |           4.69 |           4.8  | +2%   |     288      |      59.4    | -79%  |
 | small*     | gqa-shared         |    1000 |     512 |           1.09 |           1.05 | -3%   |      15.8    |       2.86   | -82%  |
-| small*     | approximate-pruned |    1000 |     512 |           1.01 |           1.26 | +24%  |      12.2    |       3.09   | -75%  |
+| small*     | approximate-pruned |    1000 |     512 |           1.01 |           0.97 | -5%   |      12.2    |       3.09   | -75%  |
+| small*     | reference          |    4000 |     512 |           5.53 |           5.78 | +5%   |     874      |      84.1    | -90%  |
+| small*     | gqa-shared         |    4000 |     512 |           2.17 |           2.09 | -3%   |      19.2    |      11.3    | -41%  |
+| small*     | approximate-pruned |    4000 |     512 |           1.29 |           1.7  | +32%  |      26.4    |      12.5    | -53%  |
 | notes      | reference          |    4000 |     512 |           6.8  |           6.82 | +0%   |     114      |      86.2    | -24%  |
 | notes      | reference          |    4000 |      64 |           2.51 |           2.95 | +17%  |      49      |      53.6    | +9%   |
 | notes      | reference          |   20000 |      64 |           9.03 |           9.65 | +7%   |     440      |     527      | +20%  |
 
 ``tiny``: uncontended. ``*``: measured while another 2-core job (a 70,000-node run) and test suites shared
-the machine: wall times there are inflated 3-30x, memory is not. ``notes``: the circuit-tracer notes'
+the machine: wall times there are inflated 2-30x (the small reference cells most), memory is not. ``notes``: the circuit-tracer notes'
 reference measurements on a small-shaped workload with 55,905 active features (their "GB" read as 1e9
 bytes). The GEMM rate of the estimates is 33 GFLOP/s (this machine measured 33 with one other job running;
-``attrbench estimate`` measures it each time). Host memory is within about +-25%; time within about 2x
+``attrbench estimate`` measures it each time). Host memory is within about +-20% (approximate-pruned up to +32%); time within about 2x
 on an idle machine, and says nothing about a busy one. approximate-pruned assumes 25% of the edges kept;
 measured kept fractions at threshold 1e-3 were 14% (tiny, 800 nodes) and 17% (small, 1000 nodes), so its
-estimate is on the high side.
+estimate is on the high side (at 70,000 nodes on ``large`` it predicts about 40 GiB, which does not fit 24 GiB; with the measured
+fraction it would be about 26 GiB).
 """
 
 from __future__ import annotations
@@ -319,8 +323,8 @@ def estimate_cell(spec: WorkloadSpec, backend: str, nodes: int, device: str = "c
         terms["weights"], terms["buffers"] = weights, buffers
         if store == "pruned":
             kept = PRUNED_KEPT_FRACTION * s.n_rows * s.row_size
-            edges = int(max(2 * 12 * kept, kept * (12 + 40)))
-            pack = int(kept * (12 + 28)) + S
+            edges = int(2 * 12 * kept)  # the coordinate chunks and their concatenation
+            pack = int(kept * 12) + S
             dev_edges, host_edges = edges, max(edges, pack)
             passes = ranks * kept * 40 + kept * 40
         elif store == "lean":
