@@ -16,7 +16,8 @@ calibrated number of active features) and the run settings. The big terms, per b
   the ranking's temporaries (circuit-tracer's copy, or the streamed ``rows x rows`` block) and the square
   adjacency; per-batch gradient buffers.
 * ``approximate-pruned``: like gqa-shared, but about :data:`PRUNED_KEPT_FRACTION` of the edges kept as
-  12-byte coordinate entries (twice while the chunks are concatenated), then the square adjacency.
+  12-byte coordinate entries (twice while the chunks are concatenated), then the square adjacency; or,
+  where the exact backends would pick the lean store, that store (it falls back to it).
 
 Time is FLOP/byte based: multiply-adds of every row's VJP (circuit-tracer's backward over the whole prompt
 and every layer below the target, with partial batches padded to ``batch_size``; the causal backends only
@@ -55,8 +56,8 @@ bytes). The GEMM rate of the estimates is 33 GFLOP/s (this machine measured 33 w
 ``attrbench estimate`` measures it each time). Host memory is within about +-20% (approximate-pruned up to +32%); time within about 2x
 on an idle machine, and says nothing about a busy one. approximate-pruned assumes 25% of the edges kept;
 measured kept fractions at threshold 1e-3 were 14% (tiny, 800 nodes) and 17% (small, 1000 nodes), so its
-estimate is on the high side (at 70,000 nodes on ``large`` it predicts about 40 GiB, which does not fit 24 GiB; with the measured
-fraction it would be about 26 GiB).
+estimate is on the high side. Where the exact backends would go lean (``large`` at 70,000 nodes),
+approximate-pruned uses the same lean layered store (small entries zeroed) and is modelled as lean.
 """
 
 from __future__ import annotations
@@ -245,30 +246,31 @@ def _row_macs(s: Shape, backend: str) -> tuple[float, float]:
 
 
 def _choose_store(backend: str, s: Shape, device: str, options: dict[str, Any]) -> str:
-    """What the exact engine would pick: ask its own helpers when present, else dense."""
-    if backend == "approximate-pruned":
-        return "pruned"
+    """What the exact engine would pick: ask its own helpers when present, else dense. approximate-pruned
+    keeps coordinate lists where the others keep dense rows, and the lean layered store (small entries
+    zeroed) where they go lean."""
+    dense = "pruned" if backend == "approximate-pruned" else "dense"  # its coordinate lists replace dense rows
     choice = options.get("edge_storage", "auto")
     if choice in ("dense", "lean"):
-        return choice
+        return dense if choice == "dense" else "lean"
     try:
         from attrbench.backends import exact
     except Exception:
-        return "dense"
+        return dense
     dense_bytes = getattr(exact, "dense_storage_bytes", None)
     memory_for = getattr(exact, "memory_for", None)
     if dense_bytes is None or memory_for is None or not hasattr(exact, "LayeredEdgeStore"):
-        return "dense"
+        return dense
     try:
         import torch
 
         model = SimpleNamespace(n_layers=s.L, n_pos=s.n_pos, n_active=s.n_active)
         need = dense_bytes(s.n_rows, s.total_nodes, model)
         if str(device).startswith("cuda") and not torch.cuda.is_available():
-            return "dense"
-        return "lean" if need > 0.5 * memory_for(torch.device(device)) else "dense"
+            return dense
+        return "lean" if need > 0.5 * memory_for(torch.device(device)) else dense
     except Exception:
-        return "dense"
+        return dense
 
 
 def estimate_cell(spec: WorkloadSpec, backend: str, nodes: int, device: str = "cpu", dtype: str = "float32",
