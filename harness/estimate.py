@@ -203,6 +203,7 @@ def model_kind(backend: str) -> str:
         from attrbench.manager import get_backends
 
         obj = get_backends().get(backend)
+        obj = getattr(obj, "base", obj)  # a NAME@OPTIONS variant is estimated as its backend
     except Exception:
         obj = None
     for cls in type(obj).__mro__ if obj is not None else ():

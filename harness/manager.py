@@ -80,10 +80,67 @@ def _collect(hook_name: str, warnings: list[str]) -> list:
     return items
 
 
-def get_backends() -> dict[str, Backend]:
+class VariantBackend(Backend):
+    """A registered backend with some options fixed: ``NAME@KEY=VALUE[;KEY=VALUE...]``.
+
+    Variants let one run compare settings of a backend side by side (a sweep of approximate-pruned's
+    ``approx_threshold``, say): each variant is its own column of cells, named by its label.
+    """
+
+    def __init__(self, label: str, base: Backend, options: dict):
+        self.name = label
+        self.base = base
+        self.fixed_options = options
+        self.exact, self.devices, self.dtypes = base.exact, base.devices, base.dtypes
+        self.description = f"{base.name} with {options}"
+        self.option_defaults = {**base.option_defaults, **options}
+
+    def prepare(self, workload, device, dtype):
+        return self.base.prepare(workload, device, dtype)
+
+    def attribute(self, prepared, settings):
+        from dataclasses import replace
+
+        return self.base.attribute(prepared, replace(settings, options={**settings.options, **self.fixed_options}))
+
+
+class BackendRegistry(dict):
+    """Registered backends by name; looking up ``NAME@KEY=VALUE;...`` gives a :class:`VariantBackend`."""
+
+    def _variant(self, label: str) -> Backend | None:
+        import json
+
+        name, _, spec = label.partition("@")
+        if not spec or not dict.__contains__(self, name):
+            return None
+        options = {}
+        for item in spec.split(";"):
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                return None
+            try:
+                options[key] = json.loads(value)
+            except ValueError:
+                options[key] = value
+        return VariantBackend(label, self[name], options)
+
+    def __missing__(self, label: str) -> Backend:
+        variant = self._variant(label)
+        if variant is None:
+            raise KeyError(label)
+        return variant
+
+    def __contains__(self, label: object) -> bool:
+        return dict.__contains__(self, label) or (isinstance(label, str) and self._variant(label) is not None)
+
+    def get(self, label, default=None):
+        return self[label] if label in self else default
+
+
+def get_backends() -> BackendRegistry:
     """Every registered backend by name, built-ins first, in registration order."""
     warnings = getattr(get_plugin_manager(), "load_warnings", [])
-    backends: dict[str, Backend] = {}
+    backends = BackendRegistry()
     for backend in _collect("register_backends", warnings):
         if backend.name in backends:
             warnings.append(f"backend name {backend.name!r} registered twice; the first one is kept")

@@ -95,3 +95,35 @@ def test_a_perturbed_backend_is_caught():
     i, j = torch.nonzero(reference.adjacency_matrix).tolist()[0]
     result.adjacency_matrix[i, j] += 0.1 * reference.adjacency_matrix.norm()
     assert compare(result, reference, "reference")["rel_frobenius"] > 1e-2
+
+
+def test_approximate_accuracy_at_defaults_and_a_loose_knob():
+    """At its default threshold approximate-pruned meets the accuracy targets on tiny; a looser threshold
+    really costs accuracy (the metrics are not constant)."""
+    built = build_workload(preset("tiny"))
+    reference = run("reference", built, 400, batch_size=64)
+    backend = get_backends()["approximate-pruned"]
+    prepared = backend.prepare(built, "cpu", torch.float32)
+
+    def parity(threshold=None):
+        options = {} if threshold is None else {"approx_threshold": threshold}
+        result = backend.attribute(prepared, AttributeSettings(max_feature_nodes=400, batch_size=64, options=options))
+        return compare(result, reference, "reference")
+
+    default, loose = parity(), parity(0.1)
+    assert default["edge_recall"] >= 0.99 and default["pruned_node_jaccard"] >= 0.95, default
+    assert default["rel_frobenius"] > 0  # it does prune something
+    assert loose["pruned_node_jaccard"] < default["pruned_node_jaccard"] - 0.1, (default, loose)
+    assert loose["rel_frobenius"] > 10 * default["rel_frobenius"], (default, loose)
+
+
+def test_backend_variant_fixes_options():
+    """``NAME@KEY=VALUE`` is the backend with that option fixed (used for sweeps in one run)."""
+    backends = get_backends()
+    variant = backends["approximate-pruned@approx_threshold=0.1"]
+    assert variant.fixed_options == {"approx_threshold": 0.1} and not variant.exact
+    assert "approximate-pruned@approx_threshold=0.1" in backends and "nope@x=1" not in backends
+    built = build_workload(preset("tiny"))
+    result = variant.attribute(variant.prepare(built, "cpu", torch.float32),
+                               AttributeSettings(max_feature_nodes=200, batch_size=64))
+    assert result.info["approx_threshold"] == 0.1
