@@ -508,10 +508,11 @@ def attribute_cmd(backend_name, nodes, model, workload_file, transcoders_dir, pr
 
 @cli.command("report")
 @click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json", "png"]), default="table",
-              show_default=True, help="Report format.")
+@click.option("--format", "fmt", default="table", show_default=True,
+              help="Report format: table, markdown, csv, json, png (wall time, memory, speedup, parity vs "
+                   "nodes), sweep-png (speed vs accuracy of NAME@KEY=VALUE variants), or a plugin's format.")
 @click.option("--output", "-o", "output", default=None, type=click.Path(dir_okay=False),
-              help="Write the report to this file instead of stdout (required for png).")
+              help="Write the report to this file instead of stdout (required for the png formats).")
 def report_cmd(results, fmt, output) -> int:
     """Render one or more results files (RESULTS.json ...) as a table, markdown, csv, json or png."""
     try:
@@ -519,8 +520,8 @@ def report_cmd(results, fmt, output) -> int:
     except ImportError as exc:
         raise UsageError(f"reporting is not available in this installation ({exc})") from None
     docs = [load_results_file(p) for p in results]
-    if fmt == "png" and output is None:
-        raise UsageError("--format png needs --output FILE.png")
+    if fmt.endswith("png") and output is None:
+        raise UsageError(f"--format {fmt} needs --output FILE.png")
     if output is not None:
         _check_writable(Path(output), "--output")
     out = render(docs, fmt, sources=list(results))

@@ -108,3 +108,42 @@ class PngReporter(Reporter):
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
         return buf.getvalue()
+
+
+class SweepPngReporter(Reporter):
+    """Speed against accuracy across backend variants (``NAME@KEY=VALUE``) of one run: for each variant,
+    its speedup over the reference against its edge recall, pruned-node Jaccard and selected Jaccard."""
+
+    format = "sweep-png"
+    binary = True
+    description = "PNG figure: speedup vs accuracy of backend variants (a knob sweep)"
+
+    def render(self, results: list[dict]) -> bytes:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        rows = [r for r in summarise(results) if r["backend"] != REFERENCE and r.get("speedup")]
+        fig = Figure(figsize=(11, 4.5), dpi=100)
+        FigureCanvasAgg(fig)
+        speed_ax, acc_ax = fig.subplots(1, 2)
+        labels = [r["backend"].partition("@")[2] or r["backend"] for r in rows]
+        x = range(len(rows))
+        speed_ax.bar(x, [r["speedup"] for r in rows], color="tab:blue")
+        speed_ax.set_xticks(list(x), labels, rotation=20, ha="right", fontsize=8)
+        speed_ax.set_ylabel("speedup vs reference (same run)")
+        speed_ax.set_title("speed")
+        for field, marker in (("edge_recall", "o"), ("pruned_node_jaccard", "s"), ("selected_jaccard", "^")):
+            acc_ax.plot(list(x), [r.get(field) for r in rows], marker=marker, label=field)
+        acc_ax.axhline(0.99, color="grey", linestyle=":", linewidth=1)
+        acc_ax.axhline(0.95, color="grey", linestyle="--", linewidth=1)
+        acc_ax.set_xticks(list(x), labels, rotation=20, ha="right", fontsize=8)
+        acc_ax.set_ylabel("parity vs reference")
+        acc_ax.set_title("accuracy (targets: recall 0.99, pruned Jaccard 0.95)")
+        acc_ax.legend(fontsize=8)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        return buffer.getvalue()

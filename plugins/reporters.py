@@ -351,10 +351,11 @@ class JsonReporter(Reporter):
 @hookimpl
 def register_reporters(register):
     """Register table, markdown, csv, json and png."""
-    from attrbench.plugins.plot import PngReporter
+    from attrbench.plugins.plot import PngReporter, SweepPngReporter
 
     register(TableReporter())
     register(MarkdownReporter())
     register(CsvReporter())
     register(JsonReporter())
     register(PngReporter())
+    register(SweepPngReporter())
