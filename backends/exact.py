@@ -25,7 +25,6 @@ from attrbench.backends.edge_store import DenseEdgeStore, LayeredEdgeStore
 from attrbench.backends.flops import row_flop_floor
 from attrbench.backends.linearised import (
     LinearisedModel,
-    LogitTargets,
     ModelWeights,
     linearise,
     prepare_weights,

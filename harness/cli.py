@@ -242,7 +242,6 @@ def run_cmd(backends_opt, nodes_opt, model, workload_file, device, dtype, batch_
             logit_prob, repeats, timeout_s, output, fmt, resume_file, no_warmup, options, d_transcoder,
             n_tokens, memory_limit, strict, transcoders_dir, prompt_text) -> int:
     """Run the benchmark: every backend x node count x repeat in its own child process."""
-    from attrbench import workload as wl
     from attrbench.manager import get_backends, report_plugin_warnings
     from attrbench.results import load_results, settings_match
     from attrbench.runner import RunConfig, run

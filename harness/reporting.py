@@ -10,7 +10,6 @@ the same results file at the same node count, judge parity, label runs and forma
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from pathlib import Path
@@ -71,49 +70,11 @@ def render(results: list[dict], fmt: str, sources: list[str] | None = None) -> s
 # loading
 
 
-def check_results(data: Any, path: str = "<results>") -> dict:
-    """Raise a one-line UsageError unless ``data`` looks like a schema-1 results dict."""
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: not an attrbench results file (expected a JSON object)")
-    version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise UsageError(
-            f"{path}: unsupported results schema_version {version!r} (this attrbench reads {SCHEMA_VERSION}); "
-            "re-run `attrbench run` to produce a current file"
-        )
-    if not isinstance(data.get("cells"), list):
-        raise UsageError(f"{path}: results file has no list of \"cells\"")
-    for i, cell in enumerate(data["cells"]):
-        if not isinstance(cell, dict) or "backend" not in cell or "status" not in cell:
-            raise UsageError(f"{path}: cell {i} is not a results cell (needs at least backend and status)")
-    return data
-
-
 def load_results_file(path: str | Path) -> dict:
-    """Load and check one results JSON file; a missing, corrupt or wrong-schema file is a UsageError.
+    """Load and check one results JSON file; a missing, corrupt or wrong-schema file is a UsageError."""
+    from attrbench.results import load_results
 
-    Uses :func:`attrbench.results.load_results` where that module is present, else a local loader.
-    """
-    try:
-        from attrbench.results import load_results
-    except ImportError:
-        return _load_results_local(path)
-    return check_results(load_results(path), str(path))
-
-
-def _load_results_local(path: str | Path) -> dict:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{p}: results file not found") from None
-    except OSError as exc:
-        raise UsageError(f"{p}: cannot read results file ({exc.strerror or exc})") from None
-    try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{p}: not valid JSON ({exc}); is it an attrbench results file?") from None
-    return check_results(data, str(p))
+    return load_results(path)
 
 
 # ---------------------------------------------------------------------------------------------------------
