@@ -11,7 +11,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 
@@ -172,6 +172,44 @@ def cli() -> None:
     """Benchmark circuit-tracer attribution backends: speed, memory and parity with the reference."""
 
 
+def _stack(*decorators: Callable) -> Callable:
+    """Apply several click decorators as one (options shared by several commands)."""
+    def apply(f: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+    return apply
+
+
+workload_options = _stack(
+    click.option("--model", "model", default=None,
+                 help="Workload preset name (tiny, small, large, qwen3-4b) or a local Hugging Face model folder "
+                      "(with --transcoders and --prompt). Default: the smallest preset with enough active "
+                      "features for the largest --nodes."),
+    click.option("--workload", "workload_file", default=None, type=click.Path(dir_okay=False),
+                 help="Workload JSON file (model/transcoders/prompt/seed); excludes --model."),
+    click.option("--transcoders", "transcoders_dir", default=None, type=click.Path(file_okay=False),
+                 help="Folder of per-layer transcoders (layer_{i}.safetensors); with --model DIR."),
+    click.option("--prompt", "prompt_text", default=None, help="Prompt text; with --model DIR --transcoders DIR."),
+)
+
+settings_options = _stack(
+    click.option("--dtype", default="float32", show_default=True, help="Model dtype: float32 or bfloat16."),
+    click.option("--batch-size", type=int, default=512, show_default=True,
+                 help="Attribution batch size (circuit-tracer's default is 512)."),
+    click.option("--update-interval", type=int, default=4, show_default=True,
+                 help="Re-rank features every this many batches (circuit-tracer's update_interval; "
+                      "Neuronpedia's graph server uses 1000)."),
+    click.option("--max-logits", type=int, default=10, show_default=True, help="Maximum number of logit targets."),
+    click.option("--logit-prob", type=float, default=0.95, show_default=True,
+                 help="Cumulative probability the logit targets must cover."),
+    click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+                 help="Backend option passed in settings.options (repeatable; VALUE parsed as JSON when it can "
+                      "be), e.g. approx_threshold=0.003 or edge_storage=lean. A backend named NAME@KEY=VALUE in "
+                      "--backends fixes options for that one column instead."),
+)
+
+
 @cli.command("list-backends")
 def list_backends() -> int:
     """List every registered backend with its properties."""
@@ -193,26 +231,14 @@ def list_backends() -> int:
 
 
 @cli.command("run")
+@workload_options
+@settings_options
 @click.option("--backends", "backends_opt", default="all", show_default=True,
               help="Backends to run: 'all' or a comma-separated list of names (see list-backends).")
 @click.option("--nodes", "nodes_opt", default=None,
               help="Feature node counts (max_feature_nodes), comma-separated. [default: 200,800]")
-@click.option("--model", "model", default=None,
-              help="Workload preset name (tiny, small, large, qwen3-4b) or a local Hugging Face model folder (with "
-                   "--transcoders and --prompt). Default: the smallest preset with enough active features for "
-                   "the largest --nodes.")
-@click.option("--workload", "workload_file", default=None, type=click.Path(dir_okay=False),
-              help="Workload JSON file (model/transcoders/prompt/seed); excludes --model.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Device to run the backends on.")
-@click.option("--dtype", default="float32", show_default=True, help="Model dtype: float32 or bfloat16.")
-@click.option("--batch-size", type=int, default=512, show_default=True,
-              help="Attribution batch size (circuit-tracer's default is 512).")
-@click.option("--update-interval", type=int, default=4, show_default=True,
-              help="Re-rank features every this many batches (circuit-tracer's update_interval).")
-@click.option("--max-logits", type=int, default=10, show_default=True, help="Maximum number of logit targets.")
-@click.option("--logit-prob", type=float, default=0.95, show_default=True,
-              help="Cumulative probability the logit targets must cover.")
 @click.option("--repeats", type=int, default=1, show_default=True, help="Timed repeats of every cell.")
 @click.option("--timeout", "timeout_s", type=float, default=None,
               help="Seconds the timed attribution of one cell may take before it is killed (status timeout).")
@@ -224,8 +250,6 @@ def list_backends() -> int:
               help="Results file of an earlier, interrupted run: its ok cells are kept and not run again "
                    "(also the default --output).")
 @click.option("--no-warmup", is_flag=True, default=False, help="Skip the untimed warm-up attribution.")
-@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
-              help="Backend option passed in settings.options (repeatable; VALUE parsed as JSON when it can be).")
 @click.option("--d-transcoder", type=int, default=None, help="Override the workload's transcoder width.")
 @click.option("--n-tokens", type=int, default=None, help="Override the workload's prompt length.")
 @click.option("--memory-limit", "memory_limit", type=float, default=None, metavar="GIB",
@@ -234,10 +258,6 @@ def list_backends() -> int:
 @click.option("--strict", is_flag=True, default=False,
               help="Do not launch cells whose predicted peak memory (attrbench estimate) exceeds what is "
                    "available; record them as 'oom'.")
-@click.option("--transcoders", "transcoders_dir", default=None, type=click.Path(file_okay=False),
-              help="Folder of per-layer transcoders (layer_{i}.safetensors); with --model DIR (a local HF model).")
-@click.option("--prompt", "prompt_text", default=None,
-              help="Prompt text, tokenized with the local model's tokenizer; with --model DIR --transcoders DIR.")
 def run_cmd(backends_opt, nodes_opt, model, workload_file, device, dtype, batch_size, update_interval, max_logits,
             logit_prob, repeats, timeout_s, output, fmt, resume_file, no_warmup, options, d_transcoder,
             n_tokens, memory_limit, strict, transcoders_dir, prompt_text) -> int:
@@ -333,14 +353,8 @@ def run_cmd(backends_opt, nodes_opt, model, workload_file, device, dtype, batch_
 
 
 @cli.command("estimate")
+@workload_options
 @click.option("--nodes", "nodes_opt", required=True, help="Feature node counts, comma-separated.")
-@click.option("--model", "model", default=None,
-              help="Workload preset name or a local model folder (with --transcoders and --prompt).")
-@click.option("--workload", "workload_file", default=None, type=click.Path(dir_okay=False),
-              help="Workload JSON file; excludes --model.")
-@click.option("--transcoders", "transcoders_dir", default=None, type=click.Path(file_okay=False),
-              help="Per-layer transcoder folder, with --model DIR.")
-@click.option("--prompt", "prompt_text", default=None, help="Prompt text, with --model DIR.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Device the cells would run on (no GPU needed to estimate one).")
 @click.option("--dtype", default="float32", show_default=True, help="float32 or bfloat16.")
@@ -398,29 +412,13 @@ def estimate_cmd(nodes_opt, model, workload_file, transcoders_dir, prompt_text, 
 
 
 @cli.command("attribute")
+@workload_options
+@settings_options
 @click.option("--backend", "backend_name", required=True, help="Backend to run (one name; see list-backends).")
 @click.option("--nodes", "nodes", type=int, required=True,
               help="Feature nodes to select (circuit-tracer's max_feature_nodes).")
-@click.option("--model", "model", default=None,
-              help="Workload preset name (tiny, small, large, qwen3-4b) or a local Hugging Face model folder (with "
-                   "--transcoders and --prompt). Default: the smallest preset with enough active features.")
-@click.option("--workload", "workload_file", default=None, type=click.Path(dir_okay=False),
-              help="Workload JSON file (model/transcoders/prompt/seed); excludes --model.")
-@click.option("--transcoders", "transcoders_dir", default=None, type=click.Path(file_okay=False),
-              help="Folder of per-layer transcoders (layer_{i}.safetensors); with --model DIR.")
-@click.option("--prompt", "prompt_text", default=None, help="Prompt text; with --model DIR --transcoders DIR.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Device to run the backend on.")
-@click.option("--dtype", default="float32", show_default=True, help="Model dtype: float32 or bfloat16.")
-@click.option("--batch-size", type=int, default=512, show_default=True,
-              help="Attribution batch size (circuit-tracer's default is 512).")
-@click.option("--update-interval", type=int, default=4, show_default=True,
-              help="Re-rank features every this many batches (circuit-tracer's update_interval).")
-@click.option("--max-logits", type=int, default=10, show_default=True, help="Maximum number of logit targets.")
-@click.option("--logit-prob", type=float, default=0.95, show_default=True,
-              help="Cumulative probability the logit targets must cover.")
-@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
-              help="Backend option passed in settings.options (repeatable; VALUE parsed as JSON when it can be).")
 @click.option("--format", "fmt", type=click.Choice(["pt", "json"]), default="pt", show_default=True,
               help="pt: circuit-tracer's Graph.to_pt file (Graph.from_pt loads it); json: the pruned graph JSON "
                    "circuit-tracer's server and Neuronpedia read.")
