@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,27 +16,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))  # spawned children inherit sys.path, subprocesses get PYTHONPATH below
 
-TEST_PLUGINS = "plugins_for_tests"
-BROKEN_PLUGIN = "broken_plugin_for_tests"
-
-
-def subprocess_env(extra_plugins: str | None = TEST_PLUGINS, **more: str) -> dict[str, str]:
-    """Environment for running ``attrbench`` in a subprocess with the test plugins importable."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
-    env["HF_HUB_OFFLINE"] = "1"
-    if extra_plugins:
-        env["ATTRBENCH_EXTRA_PLUGINS"] = extra_plugins
-    else:
-        env.pop("ATTRBENCH_EXTRA_PLUGINS", None)
-    env.update(more)
-    return env
-
-
-def run_cli(args: list[str], env: dict[str, str] | None = None, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
-    """``python -m attrbench.cli ARGS`` in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "attrbench.cli", *args], capture_output=True, text=True,
-                          env=env if env is not None else subprocess_env(), timeout=timeout, **kw)
+from cli_helpers import TEST_PLUGINS, run_cli, subprocess_env  # noqa: E402,F401
 
 
 @pytest.fixture

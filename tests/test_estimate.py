@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli, subprocess_env
+from cli_helpers import run_cli, subprocess_env
 
 from attrbench import estimate as est
 from attrbench.cli import main

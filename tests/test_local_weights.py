@@ -7,7 +7,7 @@ import os
 import shutil
 
 import pytest
-from conftest import run_cli, subprocess_env
+from cli_helpers import run_cli, subprocess_env
 
 from attrbench.build import build_workload, save_workload
 from attrbench.cli import main

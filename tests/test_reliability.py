@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import BROKEN_PLUGIN, TEST_PLUGINS, run_cli, subprocess_env
+from cli_helpers import BROKEN_PLUGIN, TEST_PLUGINS, run_cli, subprocess_env
 
 
 @pytest.fixture(scope="module")

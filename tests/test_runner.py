@@ -9,7 +9,7 @@ import time
 
 import psutil
 import pytest
-from conftest import run_cli, subprocess_env
+from cli_helpers import run_cli, subprocess_env
 
 from attrbench.runner import RunConfig, ordered_backends, plan_cells
 from attrbench.workload import preset
