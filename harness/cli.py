@@ -253,7 +253,7 @@ def list_backends() -> int:
 @click.option("--d-transcoder", type=int, default=None, help="Override the workload's transcoder width.")
 @click.option("--n-tokens", type=int, default=None, help="Override the workload's prompt length.")
 @click.option("--memory-limit", "memory_limit", type=float, default=None, metavar="GIB",
-              help="Address-space limit (RLIMIT_AS) of each CPU cell in GiB; an allocation beyond it makes the "
+              help="Memory limit (RLIMIT_DATA: heap and anonymous mappings) of each CPU cell in GiB; an allocation beyond it makes the "
                    "cell 'oom'. Default: physical memory + swap on CPU, none on CUDA; 0 disables.")
 @click.option("--strict", is_flag=True, default=False,
               help="Do not launch cells whose predicted peak memory (attrbench estimate) exceeds what is "

@@ -74,7 +74,7 @@ class RunConfig:
     strict: bool = False
 
     def memory_limit_bytes(self) -> int | None:
-        """The RLIMIT_AS each child gets, or None for no limit."""
+        """The RLIMIT_DATA each child gets, or None for no limit."""
         return resolve_memory_limit(self.device, self.memory_limit_gib)
 
     def settings(self) -> dict[str, Any]:
@@ -95,13 +95,12 @@ def default_memory_limit(device: str) -> int | None:
     """Physical memory + swap for CPU cells; None (no limit) for CUDA, whose driver reserves huge virtual
     ranges.
 
-    The limit is on *virtual* address space (RLIMIT_AS). Torch's thread pools, glibc's per-thread malloc
-    arenas and mapped libraries reserve about 2 GiB that is never resident (a small-preset reference cell:
-    7.0 GB virtual for 4.9 GB resident; tiny cells of every backend: 2-4 GB virtual), so a cell refused by
-    this limit was within about 2 GiB of filling the machine anyway. A looser limit (e.g. 1.25x) would let
-    circuit-tracer's 24.5 GiB ``torch.zeros`` edge matrix at 70,000 nodes through (zero pages are not
-    resident until written) and the cell would then be found by the kernel's OOM killer after swapping,
-    instead of failing at once with "can't allocate memory".
+    The limit is RLIMIT_DATA: private writable memory (heap and anonymous mappings, where torch's tensors
+    live), reserved or not, but not file mappings, so a backend may memory-map a graph file larger than the
+    limit (the lean edge store does at 70,000 nodes; RLIMIT_AS refused that mapping). A limit this tight
+    makes circuit-tracer's 24.5 GiB ``torch.zeros`` edge matrix at 70,000 nodes fail at once with "can't
+    allocate memory" (zero pages are not resident until written, so the kernel's OOM killer would only
+    find the cell much later, after swapping).
     """
     if not str(device).startswith("cpu"):
         return None
@@ -120,15 +119,15 @@ def resolve_memory_limit(device: str, gib: float | None) -> int | None:
 
 
 def _apply_memory_limit(limit: int | None) -> None:
-    """Set RLIMIT_AS of this (child) process; beyond it allocations raise instead of swapping."""
+    """Set RLIMIT_DATA of this (child) process; beyond it allocations raise instead of swapping."""
     if not limit:
         return
     import resource
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
 
 
 def ordered_backends(names: list[str]) -> list[str]:

@@ -64,3 +64,25 @@ def test_layered_ranking_matches_circuit_tracer():
     expected = circuit_tracer_influences(dense.edges, probs, dense.row_nodes)
     assert torch.allclose(lean.influences(probs), expected, rtol=1e-5, atol=1e-7)
     assert expected[:Model.n_active].abs().sum() > 0
+
+
+def test_memory_limit_allows_mapping_a_graph_file_larger_than_it(tmp_path):
+    """The runner's per-cell limit counts heap and anonymous memory, not file mappings: a lean-store
+    adjacency larger than the limit can still be memory-mapped back (RLIMIT_AS refused that at 70k nodes)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "adjacency.npy"
+    with open(path, "wb") as f:  # a 2 GiB .npy made of holes
+        np.lib.format.write_array_header_2_0(f, {"descr": "<f4", "fortran_order": False, "shape": (1 << 14, 1 << 15)})
+        f.truncate(f.tell() + 4 * (1 << 29))
+    code = (
+        "import numpy as np, torch\n"
+        "from attrbench.runner import _apply_memory_limit\n"
+        "_apply_memory_limit(1 << 30)\n"
+        f"a = np.load({str(path)!r}, mmap_mode='r'); assert a.shape == (1 << 14, 1 << 15)\n"
+        "try:\n    torch.empty(1 << 29).fill_(1.0)\nexcept RuntimeError:\n    print('refused')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "refused" in out.stdout  # 2 GiB of anonymous memory is over the 1 GiB limit
