@@ -172,6 +172,18 @@ def cli() -> None:
     """Benchmark circuit-tracer attribution backends: speed, memory and parity with the reference."""
 
 
+def _backend_names(backends_opt: str, known) -> list[str]:
+    """``--backends``: ``all`` or a comma-separated list of registered names (or ``NAME@KEY=VALUE`` variants)."""
+    if backends_opt.strip() == "all":
+        return list(known)
+    names = list(dict.fromkeys(n.strip() for n in backends_opt.split(",") if n.strip()))
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise UsageError(f"unknown backend {', '.join(map(repr, unknown)) or '(none given)'}; "
+                         f"known backends: {', '.join(known)}")
+    return names
+
+
 def _stack(*decorators: Callable) -> Callable:
     """Apply several click decorators as one (options shared by several commands)."""
     def apply(f: Callable) -> Callable:
@@ -291,14 +303,7 @@ def run_cmd(backends_opt, nodes_opt, model, workload_file, device, dtype, batch_
 
     known = get_backends()
     report_plugin_warnings()
-    if backends_opt.strip() == "all":
-        names = list(known)
-    else:
-        names = list(dict.fromkeys(n.strip() for n in backends_opt.split(",") if n.strip()))
-        unknown = [n for n in names if n not in known]
-        if unknown or not names:
-            raise UsageError(f"unknown backend {', '.join(map(repr, unknown)) or '(none given)'}; "
-                             f"known backends: {', '.join(known)}")
+    names = _backend_names(backends_opt, known)
     if not names:
         raise UsageError("no backends are registered")
     device = _resolve_device(device)
@@ -383,14 +388,7 @@ def estimate_cmd(nodes_opt, model, workload_file, transcoders_dir, prompt_text, 
         raise UsageError(f"--memory-limit must be a positive number of GiB, got {memory_limit:g}")
     spec, note = _resolve_spec(model, workload_file, transcoders_dir, prompt_text, nodes)
     known = get_backends()
-    if backends_opt.strip() == "all":
-        names = list(known)
-    else:
-        names = list(dict.fromkeys(n.strip() for n in backends_opt.split(",") if n.strip()))
-        unknown = [n for n in names if n not in known]
-        if unknown or not names:
-            raise UsageError(f"unknown backend {', '.join(map(repr, unknown)) or '(none given)'}; "
-                             f"known backends: {', '.join(known)}")
+    names = _backend_names(backends_opt, known)
     if note:
         _err(note)
     rate = gemm_rate(device, measure=device == "cpu" or _cuda_available())
