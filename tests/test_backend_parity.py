@@ -59,14 +59,22 @@ def test_exact_backend_matches_reference_fp32(reference_graphs, backend_name):
         assert parity["edge_recall"] >= 0.999, (name, nodes, parity)
 
 
+@pytest.fixture(scope="module", params=list(WORKLOAD_SPECS))
+def bf16_reference(request):
+    built = build_workload(WORKLOAD_SPECS[request.param]())
+    # at least 250 nodes, so that one bf16 near-tie swap at a ranking-window boundary cannot alone push the
+    # Jaccard below 0.99 (with 120 nodes it is 0.983)
+    nodes = min(max(int(built.spec.estimated_active_features * 0.3), 250), built.spec.estimated_active_features // 2)
+    return request.param, built, nodes, run("reference", built, nodes, torch.bfloat16, batch_size=64)
+
+
 @pytest.mark.parametrize("backend_name", EXACT)
-def test_exact_backend_matches_reference_bf16(backend_name):
-    built = build_workload(preset("tiny"))
-    reference = run("reference", built, 300, torch.bfloat16, batch_size=64)
-    result = run(backend_name, built, 300, torch.bfloat16, batch_size=64)
+def test_exact_backend_matches_reference_bf16(bf16_reference, backend_name):
+    name, built, nodes, reference = bf16_reference
+    result = run(backend_name, built, nodes, torch.bfloat16, batch_size=64)
     parity = compare(result, reference, "reference")
-    assert parity["selected_jaccard"] >= 0.99, parity
-    assert parity["rel_frobenius"] <= 2e-2, parity
+    assert parity["selected_jaccard"] >= 0.99, (name, parity)
+    assert parity["rel_frobenius"] <= 2e-2, (name, parity)
 
 
 def test_autodiff_free_records_no_autograd_graph(monkeypatch):
