@@ -172,6 +172,21 @@ def cli() -> None:
     """Benchmark circuit-tracer attribution backends: speed, memory and parity with the reference."""
 
 
+def _interrupt_on_signals() -> None:
+    """Ctrl-C (SIGINT) and SIGTERM stop a run cleanly (children killed, finished cells kept, exit 130).
+
+    SIGINT is set explicitly: Python leaves it ignored when the process inherited it ignored, as every
+    command started in the background by a non-interactive shell does.
+    """
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def _backend_names(backends_opt: str, known) -> list[str]:
     """``--backends``: ``all`` or a comma-separated list of registered names (or ``NAME@KEY=VALUE`` variants)."""
     if backends_opt.strip() == "all":
@@ -347,6 +362,7 @@ def run_cmd(backends_opt, nodes_opt, model, workload_file, device, dtype, batch_
     # ---- run
     if preset_note:
         _err(preset_note)
+    _interrupt_on_signals()
     try:
         doc = run(config)
     except KeyboardInterrupt:
