@@ -187,6 +187,16 @@ def _interrupt_on_signals() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def _check_supports(backend, device_kind: str, dtype: str) -> None:
+    """A backend asked for a device or dtype it does not declare is a usage error."""
+    if device_kind not in backend.devices:
+        raise UsageError(f"backend {backend.name!r} does not support device {device_kind!r} (it supports "
+                         f"{', '.join(backend.devices)}); choose other --backends or --device")
+    if dtype not in backend.dtypes:
+        raise UsageError(f"backend {backend.name!r} does not support dtype {dtype!r} (it supports "
+                         f"{', '.join(backend.dtypes)}); choose other --backends or --dtype")
+
+
 def _backend_names(backends_opt: str, known) -> list[str]:
     """``--backends``: ``all`` or a comma-separated list of registered names (or ``NAME@KEY=VALUE`` variants)."""
     if backends_opt.strip() == "all":
@@ -324,13 +334,7 @@ def run_cmd(backends_opt, nodes_opt, model, workload_file, device, dtype, batch_
     device = _resolve_device(device)
     device_kind = device.split(":")[0]
     for n in names:
-        b = known[n]
-        if device_kind not in b.devices:
-            raise UsageError(f"backend {n!r} does not support device {device_kind!r} (it supports "
-                             f"{', '.join(b.devices)}); choose other --backends or --device")
-        if dtype not in b.dtypes:
-            raise UsageError(f"backend {n!r} does not support dtype {dtype!r} (it supports "
-                             f"{', '.join(b.dtypes)}); choose other --backends or --dtype")
+        _check_supports(known[n], device_kind, dtype)
     opts = _parse_options(options)
     declared = {k for n in names for k in known[n].option_defaults}
     stray = sorted(set(opts) - declared)
@@ -470,12 +474,7 @@ def attribute_cmd(backend_name, nodes, model, workload_file, transcoders_dir, pr
         raise UsageError(f"unknown backend {backend_name!r}; known backends: {', '.join(known) or 'none'}")
     backend = known[backend_name]
     device = _resolve_device(device)
-    if device.split(":")[0] not in backend.devices:
-        raise UsageError(f"backend {backend_name!r} does not support device {device!r} (it supports "
-                         f"{', '.join(backend.devices)})")
-    if dtype not in backend.dtypes:
-        raise UsageError(f"backend {backend_name!r} does not support dtype {dtype!r} (it supports "
-                         f"{', '.join(backend.dtypes)})")
+    _check_supports(backend, device.split(":")[0], dtype)
     opts = _parse_options(options)
     stray = sorted(set(opts) - set(backend.option_defaults))
     if stray:
