@@ -34,3 +34,15 @@ def run_cli(args: list[str], env: dict[str, str] | None = None, timeout: float =
     """``python -m attrbench.cli ARGS`` in a subprocess."""
     return subprocess.run([sys.executable, "-m", "attrbench.cli", *args], capture_output=True, text=True,
                           env=env if env is not None else subprocess_env(), timeout=timeout, **kw)
+
+
+def invoke(capsys, args: list[str]) -> tuple[int, str, str]:
+    """Run the CLI in this process; its exit code, stdout and stderr."""
+    import pytest
+
+    from attrbench.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
+from cli_helpers import invoke
 
-from attrbench.cli import main
 from attrbench.results import load_results
 
 CELL_KEYS = {"backend", "exact", "nodes", "repeat", "status", "error", "wall_s", "phases_s", "peak_host_bytes",
@@ -15,13 +14,6 @@ ENV_KEYS = {"python", "torch", "circuit_tracer", "transformers", "platform", "cp
             "git_revision"}
 SETTINGS_KEYS = {"device", "dtype", "batch_size", "update_interval", "max_n_logits", "desired_logit_prob", "repeats",
                  "timeout_s", "backend_options"}
-
-
-def invoke(capsys, args):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 def test_reference_run_schema(reference_run):

@@ -5,20 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from cli_helpers import run_cli, subprocess_env
+from cli_helpers import invoke, run_cli, subprocess_env
 
 from attrbench import estimate as est
-from attrbench.cli import main
 from attrbench.estimate import GIB, KNOWN_BACKENDS, estimate_cell, fits
 from attrbench.runner import RunConfig, Runner, resolve_memory_limit
 from attrbench.workload import preset
-
-
-def invoke(capsys, args):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 @pytest.mark.parametrize("backend", KNOWN_BACKENDS)

@@ -10,17 +10,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from attrbench.cli import main
+from cli_helpers import invoke
+
 
 NODES = 200
 ARGS = ["--backend", "gqa-shared", "--nodes", str(NODES), "--model", "tiny", "--batch-size", "64", "--device", "cpu"]
-
-
-def invoke(capsys, args):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 @pytest.fixture(scope="module")

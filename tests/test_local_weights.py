@@ -7,10 +7,9 @@ import os
 import shutil
 
 import pytest
-from cli_helpers import run_cli, subprocess_env
+from cli_helpers import invoke, run_cli, subprocess_env
 
 from attrbench.build import build_workload, save_workload
-from attrbench.cli import main
 from attrbench.workload import local_spec, preset, spec_from_dict
 
 PROMPT = "t1 t5 t9 t17 t33 t2 t8 t100"
@@ -21,13 +20,6 @@ def saved(tmp_path_factory):
     folder = tmp_path_factory.mktemp("local") / "tiny"
     save_workload(build_workload(preset("tiny"), use_cache=False), folder)
     return folder
-
-
-def invoke(capsys, args):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 def test_local_spec_reads_config_tokenizes_and_round_trips(saved):
