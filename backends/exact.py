@@ -236,6 +236,7 @@ class ExactBackend(Backend):
             if max_nodes == n_active:
                 pending = torch.arange(n_active)
             else:
+                settings.progress(f"ranking ({n_visited:,}/{max_nodes:,} feature rows done)")
                 with timer("ranking"):
                     infl = store.influences(targets.probabilities, self.ranking_rule)
                     rank = torch.argsort(infl[:n_active], descending=True).cpu()
@@ -250,7 +251,9 @@ class ExactBackend(Backend):
                     compute(batch, idx)
                     visited[idx] = True
                     n_visited += len(idx)
+                    settings.progress(f"feature rows {n_visited:,}/{max_nodes:,}")
 
+        settings.progress(f"packaging the {total_nodes - n_active + max_nodes:,}-node adjacency")
         with timer("packaging"):
             selected = torch.where(visited)[0]
             adjacency = store.package(selected, n_active, n_logits)

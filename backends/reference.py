@@ -30,6 +30,20 @@ _PHASE_LINES = {
 _PHASE_RE = re.compile(r"^(.*?) in ([0-9.]+)s$")
 
 
+class _ForwardingLog(io.StringIO):
+    """Captures circuit-tracer's stderr (log lines, tqdm bars) and passes each non-empty line on as progress."""
+
+    def __init__(self, progress):
+        super().__init__()
+        self.progress = progress
+
+    def write(self, text: str) -> int:
+        for line in re.split(r"[\r\n]", text):
+            if line.strip():
+                self.progress(line.strip())
+        return super().write(text)
+
+
 def transformer_lens_config(workload: BuiltWorkload, device: str, dtype: torch.dtype):
     from transformer_lens import HookedTransformerConfig
 
@@ -130,9 +144,9 @@ class ReferenceBackend(Backend):
         from circuit_tracer.attribution.attribute import attribute
 
         phases: dict[str, float] = {}
-        log = io.StringIO()
+        log = _ForwardingLog(settings.progress)
         # verbose=True makes circuit-tracer log its phase times; stderr is captured so that its progress
-        # bar and log lines do not mix with ours.
+        # bar and log lines do not mix with ours (they reach settings.progress instead).
         with contextlib.redirect_stderr(log), _timed_ranking(phases):
             graph = attribute(
                 prepared.token_ids, prepared.model, max_n_logits=settings.max_n_logits,

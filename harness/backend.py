@@ -8,9 +8,11 @@ a dense ``[target, source]`` adjacency.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
+
+from attrbench.progress import no_progress
 
 
 @dataclass
@@ -25,6 +27,9 @@ class AttributeSettings:
     options: dict[str, Any] = field(default_factory=dict)
     #: where a backend may write large files (e.g. an adjacency too big to hold in memory)
     scratch_dir: str | None = None
+    #: called with one short status line (e.g. ``"feature rows 12,288/70,000"``) as work proceeds; the
+    #: caller decides how often to show it (:class:`attrbench.progress.ProgressLine`), so report freely
+    progress: Callable[[str], None] = no_progress
 
 
 @dataclass

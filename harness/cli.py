@@ -488,12 +488,15 @@ def attribute_cmd(backend_name, nodes, model, workload_file, transcoders_dir, pr
     from attrbench.backend import AttributeSettings
     from attrbench.build import build_workload
     from attrbench.export import save_graph, to_cpu
+    from attrbench.progress import ProgressLine
 
     if preset_note:
         _err(preset_note)
     built = build_workload(spec)
+    progress = ProgressLine(lambda text: _err(f"{backend_name}: {text}"))
     settings = AttributeSettings(max_feature_nodes=nodes, batch_size=batch_size, update_interval=update_interval,
-                                 max_n_logits=max_logits, desired_logit_prob=logit_prob, options=opts)
+                                 max_n_logits=max_logits, desired_logit_prob=logit_prob, options=opts,
+                                 progress=progress.update)
     try:
         prepared = backend.prepare(built, device, getattr(torch, dtype))
         start = time.perf_counter()

@@ -35,15 +35,16 @@ import time
 import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
-from attrbench.results import (
-    cell_key, new_cell, new_results, write_results_atomic,
-)
+from attrbench.progress import ProgressLine, no_progress
+from attrbench.results import cell_key, new_cell, new_results, write_results_atomic
 from attrbench.workload import WorkloadSpec
 
 YARDSTICKS = ("reference", "autodiff-free")
 SETUP_GRACE_S = 600.0
+#: graphs above this size get a progress line before parity (it reads both adjacencies, minutes at 70k nodes)
+LARGE_GRAPH_BYTES = 2**30
 OOM_MARKERS = ("MemoryError", "OutOfMemoryError", "CUDA out of memory", "can't allocate memory",
                "DefaultCPUAllocator: not enough memory", "std::bad_alloc")
 
@@ -174,21 +175,29 @@ def _child_run(conn, payload: dict[str, Any]) -> dict[str, Any]:
     from attrbench.build import build_workload
     from attrbench.graph_store import save_result
     from attrbench.manager import get_backends, get_tracker_factories
+    from attrbench.progress import no_progress
     from attrbench.workload import spec_from_dict
 
+    def say(text: str) -> None:
+        conn.send(("progress", text))
+
     spec = spec_from_dict(payload["spec"], "<runner>")
+    say("building the workload")
     built = build_workload(spec)
     backend = get_backends()[payload["backend"]]
     device = payload["device"]
+    say("preparing the backend")
     prepared = backend.prepare(built, device, getattr(torch, payload["dtype"]))
     settings = AttributeSettings(
         max_feature_nodes=payload["nodes"], batch_size=payload["batch_size"],
         update_interval=payload["update_interval"], max_n_logits=payload["max_n_logits"],
         desired_logit_prob=payload["desired_logit_prob"], options=dict(payload["options"]),
-        scratch_dir=payload["graph_dir"],
+        scratch_dir=payload["graph_dir"], progress=say,
     )
     if payload["warmup"]:
-        warm = backend.attribute(prepared, replace(settings, max_feature_nodes=min(payload["nodes"], payload["batch_size"])))
+        say("warm-up")
+        warm = backend.attribute(prepared, replace(settings, max_feature_nodes=min(payload["nodes"], payload["batch_size"]),
+                                                   progress=no_progress))
         del warm
         gc.collect()
         _sync(device)
@@ -225,6 +234,7 @@ def _child_run(conn, payload: dict[str, Any]) -> dict[str, Any]:
     rest = wall - sum(phases.values())
     if "packaging" not in phases and rest >= 0:
         phases["packaging"] = rest
+    say("saving the graph")
     save_result(result, payload["graph_dir"])
     info = _jsonable(dict(result.info or {}))
     extra = {k: v for k, v in measured.items() if k not in ("peak_host_bytes", "peak_gpu_bytes", "peak_gpu_torch_bytes")}
@@ -307,8 +317,13 @@ def _signal_name(num: int) -> str:
         return f"signal {num}"
 
 
-def run_cell(payload: dict[str, Any], timeout_s: float | None) -> dict[str, Any]:
-    """Run one cell in a fresh spawned child; returns the cell's measured values and its status."""
+def run_cell(payload: dict[str, Any], timeout_s: float | None,
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run one cell in a fresh spawned child; returns the cell's measured values and its status.
+
+    ``progress`` receives a line with the elapsed time and the child's latest status every
+    ``$ATTRBENCH_PROGRESS_INTERVAL`` seconds (:class:`attrbench.progress.ProgressLine`).
+    """
     ctx = mp.get_context("spawn")
     recv_conn, send_conn = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child_main, args=(send_conn, payload), name=f"attrbench-{payload['backend']}")
@@ -318,20 +333,30 @@ def run_cell(payload: dict[str, Any], timeout_s: float | None) -> dict[str, Any]
     deadline = setup_deadline
     message: tuple[str, Any] | None = None
     timed_out = False
+    line = ProgressLine(progress if progress is not None else no_progress,
+                        interval_s=None if progress is not None else 0.0)
     try:
         while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready = mp.connection.wait([recv_conn, proc.sentinel], timeout=remaining)
+            waits = [w for w in (None if deadline is None else deadline - time.monotonic(), line.seconds_to_next())
+                     if w is not None]
+            ready = mp.connection.wait([recv_conn, proc.sentinel], timeout=max(0.0, min(waits)) if waits else None)
             if not ready:
-                timed_out = True
-                break
+                if deadline is not None and time.monotonic() >= deadline:
+                    timed_out = True
+                    break
+                line.tick()
+                continue
             if recv_conn in ready:
                 try:
                     kind, data = recv_conn.recv()
                 except (EOFError, OSError):
                     break  # the child died; its exit code says how
+                if kind == "progress":
+                    line.update(str(data))
+                    continue
                 if kind == "ready":
                     deadline = time.monotonic() + timeout_s if timeout_s else None
+                    line.update("timed attribution started")
                     continue
                 message = (kind, data)
                 break
@@ -417,9 +442,10 @@ class Runner:
             self.graph_root = Path(tempfile.mkdtemp(prefix=".attrbench-graphs-", dir=base))
         return self.graph_root
 
-    def _execute(self, backend: str, nodes: int, repeat: int) -> tuple[dict[str, Any], Path | None]:
+    def _execute(self, backend: str, nodes: int, repeat: int, label: str) -> tuple[dict[str, Any], Path | None]:
         graph_dir = self._graph_root() / f"{backend}-{nodes}-{repeat}-{time.monotonic_ns()}"
-        values = run_cell(self._payload(backend, nodes, graph_dir), self.config.timeout_s)
+        values = run_cell(self._payload(backend, nodes, graph_dir), self.config.timeout_s,
+                          progress=lambda text: self._say(f"{label}: {text}"))
         ok = values["status"] == "ok" and (graph_dir / "adjacency.npy").exists()
         if not ok:
             shutil.rmtree(graph_dir, ignore_errors=True)
@@ -521,7 +547,7 @@ class Runner:
         if y in graphs:
             return graphs[y]
         self._say(f"re-running {y} nodes={n} repeat={r} for its graph (its record was kept from --resume)")
-        values, graph_dir = self._execute(y, n, r)
+        values, graph_dir = self._execute(y, n, r, f"{y} nodes={n} repeat={r} (re-run for its graph)")
         if graph_dir is not None:
             graphs[y] = graph_dir
         return graph_dir
@@ -530,7 +556,7 @@ class Runner:
                  status: dict[str, str]) -> None:
         self._say(f"[{done}/{total}] {b} nodes={n} repeat={r}: started")
         t0 = time.monotonic()
-        values, graph_dir = self._execute(b, n, r)
+        values, graph_dir = self._execute(b, n, r, f"[{done}/{total}] {b} nodes={n} repeat={r}")
         elapsed = time.monotonic() - t0
         values.pop("traceback", None)
         backend = self.backends.get(b)
@@ -550,6 +576,8 @@ class Runner:
                 if yard_dir is None:
                     cell["parity_note"] = f"the {y} graph could not be re-created for parity"
                 else:
+                    if (graph_dir / "adjacency.npy").stat().st_size > LARGE_GRAPH_BYTES:
+                        self._say(f"[{done}/{total}] {b} nodes={n} repeat={r}: comparing its graph with {y}'s")
                     try:
                         cell["parity"] = self._parity(graph_dir, yard_dir, "reference" if y == "reference" else y)
                     except Exception as exc:  # parity must never lose a measured cell

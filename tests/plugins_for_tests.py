@@ -18,6 +18,19 @@ class CopyBackend(ReferenceBackend):
     description = "test: the reference, under another name"
 
 
+class ChattyBackend(ReferenceBackend):
+    """The reference, after reporting five numbered progress steps a little apart."""
+
+    name = "chatty"
+    description = "test: reports progress steps, then runs the reference"
+
+    def attribute(self, prepared, settings):
+        for step in range(1, 6):
+            settings.progress(f"step {step}/5")
+            time.sleep(0.3)
+        return super().attribute(prepared, settings)
+
+
 class _Crashing(Backend):
     exact = True
     devices = ("cpu",)
@@ -106,6 +119,6 @@ class Float32OnlyBackend(_Crashing):
 
 @hookimpl
 def register_backends(register):
-    for cls in (CopyBackend, RaisesBackend, SegfaultBackend, KilledBackend, SleeperBackend, InterruptBackend,
+    for cls in (CopyBackend, ChattyBackend, RaisesBackend, SegfaultBackend, KilledBackend, SleeperBackend, InterruptBackend,
                 Float32OnlyBackend, HogBackend):
         register(cls())
