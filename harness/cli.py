@@ -84,49 +84,17 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def _fallback_table(doc: dict[str, Any], markdown: bool) -> str:
-    from tabulate import tabulate
-
-    from attrbench.parity import summary
-    from attrbench.results import format_bytes
-
-    cells = doc.get("cells", [])
-    out = []
-    for nodes in sorted({c["nodes"] for c in cells}):
-        group = [c for c in cells if c["nodes"] == nodes]
-        ref = {c["repeat"]: c["wall_s"] for c in group if c["backend"] == "reference" and c["status"] == "ok"}
-        rows = []
-        for c in group:
-            speed = "-"
-            if c["status"] == "ok" and ref.get(c["repeat"]) and c["wall_s"]:
-                speed = f"{ref[c['repeat']] / c['wall_s']:.2f}x"
-            rows.append([
-                c["backend"], c["status"] if not c.get("error") else f"{c['status']}: {str(c['error'])[:50]}",
-                "-" if c["wall_s"] is None else f"{c['wall_s']:.3f}", speed, format_bytes(c.get("peak_host_bytes")),
-                format_bytes(c.get("peak_gpu_bytes") or c.get("peak_gpu_torch_bytes")),
-                "-" if c.get("n_selected") is None else c["n_selected"], summary(c.get("parity")),
-            ])
-        headers = ["backend", "status", "wall s", "speedup", "peak host", "peak GPU", "selected", "parity"]
-        title = f"nodes = {nodes}"
-        out.append((f"### {title}\n\n" if markdown else f"{title}\n")
-                   + tabulate(rows, headers=headers, tablefmt="github" if markdown else "simple"))
-    if doc.get("yardstick_note"):
-        out.append(f"note: {doc['yardstick_note']}")
-    return "\n\n".join(out)
-
-
 def _render(doc: dict[str, Any], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(doc, indent=1, default=str)
-    try:
-        from attrbench.reporting import render
+    from attrbench.reporting import render
 
+    try:
         text = render([doc], fmt)
-        return text.decode() if isinstance(text, bytes) else text
-    except ImportError:
-        return _fallback_table(doc, markdown=fmt == "markdown")
-    except UsageError:
-        return _fallback_table(doc, markdown=fmt == "markdown")
+    except UsageError as exc:  # e.g. the reporters plugin failed to load: the results still reach stdout
+        _err(f"warning: {exc}; printing the results as JSON")
+        return json.dumps(doc, indent=1, default=str)
+    return text.decode() if isinstance(text, bytes) else text
 
 
 def _resolve_spec(model, workload_file, transcoders_dir, prompt_text, nodes, d_transcoder=None, n_tokens=None):
@@ -454,7 +422,7 @@ def attribute_cmd(backend_name, nodes, model, workload_file, transcoders_dir, pr
     import time
 
     from attrbench.manager import get_backends, report_plugin_warnings
-    from attrbench.results import format_bytes
+    from attrbench.reporting import fmt_bytes
 
     for flag, value in (("--nodes", nodes), ("--batch-size", batch_size), ("--update-interval", update_interval),
                         ("--max-logits", max_logits)):
@@ -511,8 +479,7 @@ def attribute_cmd(backend_name, nodes, model, workload_file, transcoders_dir, pr
     kw = dict(node_threshold=node_threshold, edge_threshold=edge_threshold, slug=slug) if fmt == "json" else {}
     save_graph(result, built, out_path, fmt, **kw)
     n_active = int(result.active_features.shape[0])
-    size = out_path.stat().st_size
-    size_text = format_bytes(size) if size >= 2**20 else f"{size / 1024:.0f} KiB"
+    size_text = fmt_bytes(out_path.stat().st_size)
     _err(f"{backend_name}: {int(result.selected_features.numel())} nodes selected of {n_active} active, "
          f"{result.adjacency_matrix.shape[0]} graph nodes, attribution {wall:.2f} s; wrote {out_path} "
          f"({fmt}, {size_text})")

@@ -118,11 +118,10 @@ def gemm_rate(device: str = "cpu", measure: bool = True) -> float:
             (a @ b).sum().item()
             reps, t0 = 0, time.perf_counter()
             while reps < 3 or time.perf_counter() - t0 < 0.1:
-                c = a @ b
+                a @ b
                 reps += 1
             if kind == "cuda":
                 torch.cuda.synchronize()
-            del c
             rate = 2 * n**3 * reps / (time.perf_counter() - t0)
         except Exception:
             pass
@@ -391,14 +390,14 @@ def fits(est: Estimate, host_avail: int, gpu_avail: int | None) -> tuple[bool, s
 def estimate_table(estimates: list[Estimate], host_avail: int, gpu_avail: int | None) -> str:
     from tabulate import tabulate
 
-    from attrbench.results import format_bytes
+    from attrbench.reporting import fmt_bytes
 
     rows = []
     for e in estimates:
         ok, _ = fits(e, host_avail, gpu_avail)
         t = f"{e.time_s:.3g} s" if e.time_s < 600 else f"{e.time_s / 3600:.3g} h"
-        rows.append([e.backend, e.nodes, format_bytes(e.host_bytes),
-                     "-" if e.gpu_bytes is None else format_bytes(e.gpu_bytes), t, e.edge_storage or "-",
+        rows.append([e.backend, e.nodes, fmt_bytes(e.host_bytes),
+                     "-" if e.gpu_bytes is None else fmt_bytes(e.gpu_bytes), t, e.edge_storage or "-",
                      "yes" if ok else "no"])
     return tabulate(rows, headers=["backend", "nodes", "host peak", "GPU peak", "time", "edge store", "fits"],
                     tablefmt="simple")

@@ -17,7 +17,6 @@ from typing import Any, Iterable
 
 from attrbench.errors import UsageError
 
-SCHEMA_VERSION = 1
 REFERENCE = "reference"
 
 #: exact backends: maximum relative Frobenius error of the adjacency, by dtype

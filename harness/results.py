@@ -223,18 +223,9 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
     return validate_results(data, f"results file {p}")
 
 
-def format_bytes(n: float | int | None) -> str:
-    """MiB below 1 GiB, GiB above; '-' for None."""
-    if n is None:
-        return "-"
-    if n >= 1024**3:
-        return f"{n / 1024**3:.2f} GiB"
-    return f"{n / 1024**2:.0f} MiB"
-
-
 __all__ = [
     "SCHEMA_VERSION", "STATUSES", "SETTINGS_KEYS", "PARITY_KEYS", "environment_info", "new_results", "new_cell",
-    "cell_key", "settings_match", "write_results_atomic", "load_results", "validate_results", "format_bytes",
+    "cell_key", "settings_match", "write_results_atomic", "load_results", "validate_results",
 ]
 
 if __name__ == "__main__":  # pragma: no cover

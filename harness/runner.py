@@ -196,9 +196,8 @@ def _child_run(conn, payload: dict[str, Any]) -> dict[str, Any]:
     )
     if payload["warmup"]:
         say("warm-up")
-        warm = backend.attribute(prepared, replace(settings, max_feature_nodes=min(payload["nodes"], payload["batch_size"]),
-                                                   progress=no_progress))
-        del warm
+        backend.attribute(prepared, replace(settings, max_feature_nodes=min(payload["nodes"], payload["batch_size"]),
+                                            progress=no_progress))  # result dropped at once
         gc.collect()
         _sync(device)
     conn.send(("ready", None))

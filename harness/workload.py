@@ -133,7 +133,7 @@ PRESETS: dict[str, tuple[WorkloadSpec, str]] = dict(
             ModelSpec(num_hidden_layers=8, hidden_size=256, num_attention_heads=8, num_key_value_heads=2,
                       head_dim=32, intermediate_size=768, vocab_size=2048),
             TranscoderSpec(d_transcoder=4096, target_l0=176), 32,
-            ">= 40,000 active features; circuit-tracer at 4,000 nodes in about a minute on 2 cores",
+            ">= 40,000 active features; circuit-tracer at 4,000 nodes in about 3 minutes on 2 cores",
         ),
         _preset(
             "large",

@@ -48,22 +48,26 @@ class RaisesBackend(_Crashing):
         raise RuntimeError("boom from the raises test backend")
 
 
-class SegfaultBackend(_Crashing):
+class _SignalsItself(_Crashing):
+    """Sends ``signum`` to its own process in attribute."""
+
+    signum: signal.Signals
+
+    def attribute(self, prepared, settings):
+        os.kill(os.getpid(), self.signum)
+        time.sleep(60)
+
+
+class SegfaultBackend(_SignalsItself):
     name = "segfault"
     description = "test: dies with SIGSEGV"
-
-    def attribute(self, prepared, settings):
-        os.kill(os.getpid(), signal.SIGSEGV)
-        time.sleep(60)
+    signum = signal.SIGSEGV
 
 
-class KilledBackend(_Crashing):
+class KilledBackend(_SignalsItself):
     name = "killed"
     description = "test: killed by SIGKILL, like the OOM killer does"
-
-    def attribute(self, prepared, settings):
-        os.kill(os.getpid(), signal.SIGKILL)
-        time.sleep(60)
+    signum = signal.SIGKILL
 
 
 class SleeperBackend(_Crashing):

@@ -66,7 +66,8 @@ def test_strict_records_predicted_oom_without_running(tmp_path, monkeypatch, cap
     import attrbench.runner as runner_mod
 
     real = runner_mod.run_cell
-    monkeypatch.setattr(runner_mod, "run_cell", lambda payload, t: launched.append(payload["backend"]) or real(payload, t))
+    monkeypatch.setattr(runner_mod, "run_cell",
+                        lambda payload, t, **kw: launched.append(payload["backend"]) or real(payload, t, **kw))
     out = tmp_path / "r.json"
     cfg = RunConfig(spec=spec, backends=["reference", "gqa-shared"], nodes=[100], strict=True, output=out,
                     batch_size=64)
