@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from attrbench.backend import AttributionResult
-from attrbench.prune import abs_bits, radix_select
+from attrbench.prune import TopHistogram, abs_bits, radix_select
 
 #: graphs with more nodes than this are pruned by the streaming attrbench.prune.prune instead of prune_graph
 MAX_DENSE_PRUNE_NODES = 30_000
@@ -81,21 +81,6 @@ def _submatrix_blocks(adj: torch.Tensor, idx: torch.Tensor) -> Callable[[], Iter
     return gen
 
 
-def _abs_bits(block: torch.Tensor) -> torch.Tensor:
-    """int32 bit patterns of |block| (monotone in the value)."""
-    return abs_bits(block)
-
-
-def _radix_select(blocks: Callable[[], Iterator[torch.Tensor]], need: float, by_mass: bool) -> tuple[int, int]:
-    """The largest bit threshold t such that the elements with bits >= t reach ``need``.
-
-    ``by_mass``: ``need`` is an amount of |weight|; otherwise a count of elements. Returns (t, count of
-    elements >= t). Two passes over the blocks (:func:`attrbench.prune.radix_select`).
-    """
-    t, count, _ = radix_select(blocks, need, by_mass, rel_tol=1e-12)
-    return t, count
-
-
 def compare(result: AttributionResult, yardstick: AttributionResult, against: str,
             workload: Any = None) -> dict[str, Any]:
     """Parity metrics of ``result`` against ``yardstick``.
@@ -110,6 +95,8 @@ def compare(result: AttributionResult, yardstick: AttributionResult, against: st
     blocks_r = _submatrix_blocks(result.adjacency_matrix, idx_r)
     blocks_y = _submatrix_blocks(yardstick.adjacency_matrix, idx_y)
 
+    # pass 1 over both graphs: the error figures and the first radix-select pass of each graph's top edges
+    top_y, top_r = TopHistogram(by_mass=True), TopHistogram(by_mass=False)
     diff_sq = ref_sq = 0.0
     max_abs = 0.0
     for br, by in zip(blocks_r(), blocks_y()):
@@ -118,22 +105,22 @@ def compare(result: AttributionResult, yardstick: AttributionResult, against: st
         ref_sq += float((by.double() ** 2).sum())
         if d.numel():
             max_abs = max(max_abs, float(d.abs().max()))
+        top_y.add(by)
+        top_r.add(br)
     if ref_sq > 0:
         rel = math.sqrt(diff_sq) / math.sqrt(ref_sq)
     else:
         rel = 0.0 if diff_sq == 0 else math.inf
 
     edge_recall: float | None = None
-    total = 0.0
-    for by in blocks_y():
-        total += float(by.double().abs().sum())
-    if total > 0:
-        t_y, k = _radix_select(blocks_y, EDGE_MASS * total, by_mass=True)
-        t_r, _ = _radix_select(blocks_r, float(k), by_mass=False)
+    if top_y.total > 0:
+        # the yardstick's largest edges carrying EDGE_MASS of its |weight| (k of them), the result's k largest
+        t_y, k, _ = radix_select(blocks_y, EDGE_MASS * top_y.total, by_mass=True, rel_tol=1e-12, top=top_y)
+        t_r, _, _ = radix_select(blocks_r, float(k), by_mass=False, rel_tol=1e-12, top=top_r)
         hits = n_y = 0
         for br, by in zip(blocks_r(), blocks_y()):
-            in_y = _abs_bits(by) >= t_y
-            in_r = _abs_bits(br) >= t_r
+            in_y = abs_bits(by) >= t_y
+            in_r = abs_bits(br) >= t_r
             n_y += int(in_y.sum())
             hits += int((in_y & in_r).sum())
         edge_recall = hits / n_y if n_y else 1.0

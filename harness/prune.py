@@ -68,11 +68,38 @@ def _chunks(blocks: Callable[[], Iterator[torch.Tensor]]) -> Iterator[torch.Tens
             yield flat[c:c + RADIX_CHUNK]
 
 
+class TopHistogram:
+    """Histogram of ``|values|`` by the high 16 bits of their float32 bit patterns: the first pass of
+    :func:`radix_select`. Several histograms can be filled in one pass over the data (see
+    :func:`attrbench.parity.compare`)."""
+
+    def __init__(self, by_mass: bool):
+        self.by_mass = by_mass
+        self.count = torch.zeros(_BINS, dtype=torch.float64)
+        self.mass = torch.zeros(_BINS, dtype=torch.float64)
+
+    def add(self, block: torch.Tensor) -> None:
+        """Count the elements of one float32 block (any shape)."""
+        flat = block.reshape(-1)
+        for c in range(0, flat.numel(), RADIX_CHUNK):
+            chunk = flat[c:c + RADIX_CHUNK]
+            hi = abs_bits(chunk) >> _HALF
+            self.count += torch.bincount(hi, minlength=_BINS).double()
+            if self.by_mass:
+                self.mass += torch.bincount(hi, weights=chunk.abs().double(), minlength=_BINS)
+
+    @property
+    def total(self) -> float:
+        """The mass (``by_mass``) or the count of all elements seen."""
+        return float((self.mass if self.by_mass else self.count).sum())
+
+
 def radix_select(blocks: Callable[[], Iterator[torch.Tensor]], need: float | Callable[[float, float], float],
-                 by_mass: bool, rel_tol: float = 0.0) -> tuple[int, int, float]:
+                 by_mass: bool, rel_tol: float = 0.0, top: TopHistogram | None = None) -> tuple[int, int, float]:
     """The largest bit pattern ``t`` such that the elements of ``|blocks|`` with bits >= t reach ``need``.
 
-    ``blocks`` is a re-iterable generator of float32 blocks (two passes are made). With ``by_mass`` ``need``
+    ``blocks`` is a re-iterable generator of float32 blocks (two passes are made; one when ``top`` already
+    holds their first-pass :class:`TopHistogram`). With ``by_mass`` ``need``
     is an amount of ``|value|`` (summed in float64), otherwise a count of elements. ``need`` may be a callable
     ``need(total_mass, total_count)`` evaluated after the first pass. ``need`` is lowered by the relative
     ``rel_tol`` before the search (a guard against summation-order rounding). When ``need`` is more than the
@@ -83,15 +110,13 @@ def radix_select(blocks: Callable[[], Iterator[torch.Tensor]], need: float | Cal
     ``mass(> v) < need <= mass(>= v)``: the element at which a descending sort's cumulative sum first
     reaches ``need``.
     """
-    hi_count = torch.zeros(_BINS, dtype=torch.float64)
-    hi_mass = torch.zeros(_BINS, dtype=torch.float64)
-    for block in _chunks(blocks):
-        bits = abs_bits(block)
-        hi = bits >> _HALF
-        hi_count += torch.bincount(hi, minlength=_BINS).double()
-        if by_mass:
-            hi_mass += torch.bincount(hi, weights=block.abs().flatten().double(), minlength=_BINS)
-        del bits, hi
+    if top is None:
+        top = TopHistogram(by_mass)
+        for block in blocks():
+            top.add(block)
+    elif top.by_mass != by_mass:
+        raise ValueError("the first-pass histogram was made with another by_mass")
+    hi_count, hi_mass = top.count, top.mass
     total_mass, total_count = float(hi_mass.sum()), float(hi_count.sum())
     if callable(need):
         need = need(total_mass, total_count)
