@@ -317,12 +317,15 @@ def parity_checks(parity: dict | None, exact: bool, dtype: str | None) -> list[t
     return checks
 
 
-def parity_verdict(row: dict, dtype: str | None) -> str:
-    """``ok``, ``BROKEN``, ``yardstick`` (the reference), ``not checked`` or ``-`` (the cell failed)."""
-    if row.get("backend") == REFERENCE:
-        return "yardstick"
+def parity_verdict(row: dict, dtype: str | None, yardstick: bool = False) -> str:
+    """``ok``, ``BROKEN``, ``yardstick``, ``not checked`` or ``-`` (the cell failed).
+
+    ``yardstick``: the reference, or the cell the others were compared with where it did not complete.
+    """
     if row.get("status") != "ok":
         return "-"
+    if yardstick or row.get("backend") == REFERENCE:
+        return "yardstick"
     checks = parity_checks(row.get("parity"), row.get("exact", True), dtype)
     if not checks:
         return "not checked"
@@ -346,6 +349,7 @@ def summarise(results: list[dict]) -> list[dict]:
         cells = aggregate_cells(result)
         order = backend_order([result])
         for nodes in node_counts(result):
+            yardsticks = {(c["parity"] or {}).get("against") for (_, n), c in cells.items() if n == nodes}
             ref = cells.get((REFERENCE, nodes))
             ref_ok = ref is not None and ref["status"] == "ok"
             for backend in order:
@@ -367,7 +371,7 @@ def summarise(results: list[dict]) -> list[dict]:
                     row[name] = (cell["parity"] or {}).get(name)
                 row["parity_against"] = (cell["parity"] or {}).get("against")
                 row["flop_fraction"] = (cell.get("info") or {}).get("flop_fraction")
-                row["parity_verdict"] = parity_verdict(row, dtype)
+                row["parity_verdict"] = parity_verdict(row, dtype, yardstick=backend in yardsticks)
                 rows.append(row)
     return rows
 

@@ -22,6 +22,7 @@ from attrbench.reporting import (
     fmt_ratio,
     fmt_seconds,
     is_cuda,
+    peak_bytes,
     phase_names,
     rel_tolerance,
     run_labels,
@@ -146,6 +147,8 @@ def _verdict_line(backend: str, group: list[dict], dtype: str | None) -> str:
     exact = group[0]["exact"]
     checked = [r for r in group if r["parity_verdict"] in ("ok", "BROKEN")]
     if not checked:
+        if any(r["parity_verdict"] == "yardstick" for r in group):
+            return f"- `{backend}`: the yardstick (the others were compared with it)"
         return f"- `{backend}`: parity not checked"
     verdict = "BROKEN" if any(r["parity_verdict"] == "BROKEN" for r in checked) else "ok"
     against = next((r["parity_against"] for r in checked if r["parity_against"]), REFERENCE)
@@ -161,6 +164,26 @@ def _verdict_line(backend: str, group: list[dict], dtype: str | None) -> str:
         detail = (f"approximate; worst edge recall {fmt_num(min(recs) if recs else None)} (>= 0.99), "
                   f"worst pruned-node Jaccard {fmt_num(min(pjs) if pjs else None)} (>= 0.95)")
     return f"- `{backend}`: **{verdict}** vs {against} ({detail})"
+
+
+def _relative_to_yardstick(rows: list[dict], cuda: bool) -> list[str]:
+    """Where the reference did not complete: each backend's speed and memory relative to the yardstick that
+    stood in for it (``autodiff-free``), one line per node count."""
+    out = []
+    for nodes in dict.fromkeys(r["nodes"] for r in rows):
+        at = [r for r in rows if r["nodes"] == nodes and r["status"] == "ok"]
+        yard = next((r for r in at if r["parity_verdict"] == "yardstick"), None)
+        others = [r for r in at if r is not yard]
+        if yard is None or not yard["wall_s"] or not others:
+            continue
+        yard_peak = peak_bytes(yard, cuda)
+        parts = []
+        for r in others:
+            mem = peak_bytes(r, cuda)
+            mem_text = f", {fmt_ratio(mem / yard_peak)} memory" if mem and yard_peak else ""
+            parts.append(f"`{r['backend']}` {fmt_ratio(yard['wall_s'] / r['wall_s'])} faster{mem_text}")
+        out.append(f"- Relative to `{yard['backend']}` (the yardstick) at {nodes} nodes: " + ", ".join(parts))
+    return out
 
 
 class MarkdownReporter(Reporter):
@@ -201,6 +224,7 @@ class MarkdownReporter(Reporter):
                 out.append(f"- Peak {kind} memory vs reference at {nodes} nodes: {mem}")
         else:
             out.append("- The reference did not complete at any node count: no speedups.")
+            out += _relative_to_yardstick(rows, is_cuda(result))
         failed = [r for r in rows if r["status"] != "ok"]
         for r in failed:
             out.append(f"- `{r['backend']}` at {r['nodes']} nodes: {status_text(r)}")

@@ -82,6 +82,25 @@ def test_summarise_failed_reference_gives_no_speedup(results):
     assert ref["status"] == "oom" and ref["error"] == "out of memory"
 
 
+def test_autodiff_free_is_the_yardstick_where_the_reference_ran_out_of_memory():
+    results = make_results(nodes=(400,), repeats=1)
+    for c in results["cells"]:
+        if c["backend"] == "reference":
+            c.update(status="oom", error="out of memory", wall_s=None)
+        elif c["backend"] == "autodiff-free":
+            c["parity"] = None
+        else:
+            c["parity"]["against"] = "autodiff-free"
+    verdicts = {r["backend"]: r["parity_verdict"] for r in summarise([results])}
+    assert verdicts == {"reference": "-", "autodiff-free": "yardstick", "causal-trick": "ok", "gqa-shared": "ok",
+                        "approximate-pruned": "ok"}
+    text = render([results], "markdown")
+    assert "- `autodiff-free`: the yardstick" in text
+    # autodiff-free 1.7 s, gqa-shared 1.0 s; peaks scale with the wall times
+    assert "Relative to `autodiff-free` (the yardstick) at 400 nodes: `causal-trick` 0.85x faster, 1.18x memory" in text
+    assert "`gqa-shared` 1.70x faster, 0.59x memory" in text
+
+
 def test_cuda_memory_ratio_uses_gpu_peak():
     res = make_results(nodes=(100,), device="cuda")
     for c in res["cells"]:
