@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -42,6 +43,20 @@ class _ForwardingLog(io.StringIO):
             if line.strip():
                 self.progress(line.strip())
         return super().write(text)
+
+
+@contextlib.contextmanager
+def _fresh_attribution_logger():
+    """circuit-tracer logs its phases only when its ``attribution`` logger has no handler yet (it then adds
+    one on the current stderr); handlers left there by someone else (pytest's log capture, an application)
+    would silence it. They are set aside for the call and put back after."""
+    logger = logging.getLogger("attribution")
+    saved = logger.handlers[:]
+    logger.handlers.clear()
+    try:
+        yield
+    finally:
+        logger.handlers[:] = saved
 
 
 def transformer_lens_config(workload: BuiltWorkload, device: str, dtype: torch.dtype):
@@ -147,7 +162,7 @@ class ReferenceBackend(Backend):
         log = _ForwardingLog(settings.progress)
         # verbose=True makes circuit-tracer log its phase times; stderr is captured so that its progress
         # bar and log lines do not mix with ours (they reach settings.progress instead).
-        with contextlib.redirect_stderr(log), _timed_ranking(phases):
+        with contextlib.redirect_stderr(log), _fresh_attribution_logger(), _timed_ranking(phases):
             graph = attribute(
                 prepared.token_ids, prepared.model, max_n_logits=settings.max_n_logits,
                 desired_logit_prob=settings.desired_logit_prob, batch_size=settings.batch_size,
