@@ -82,11 +82,11 @@ class TopHistogram:
         """Count the elements of one float32 block (any shape)."""
         flat = block.reshape(-1)
         for c in range(0, flat.numel(), RADIX_CHUNK):
-            chunk = flat[c:c + RADIX_CHUNK]
-            hi = abs_bits(chunk) >> _HALF
+            magnitude = flat[c:c + RADIX_CHUNK].abs()
+            hi = magnitude.view(torch.int32) >> _HALF  # what abs_bits gives, without a second abs
             self.count += torch.bincount(hi, minlength=_BINS).double()
             if self.by_mass:
-                self.mass += torch.bincount(hi, weights=chunk.abs().double(), minlength=_BINS)
+                self.mass += torch.bincount(hi, weights=magnitude.double(), minlength=_BINS)
 
     @property
     def total(self) -> float:
