@@ -49,10 +49,10 @@ Estimate vs measured (2 CPU cores, fp32, batch 512, update_interval 4; ``peak_ho
 | notes      | reference          |    4000 |      64 |           2.51 |           2.95 | +17%  |      49      |      53.6    | +9%   |
 | notes      | reference          |   20000 |      64 |           9.03 |           9.65 | +7%   |     440      |     527      | +20%  |
 | large      | reference          |   70000 |     512 |   oom (25.8 GB)|          60.55 |       |      -       |    1249      |       |
-| large      | autodiff-free      |   70000 |     512 |          14.69 |          15.67 | +7%   |     447      |     280      | -37%  |
-| large      | causal-trick       |   70000 |     512 |          14.40 |          15.67 | +9%   |     182      |     273      | +50%  |
-| large      | gqa-shared         |   70000 |     512 |          13.44 |          15.87 | +18%  |     199      |     256      | +29%  |
-| large      | approximate-pruned |   70000 |     512 |          12.70 |          15.87 | +25%  |     230      |     256      | +11%  |
+| large      | autodiff-free      |   70000 |     512 |          14.79 |          15.67 | +6%   |     290      |     280      | -3%   |
+| large      | causal-trick       |   70000 |     512 |          14.49 |          15.67 | +8%   |     192      |     273      | +42%  |
+| large      | gqa-shared         |   70000 |     512 |          13.55 |          15.87 | +17%  |     170      |     256      | +50%  |
+| large      | approximate-pruned |   70000 |     512 |          12.62 |          15.87 | +26%  |     206      |     256      | +24%  |
 
 ``tiny`` and ``large``: uncontended (``large``: ``reports/large-70k.json``, estimated with a measured GEMM rate
 of 134 GFLOP/s; the reference's 25.8 GB edge matrix was refused by the memory limit, as predicted). ``*``: measured while another 2-core job (a 70,000-node run) and test suites shared
