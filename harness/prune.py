@@ -61,11 +61,16 @@ def abs_bits(block: torch.Tensor) -> torch.Tensor:
 RADIX_CHUNK = 1 << 20
 
 
+def _block_chunks(block: torch.Tensor) -> Iterator[torch.Tensor]:
+    """One block, flattened, in pieces of at most RADIX_CHUNK elements."""
+    flat = block.reshape(-1)
+    for c in range(0, flat.numel(), RADIX_CHUNK):
+        yield flat[c:c + RADIX_CHUNK]
+
+
 def _chunks(blocks: Callable[[], Iterator[torch.Tensor]]) -> Iterator[torch.Tensor]:
     for block in blocks():
-        flat = block.reshape(-1)
-        for c in range(0, flat.numel(), RADIX_CHUNK):
-            yield flat[c:c + RADIX_CHUNK]
+        yield from _block_chunks(block)
 
 
 class TopHistogram:
@@ -80,9 +85,8 @@ class TopHistogram:
 
     def add(self, block: torch.Tensor) -> None:
         """Count the elements of one float32 block (any shape)."""
-        flat = block.reshape(-1)
-        for c in range(0, flat.numel(), RADIX_CHUNK):
-            magnitude = flat[c:c + RADIX_CHUNK].abs()
+        for chunk in _block_chunks(block):
+            magnitude = chunk.abs()
             hi = magnitude.view(torch.int32) >> _HALF  # what abs_bits gives, without a second abs
             self.count += torch.bincount(hi, minlength=_BINS).double()
             if self.by_mass:
