@@ -1,7 +1,7 @@
 """approximate-pruned: gqa-shared plus edge pruning and sparse edge storage.
 
 As each batch of rows is produced, entries below ``approx_threshold`` times the row's largest magnitude
-are dropped and only the kept entries are stored (:class:`attrbench.backends.edge_store.PrunedEdgeStore`;
+are dropped and only the kept entries are stored (:class:`attrbench.backends.exact.edge_store.PrunedEdgeStore`;
 for graphs too large for that, the lean layered store with the dropped entries zeroed).
 Re-ranking and packaging then work on the kept entries instead of a dense ``[rows, nodes]`` matrix, which
 saves both their time and most of the edge memory. The graph diverges slightly from circuit-tracer's: the
@@ -11,8 +11,8 @@ measures by how much.
 
 from __future__ import annotations
 
-from attrbench.backend import AttributeSettings
-from attrbench.backends.edge_store import LayeredEdgeStore, PrunedEdgeStore
+from attrbench.api import AttributeSettings
+from attrbench.backends.exact.edge_store import LayeredEdgeStore, PrunedEdgeStore
 from attrbench.backends.gqa_shared import GqaSharedBackend
 from attrbench.errors import UsageError
 from attrbench.hookspecs import hookimpl
@@ -26,11 +26,14 @@ class ApproximatePrunedBackend(GqaSharedBackend):
     description = "gqa-shared + edges below approx_threshold x row max dropped, sparse edge storage"
     option_defaults = {"approx_threshold": DEFAULT_THRESHOLD, "edge_storage": "auto"}
 
+    def cost_model(self) -> str | None:
+        return "vjp-causal-gqa-pruned"
+
     def make_edge_store(self, model, n_rows, n_nodes, settings: AttributeSettings):
         threshold = settings.options.get("approx_threshold", DEFAULT_THRESHOLD)
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
             raise UsageError(f"approx_threshold must be a number in [0, 1), got {threshold!r}")
-        if super().make_edge_store(model, n_rows, n_nodes, settings, build=False) == "lean":
+        if self.edge_storage(model, n_rows, n_nodes, settings) == "lean":
             # too large for coordinate lists in memory: the layered layout with the small entries zeroed
             return LayeredEdgeStore(model, n_rows, n_nodes, model.weights.device, settings.scratch_dir,
                                     prune_threshold=float(threshold))

@@ -13,14 +13,18 @@ from __future__ import annotations
 import torch
 
 from attrbench.backends.autodiff_free import AutodiffFreeBackend
-from attrbench.backends.exact import TargetBatch
-from attrbench.backends.linearised import LinearisedModel
+from attrbench.backends.exact.engine import TargetBatch
+from attrbench.backends.exact.linearised import LinearisedModel
 from attrbench.hookspecs import hookimpl
 
 
 class CausalTrickBackend(AutodiffFreeBackend):
     name = "causal-trick"
     description = "autodiff-free + backward only through positions <= the batch's targets, windows batched by position/layer"
+    yardstick = None
+
+    def cost_model(self) -> str | None:
+        return "vjp-causal"
 
     def position_limit(self, batch: TargetBatch, n_pos: int) -> int:
         return int(batch.positions.max()) + 1

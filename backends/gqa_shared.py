@@ -5,7 +5,7 @@
   then the group's V projection is applied once, as a single GEMM over all groups.
 * Features are contracted per position with one batched GEMM over a padded ``[pos, d, max_features]``
   decoder layout built once per prompt, instead of gathering gradients per feature.
-* Ranking reads the edge rows once per re-ranking (:func:`attrbench.backends.ranking.streamed_influences`)
+* Ranking reads the edge rows once per re-ranking (:func:`attrbench.backends.exact.ranking.streamed_influences`)
   instead of copying them and iterating over the copy.
 """
 
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from attrbench.backends.causal_trick import CausalTrickBackend
-from attrbench.backends.exact import Prepared
-from attrbench.backends.linearised import LinearisedModel, ModelWeights
+from attrbench.backends.exact.engine import Prepared
+from attrbench.backends.exact.linearised import LinearisedModel, ModelWeights
 from attrbench.hookspecs import hookimpl
 
 
@@ -40,6 +40,9 @@ class GqaSharedBackend(CausalTrickBackend):
     name = "gqa-shared"
     description = "causal-trick + one V GEMM per KV group, pre-transposed GEMM layouts, single-pass ranking"
     ranking_rule = "streamed"
+
+    def cost_model(self) -> str | None:
+        return "vjp-causal-gqa"
 
     def prepare_layouts(self, weights: ModelWeights) -> GroupedWeights:
         return GroupedWeights(W_V=weights.W_V.flatten(1, 2).contiguous())

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-from attrbench.backend import AttributeSettings, AttributionResult, Backend
-from attrbench.build import BuiltWorkload
+from attrbench.api import AttributeSettings, AttributionResult, Backend
 from attrbench.hookspecs import hookimpl
+from attrbench.workload.build import BuiltWorkload
+from attrbench.workload.transformer_lens import transformer_lens_config
 
 #: circuit-tracer's log line -> our phase name
 _PHASE_LINES = {
@@ -57,22 +58,6 @@ def _fresh_attribution_logger():
         yield
     finally:
         logger.handlers[:] = saved
-
-
-def transformer_lens_config(workload: BuiltWorkload, device: str, dtype: torch.dtype):
-    from transformer_lens import HookedTransformerConfig
-
-    m = workload.spec.model
-    return HookedTransformerConfig(
-        n_layers=m.num_hidden_layers, d_model=m.hidden_size, n_heads=m.num_attention_heads,
-        n_key_value_heads=m.num_key_value_heads, d_head=m.head_dim, d_mlp=m.intermediate_size,
-        d_vocab=m.vocab_size, n_ctx=max(256, len(workload.token_ids)), act_fn="silu",
-        normalization_type="RMS", positional_embedding_type="rotary", gated_mlp=True, final_rms=True,
-        use_qk_norm=m.model_type == "qwen3", rotary_dim=m.head_dim, rotary_base=m.rope_theta,
-        eps=m.rms_norm_eps,
-        original_architecture="Qwen3ForCausalLM" if m.model_type == "qwen3" else "LlamaForCausalLM",
-        tokenizer_prepends_bos=False, default_prepend_bos=False, dtype=dtype, device=device,
-    )
 
 
 def transcoder_set(workload: BuiltWorkload, device: str, dtype: torch.dtype):
@@ -150,6 +135,10 @@ class ReferenceBackend(Backend):
     name = "reference"
     exact = True
     description = "circuit-tracer 0.5.0 attribute() on its TransformerLens replacement model (the yardstick)"
+    yardstick = 0  # circuit-tracer itself: the truth every other backend is compared with
+
+    def cost_model(self) -> str | None:
+        return "autograd"
 
     def prepare(self, workload: BuiltWorkload, device: str, dtype: torch.dtype) -> _Prepared:
         model = build_replacement_model(workload, device, dtype)

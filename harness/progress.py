@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from attrbench.reporting import fmt_seconds
+from attrbench.formatting import fmt_seconds
 
 PROGRESS_ENV = "ATTRBENCH_PROGRESS_INTERVAL"
 DEFAULT_INTERVAL_S = 30.0

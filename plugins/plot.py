@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import io
 
-from attrbench.reporting import REFERENCE, Reporter, backend_order, is_cuda, peak_bytes, run_labels, summarise
+from attrbench.api import Reporter
+from attrbench.bench.summary import REFERENCE, backend_order, is_cuda, peak_bytes, run_labels, summarise
 
 _LINESTYLES = ("-", "--", ":", "-.")
 _MARKERS = ("o", "s", "^", "D")
@@ -29,8 +30,8 @@ class PngReporter(Reporter):
         import matplotlib
 
         matplotlib.use("Agg", force=False)
-        from matplotlib.figure import Figure
         from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
         rows = [r for r in summarise(results) if _numeric(r["nodes"])]
         labels = run_labels(results)

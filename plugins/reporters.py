@@ -8,27 +8,23 @@ import json
 
 from tabulate import tabulate
 
-from attrbench.hookspecs import hookimpl
-from attrbench.reporting import (
-    PARITY_FIELDS,
+from attrbench.api import Reporter
+from attrbench.bench.summary import (
     REFERENCE,
-    Reporter,
     aggregate_cells,
     backend_order,
     best_backend,
     environment_rows,
-    fmt_bytes,
-    fmt_num,
-    fmt_ratio,
-    fmt_seconds,
     is_cuda,
     peak_bytes,
     phase_names,
-    rel_tolerance,
     run_labels,
     status_text,
     summarise,
 )
+from attrbench.formatting import fmt_bytes, fmt_num, fmt_ratio, fmt_seconds
+from attrbench.graph.verdicts import PARITY_FIELDS, rel_tolerance
+from attrbench.hookspecs import hookimpl
 
 
 def _nodes_groups(rows: list[dict]) -> list[tuple[object, list[dict]]]:

@@ -7,11 +7,11 @@ number is labelled with where it came from in ``results()["sources"]``.
 
 from __future__ import annotations
 
-import time
-
 import os
 import threading
-from typing import Any, Callable
+import time
+from collections.abc import Callable
+from typing import Any
 
 from attrbench.hookspecs import hookimpl
 

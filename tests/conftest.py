@@ -22,7 +22,7 @@ from cli_helpers import TEST_PLUGINS, run_cli, subprocess_env  # noqa: E402,F401
 @pytest.fixture
 def extra_plugins(monkeypatch):
     """Make the test backends known to this process's plugin manager (and to spawned children)."""
-    from attrbench.manager import get_plugin_manager
+    from attrbench.plugin_manager import get_plugin_manager
 
     def use(modules: str = TEST_PLUGINS):
         monkeypatch.setenv("ATTRBENCH_EXTRA_PLUGINS", modules)

@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from attrbench.backend import Backend
+from attrbench.api import Backend
 from attrbench.backends.reference import ReferenceBackend
 from attrbench.hookspecs import hookimpl
 

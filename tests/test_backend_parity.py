@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from attrbench.backend import AttributeSettings
-from attrbench.build import build_workload
-from attrbench.manager import get_backends
-from attrbench.parity import compare
-from attrbench.workload import load_workload_file, preset
+from attrbench.api import AttributeSettings
+from attrbench.graph.parity import compare
+from attrbench.plugin_manager import get_backends
+from attrbench.workload.build import build_workload
+from attrbench.workload.spec import load_workload_file, preset
 
 WORKLOADS = Path(__file__).resolve().parent.parent / "workloads"
 EXACT = ["autodiff-free", "causal-trick", "gqa-shared"]

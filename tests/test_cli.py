@@ -6,7 +6,7 @@ import json
 
 from cli_helpers import invoke
 
-from attrbench.results import load_results
+from attrbench.bench.results import load_results
 
 CELL_KEYS = {"backend", "exact", "nodes", "repeat", "status", "error", "wall_s", "phases_s", "peak_host_bytes",
              "peak_gpu_bytes", "peak_gpu_torch_bytes", "n_selected", "n_active", "n_logits", "info", "parity"}

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from attrbench.backend import AttributeSettings
-from attrbench.backends.edge_store import DenseEdgeStore, LayeredEdgeStore
-from attrbench.backends.ranking import circuit_tracer_influences
-from attrbench.build import build_workload
-from attrbench.manager import get_backends
-from attrbench.workload import preset
+from attrbench.api import AttributeSettings
+from attrbench.backends.exact.edge_store import DenseEdgeStore, LayeredEdgeStore
+from attrbench.backends.exact.ranking import circuit_tracer_influences
+from attrbench.plugin_manager import get_backends
+from attrbench.workload.build import build_workload
+from attrbench.workload.spec import preset
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +78,8 @@ def test_memory_limit_allows_mapping_a_graph_file_larger_than_it(tmp_path):
         f.truncate(f.tell() + 4 * (1 << 29))
     code = (
         "import numpy as np, torch\n"
-        "from attrbench.runner import _apply_memory_limit\n"
-        "_apply_memory_limit(1 << 30)\n"
+        "from attrbench.plugins.launchers import apply_memory_limit\n"
+        "apply_memory_limit(1 << 30)\n"
         f"a = np.load({str(path)!r}, mmap_mode='r'); assert a.shape == (1 << 14, 1 << 15)\n"
         "try:\n    torch.empty(1 << 29).fill_(1.0)\nexcept RuntimeError:\n    print('refused')\n"
     )

@@ -7,13 +7,15 @@ import json
 import pytest
 from cli_helpers import invoke, run_cli, subprocess_env
 
-from attrbench import estimate as est
-from attrbench.estimate import GIB, KNOWN_BACKENDS, estimate_cell, fits
-from attrbench.runner import RunConfig, Runner, resolve_memory_limit
-from attrbench.workload import preset
+from attrbench.bench import estimate as est
+from attrbench.bench.estimate import COST_MODELS, GIB, estimate_cell, fits
+from attrbench.bench.runner import RunConfig, Runner
+from attrbench.bench.settings import BenchSettings, resolve_memory_limit
+from attrbench.plugins.launchers import ProcessLauncher
+from attrbench.workload.spec import preset
 
 
-@pytest.mark.parametrize("backend", KNOWN_BACKENDS)
+@pytest.mark.parametrize("backend", COST_MODELS)
 def test_estimate_grows_with_nodes(backend):
     spec = preset("small")
     small, big = (estimate_cell(spec, backend, n, rate=50e9) for n in (1000, 20000))
@@ -25,11 +27,11 @@ def test_estimate_grows_with_nodes(backend):
 
 
 def test_reference_at_70000_nodes_does_not_fit_in_24_gib():
-    e = estimate_cell(preset("large"), "reference", 70000, rate=50e9)
+    e = estimate_cell(preset("large"), "autograd", 70000, rate=50e9)
     ok, reason = fits(e, 24 * GIB, None)
     assert not ok and "exceeds 24.0 GiB available" in reason
     assert e.host_bytes > 40 * GIB  # ~26 GB of edge rows + ~20 GB adjacency, as circuit-tracer allocates them
-    assert fits(estimate_cell(preset("tiny"), "reference", 200, rate=50e9), 24 * GIB, None)[0]
+    assert fits(estimate_cell(preset("tiny"), "autograd", 200, rate=50e9), 24 * GIB, None)[0]
 
 
 def test_cli_prints_a_table(capsys):
@@ -58,20 +60,21 @@ def test_estimate_usage_errors_are_one_line(capsys):
 
 def test_strict_records_predicted_oom_without_running(tmp_path, monkeypatch, capsys):
     spec = preset("tiny")
-    ref = estimate_cell(spec, "reference", 100, batch_size=64, rate=50e9).host_bytes
-    gqa = estimate_cell(spec, "gqa-shared", 100, batch_size=64, rate=50e9).host_bytes
+    ref = estimate_cell(spec, "autograd", 100, batch_size=64, rate=50e9).host_bytes
+    gqa = estimate_cell(spec, "vjp-causal-gqa", 100, batch_size=64, rate=50e9).host_bytes
     assert gqa < ref
     monkeypatch.setattr(est, "available_memory", lambda device, limit=None: ((gqa + ref) // 2, None))
     launched = []
-    import attrbench.runner as runner_mod
 
-    real = runner_mod.run_cell
-    monkeypatch.setattr(runner_mod, "run_cell",
-                        lambda payload, t, **kw: launched.append(payload["backend"]) or real(payload, t, **kw))
+    class CountingLauncher(ProcessLauncher):
+        def run(self, job, timeout_s, progress=None):
+            launched.append(job.backend)
+            return super().run(job, timeout_s, progress)
+
     out = tmp_path / "r.json"
-    cfg = RunConfig(spec=spec, backends=["reference", "gqa-shared"], nodes=[100], strict=True, output=out,
-                    batch_size=64)
-    doc = Runner(cfg, progress=__import__("sys").stderr).run()
+    cfg = RunConfig(spec=spec, backends=["reference", "gqa-shared"], nodes=[100], output=out,
+                    settings=BenchSettings(strict=True, batch_size=64))
+    doc = Runner(cfg, CountingLauncher(), progress=__import__("sys").stderr).run()
     err = capsys.readouterr().err
     cells = {c["backend"]: c for c in doc["cells"]}
     assert launched == ["gqa-shared"]

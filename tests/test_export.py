@@ -9,9 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from cli_helpers import invoke
-
 
 NODES = 200
 ARGS = ["--backend", "gqa-shared", "--nodes", str(NODES), "--model", "tiny", "--batch-size", "64", "--device", "cpu"]
@@ -20,10 +18,10 @@ ARGS = ["--backend", "gqa-shared", "--nodes", str(NODES), "--model", "tiny", "--
 @pytest.fixture(scope="module")
 def tiny():
     """The tiny workload and gqa-shared's graph of it, computed in this process."""
-    from attrbench.backend import AttributeSettings
-    from attrbench.build import build_workload
-    from attrbench.manager import get_backends
-    from attrbench.workload import preset
+    from attrbench.api import AttributeSettings
+    from attrbench.plugin_manager import get_backends
+    from attrbench.workload.build import build_workload
+    from attrbench.workload.spec import preset
 
     built = build_workload(preset("tiny"))
     backend = get_backends()["gqa-shared"]
@@ -65,7 +63,7 @@ def _create_graph_files_json(graph, tokenizer, tmp_path):
 
 
 def test_attribute_json(tmp_path, capsys, tiny):
-    from attrbench.graph_store import to_circuit_tracer_graph
+    from attrbench.graph.interop import to_circuit_tracer_graph
 
     built, result = tiny
     path = tmp_path / "g.json"
@@ -104,7 +102,7 @@ def test_attribute_json(tmp_path, capsys, tiny):
 
 
 def test_json_blockwise_matches_one_block(tiny):
-    from attrbench.export import graph_json_model
+    from attrbench.graph.export import graph_json_model
 
     built, result = tiny
     one = graph_json_model(result, built).model_dump()
@@ -118,8 +116,8 @@ def test_json_blockwise_matches_one_block(tiny):
 def test_pt_from_memory_mapped_result(tmp_path, tiny):
     from circuit_tracer.graph import Graph
 
-    from attrbench.export import save_graph_pt
-    from attrbench.graph_store import load_result, save_result
+    from attrbench.graph.export import save_graph_pt
+    from attrbench.graph.store import load_result, save_result
 
     built, result = tiny
     mapped = load_result(save_result(result, tmp_path / "saved"))

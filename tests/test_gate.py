@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from attrbench.bench.gate import fingerprint, load_and_gate, run_gate
 from attrbench.errors import NotComparableError, UsageError
-from attrbench.gate import fingerprint, load_and_gate, run_gate
 
 BACKENDS = [("reference", True, 3.4), ("autodiff-free", True, 1.7), ("causal-trick", True, 2.0),
             ("gqa-shared", True, 1.0), ("approximate-pruned", False, 0.5)]

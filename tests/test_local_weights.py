@@ -9,8 +9,8 @@ import shutil
 import pytest
 from cli_helpers import invoke, run_cli, subprocess_env
 
-from attrbench.build import build_workload, save_workload
-from attrbench.workload import local_spec, preset, spec_from_dict
+from attrbench.workload.build import build_workload, save_workload
+from attrbench.workload.spec import local_spec, preset, spec_from_dict
 
 PROMPT = "t1 t5 t9 t17 t33 t2 t8 t100"
 

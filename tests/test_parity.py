@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from attrbench.backend import AttributionResult
-from attrbench.graph_store import load_result, save_result, to_circuit_tracer_graph
-from attrbench.parity import common_nodes, compare, node_identities
+from attrbench.api import AttributionResult
+from attrbench.graph.interop import to_circuit_tracer_graph
+from attrbench.graph.parity import common_nodes, compare, node_identities
+from attrbench.graph.store import load_result, save_result
 
 N_LAYERS, N_POS = 3, 5
 LOGIT_IDS = [7, 3, 11]
@@ -134,7 +135,7 @@ def test_swapped_feature_noise_and_permutation_are_aligned():
 
 
 def test_large_graphs_use_streaming_prune(monkeypatch):
-    import attrbench.parity as parity
+    import attrbench.graph.parity as parity
 
     a, b = make_graph(2), make_graph(2)
     b.adjacency_matrix.mul_(1 + 0.3 * torch.randn(b.adjacency_matrix.shape, generator=torch.Generator().manual_seed(4)))
@@ -147,7 +148,7 @@ def test_large_graphs_use_streaming_prune(monkeypatch):
 
 
 def test_blockwise_matches_dense(monkeypatch):
-    import attrbench.parity as parity
+    import attrbench.graph.parity as parity
 
     a, b = make_graph(1), make_graph(1)
     b.adjacency_matrix.mul_(1 + 1e-3 * torch.randn(b.adjacency_matrix.shape, generator=torch.Generator().manual_seed(3)))
@@ -186,7 +187,7 @@ def test_graph_store_round_trip_is_memory_mapped(tmp_path):
 def test_to_circuit_tracer_graph():
     from circuit_tracer.graph import Graph, prune_graph
 
-    from attrbench.workload import ModelSpec, WorkloadSpec
+    from attrbench.workload.spec import ModelSpec, WorkloadSpec
 
     spec = WorkloadSpec(model=ModelSpec(num_hidden_layers=N_LAYERS, vocab_size=64))
     a = make_graph()

@@ -8,11 +8,11 @@ import pytest
 import torch
 from cli_helpers import run_cli, subprocess_env
 
-from attrbench.backend import AttributeSettings
-from attrbench.build import build_workload
-from attrbench.manager import get_backends
+from attrbench.api import AttributeSettings
+from attrbench.plugin_manager import get_backends
 from attrbench.progress import ProgressLine, progress_interval
-from attrbench.workload import preset
+from attrbench.workload.build import build_workload
+from attrbench.workload.spec import preset
 
 
 class FakeClock:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from attrbench.prune import _bits_to_float, cumsum_need, prune, radix_select
+from attrbench.graph.prune import _bits_to_float, cumsum_need, prune, radix_select
 
 
 def _layout(n_features, n_layers, n_pos, n_logits, g):
@@ -119,10 +119,10 @@ def test_radix_threshold_is_find_threshold(seed, threshold):
 
 @pytest.fixture(scope="module")
 def tiny_graph():
-    from attrbench.backend import AttributeSettings
-    from attrbench.build import build_workload
-    from attrbench.manager import get_backends
-    from attrbench.workload import preset
+    from attrbench.api import AttributeSettings
+    from attrbench.plugin_manager import get_backends
+    from attrbench.workload.build import build_workload
+    from attrbench.workload.spec import preset
 
     built = build_workload(preset("tiny"))
     backend = get_backends()["gqa-shared"]
@@ -132,7 +132,7 @@ def tiny_graph():
 
 
 def test_real_tiny_graph(tiny_graph):
-    from attrbench.graph_store import to_circuit_tracer_graph
+    from attrbench.graph.interop import to_circuit_tracer_graph
 
     built, result = tiny_graph
     graph = to_circuit_tracer_graph(result, built)
@@ -141,7 +141,7 @@ def test_real_tiny_graph(tiny_graph):
 
 
 def test_edge_mask_omitted_for_large_graphs(monkeypatch):
-    import attrbench.prune as prune_module
+    import attrbench.graph.prune as prune_module
 
     graph = random_graph(100, 2, 6, 3, seed=4)
     full = prune(graph)
@@ -217,7 +217,7 @@ import json, sys, threading, time, warnings
 from types import SimpleNamespace
 import numpy as np, torch
 import circuit_tracer.graph
-from attrbench.prune import prune
+from attrbench.graph.prune import prune
 
 def rss_anon():
     with open("/proc/self/status") as f:

@@ -9,9 +9,11 @@ import json
 
 import pytest
 
-from attrbench import reporting
+from attrbench.bench import summary as reporting
+from attrbench.bench.results import load_results
+from attrbench.bench.summary import render, summarise
 from attrbench.errors import UsageError
-from attrbench.reporting import fmt_bytes, fmt_seconds, render, summarise
+from attrbench.formatting import fmt_bytes, fmt_seconds
 
 BACKENDS = [("reference", True, 3.4), ("autodiff-free", True, 1.7), ("causal-trick", True, 2.0),
             ("gqa-shared", True, 1.0), ("approximate-pruned", False, 0.5)]
@@ -227,7 +229,7 @@ def test_unknown_format():
 
 
 def test_reporters_are_registered():
-    from attrbench.manager import get_reporters
+    from attrbench.plugin_manager import get_reporters
 
     reporters = get_reporters()
     assert {"table", "markdown", "csv", "json", "png"} <= set(reporters)
@@ -237,15 +239,15 @@ def test_reporters_are_registered():
 def test_load_results_file_errors(tmp_path):
     missing = tmp_path / "nope.json"
     with pytest.raises(UsageError, match="nope.json"):
-        reporting.load_results_file(missing)
+        load_results(missing)
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(UsageError, match="bad.json"):
-        reporting.load_results_file(bad)
+        load_results(bad)
     old = tmp_path / "old.json"
     old.write_text(json.dumps({"schema_version": 0, "cells": []}))
     with pytest.raises(UsageError, match="schema"):
-        reporting.load_results_file(old)
+        load_results(old)
     good = tmp_path / "good.json"
     good.write_text(json.dumps(make_results()))
-    assert reporting.load_results_file(good)["schema_version"] == 1
+    assert load_results(good)["schema_version"] == 1

@@ -9,15 +9,20 @@ import psutil
 import pytest
 from cli_helpers import run_cli, subprocess_env
 
-from attrbench.runner import RunConfig, ordered_backends, plan_cells
-from attrbench.workload import preset
+from attrbench.bench.plan import ordered_backends, plan_cells
+from attrbench.bench.yardstick import GroupYardsticks
+from attrbench.plugin_manager import get_backends
+from attrbench.workload.spec import preset
 
 
 def test_cell_order_puts_yardsticks_first():
-    assert ordered_backends(["gqa-shared", "autodiff-free", "reference"]) == ["reference", "autodiff-free", "gqa-shared"]
-    cfg = RunConfig(spec=preset("tiny"), backends=["x", "reference"], nodes=[200, 800], repeats=2)
-    assert plan_cells(cfg)[:4] == [("reference", 200, 0), ("x", 200, 0), ("reference", 200, 1), ("x", 200, 1)]
-    assert len(plan_cells(cfg)) == 8
+    known = get_backends()
+    assert ordered_backends(["gqa-shared", "autodiff-free", "reference"], known) == [
+        "reference", "autodiff-free", "gqa-shared"]
+    cells = plan_cells(["gqa-shared", "reference"], [200, 800], 2, known)
+    assert [c.key for c in cells[:4]] == [("reference", 200, 0), ("gqa-shared", 200, 0), ("reference", 200, 1),
+                                          ("gqa-shared", 200, 1)]
+    assert len(cells) == 8
 
 
 def test_resume_keeps_finished_cells(reference_run, tmp_path):
@@ -67,20 +72,31 @@ def test_interrupt_writes_finished_cells_and_leaves_no_orphans(tmp_path):
 
 
 def test_yardstick_falls_back_to_autodiff_free():
-    from attrbench.runner import Runner
+    def pick(backend, status):
+        group = GroupYardsticks(["gqa-shared", "autodiff-free", "reference"], get_backends(), preset("tiny"),
+                                rerun=lambda cell: None)
+        for name, value in status.items():
+            group.record(name, value)
+        return group.pick(backend)
 
-    runner = Runner(RunConfig(spec=preset("tiny"), backends=["gqa-shared", "autodiff-free", "reference"], nodes=[200]))
-    assert runner._yardstick_for("gqa-shared", 200, 0, {"reference": "ok", "autodiff-free": "ok"}) == "reference"
-    assert runner._yardstick_for("autodiff-free", 200, 0, {"reference": "ok"}) == "reference"
-    assert runner._yardstick_for("gqa-shared", 200, 0, {"reference": "oom", "autodiff-free": "ok"}) == "autodiff-free"
-    assert runner._yardstick_for("autodiff-free", 200, 0, {"reference": "oom"}) is None
-    assert runner._yardstick_for("reference", 200, 0, {}) is None
-    assert runner._yardstick_for("gqa-shared", 200, 0, {"reference": "timeout", "autodiff-free": "error"}) is None
+    assert pick("gqa-shared", {"reference": "ok", "autodiff-free": "ok"}) == "reference"
+    assert pick("autodiff-free", {"reference": "ok"}) == "reference"
+    assert pick("gqa-shared", {"reference": "oom", "autodiff-free": "ok"}) == "autodiff-free"
+    assert pick("autodiff-free", {"reference": "oom"}) is None
+    assert pick("reference", {}) is None
+    assert pick("gqa-shared", {"reference": "timeout", "autodiff-free": "error"}) is None
 
 
 def test_results_file_helpers(tmp_path):
+    from attrbench.bench.results import (
+        cell_key,
+        environment_info,
+        load_results,
+        new_cell,
+        new_results,
+        write_results_atomic,
+    )
     from attrbench.errors import UsageError
-    from attrbench.results import cell_key, environment_info, load_results, new_cell, new_results, write_results_atomic
 
     doc = new_results({"name": "tiny", "hash": "h", "config": {}, "n_active": None}, {"device": "cpu"},
                       environment=environment_info())

@@ -8,10 +8,15 @@ from dataclasses import replace
 import pytest
 import torch
 
-from attrbench.build import build_workload
 from attrbench.errors import UsageError
-from attrbench.workload import (
-    PRESETS, load_workload_file, preset, smallest_preset_for, spec_from_dict, with_overrides,
+from attrbench.workload.build import build_workload
+from attrbench.workload.spec import (
+    PRESETS,
+    load_workload_file,
+    preset,
+    smallest_preset_for,
+    spec_from_dict,
+    with_overrides,
 )
 
 

@@ -14,7 +14,7 @@ not loaded when pytest starts from ``tests/``.
 Each backend is timed with ``benchmark.pedantic(rounds=3, iterations=1)`` after an untimed ``prepare``;
 ``extra_info["speedup_vs_reference"]`` is the reference's median time (measured once per session by the
 ``reference_seconds`` fixture, 3 runs) divided by the backend's median, i.e. a ratio measured on the same
-machine in the same session. Backends not registered (``attrbench.manager.get_backends()``) are skipped.
+machine in the same session. Backends not registered (``attrbench.plugin_manager.get_backends()``) are skipped.
 
 Comparing runs: save each run, then compare against a saved one (pytest-benchmark stores them under
 ``.benchmarks/``)::
@@ -65,7 +65,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     names = list(EXPECTED_BACKENDS)
     if benchmarks_enabled(metafunc.config):
-        from attrbench.manager import get_backends
+        from attrbench.plugin_manager import get_backends
 
         names += [n for n in get_backends() if n not in names]
     metafunc.parametrize("backend_name", names)
@@ -79,7 +79,7 @@ def _benchmarks_switch(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture(scope="session")
 def settings():
-    from attrbench.backend import AttributeSettings
+    from attrbench.api import AttributeSettings
 
     return AttributeSettings(max_feature_nodes=MAX_FEATURE_NODES, batch_size=BATCH_SIZE)
 
@@ -89,8 +89,8 @@ def built_workload():
     """The tiny preset, built once (bit-identical on every run)."""
     import torch
 
-    from attrbench.build import build_workload
-    from attrbench.workload import preset
+    from attrbench.workload.build import build_workload
+    from attrbench.workload.spec import preset
 
     torch.manual_seed(0)
     return build_workload(preset("tiny"))
@@ -98,7 +98,7 @@ def built_workload():
 
 @pytest.fixture(scope="session")
 def backends() -> dict:
-    from attrbench.manager import get_backends
+    from attrbench.plugin_manager import get_backends
 
     return get_backends()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from attrbench.workload import WorkloadSpec
+from attrbench.workload.spec import WorkloadSpec
 
 BOS_ID, EOS_ID, UNK_ID, PAD_ID = 1, 2, 0, 3
 #: first token id a seeded prompt draws from (0-3 are special)
@@ -243,6 +243,7 @@ def load_hf_model(folder: Path) -> torch.nn.Module:
 
 def _load_cached(spec: WorkloadSpec, folder: Path) -> BuiltWorkload:
     import json
+
     from transformers import PreTrainedTokenizerFast
 
     token_ids = torch.tensor(json.loads((folder / "prompt.json").read_text())["token_ids"], dtype=torch.long)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from attrbench.backends import ranking
+from attrbench.backends.exact import ranking
 
 #: rows packaged per block, so that packaging never holds a second full copy of the edge rows
 PACKAGE_BLOCK_ROWS = 4096
@@ -101,7 +101,7 @@ class PrunedEdgeStore:
 
     def influences(self, logit_probabilities: torch.Tensor, rule: str = "streamed",
                    max_iter: int = 128) -> torch.Tensor:
-        """:func:`attrbench.backends.ranking.streamed_influences` over the kept entries."""
+        """:func:`attrbench.backends.exact.ranking.streamed_influences` over the kept entries."""
         rows, cols, values = self._entries()
         rows, cols = rows.long(), cols.long()
         n = self.n_filled

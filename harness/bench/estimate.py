@@ -11,8 +11,8 @@ calibrated number of active features) and the run settings. The big terms, per b
   the prompt (``batch x n_pos x d_model x ~12 L`` activations kept for the backward passes) and the
   backward's feature contraction (``batch x features_per_layer x d_model``).
 * exact backends (``autodiff-free``, ``causal-trick``, ``gqa-shared``): the weights once (+ stacked V/O/skip),
-  the edge rows in whichever store the backend would pick (:func:`attrbench.backends.exact.make_edge_store`
-  decides dense vs lean through ``dense_storage_bytes``/``memory_for``; both are asked here when they exist),
+  the edge rows in whichever store the backend would pick (:func:`attrbench.backends.exact.engine.make_edge_store`
+  decides dense vs lean with :func:`attrbench.memory.dense_fits`, and so does this estimate),
   the ranking's temporaries (circuit-tracer's copy, or the streamed ``rows x rows`` block) and the square
   adjacency; per-batch gradient buffers.
 * ``approximate-pruned``: like gqa-shared, but about :data:`PRUNED_KEPT_FRACTION` of the edges kept as
@@ -70,16 +70,25 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from types import SimpleNamespace
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from attrbench.workload import WorkloadSpec
+import psutil
+import torch
+from tabulate import tabulate
+
+from attrbench.api import Backend
+from attrbench.bench.plan import Cell
+from attrbench.bench.settings import BenchSettings
+from attrbench.formatting import fmt_bytes
+from attrbench.memory import dense_fits
+from attrbench.workload.spec import WorkloadSpec
 
 GIB = 2**30
 #: RSS of a cell's child before any workload-sized memory: python + torch + transformers (+ circuit-tracer
 #: and TransformerLens for the reference), calibrated on tiny
-BASE_HOST = {"reference": 0.54 * GIB, "default": 0.36 * GIB}
+BASE_HOST = {"autograd": 0.54 * GIB, "default": 0.36 * GIB}
 #: fraction of the edges approximate-pruned keeps (its threshold's typical outcome)
 PRUNED_KEPT_FRACTION = 0.25
 #: activations of the replacement model's forward per (batch copy, position, d_model) and layer
@@ -95,13 +104,14 @@ DEFAULT_CPU_RATE = 50e9
 DEFAULT_GPU_RATE = 30e12
 #: measured wall time / predicted compute time, per backend (calibrated on tiny and small, see above)
 INEFFICIENCY = {
-    "reference": 2.0, "autodiff-free": 3.0, "causal-trick": 4.0, "gqa-shared": 4.0, "approximate-pruned": 4.0,
+    "autograd": 2.0, "vjp": 3.0, "vjp-causal": 4.0, "vjp-causal-gqa": 4.0, "vjp-causal-gqa-pruned": 4.0,
 }
 #: seconds of fixed cost per cell (linearisation, salient logits, python overhead)
-FIXED_S = {"reference": 0.1, "default": 0.03}
-EXACT_BACKENDS = ("autodiff-free", "causal-trick", "gqa-shared")
-KNOWN_BACKENDS = ("reference",) + EXACT_BACKENDS + ("approximate-pruned",)
-CAUSAL = ("causal-trick", "gqa-shared", "approximate-pruned")
+FIXED_S = {"autograd": 0.1, "default": 0.03}
+#: the cost models a backend may declare (:meth:`attrbench.api.Backend.cost_model`): circuit-tracer's
+#: autograd loop, and the exact engine's rungs (VJPs; + causal limit; + GQA-shared V/O; + pruned edges)
+COST_MODELS = ("autograd", "vjp", "vjp-causal", "vjp-causal-gqa", "vjp-causal-gqa-pruned")
+CAUSAL = ("vjp-causal", "vjp-causal-gqa", "vjp-causal-gqa-pruned")
 
 _RATE_CACHE: dict[str, float] = {}
 
@@ -114,8 +124,6 @@ def gemm_rate(device: str = "cpu", measure: bool = True) -> float:
     rate = DEFAULT_GPU_RATE if kind == "cuda" else DEFAULT_CPU_RATE
     if measure:
         try:
-            import torch
-
             if kind == "cuda" and not torch.cuda.is_available():
                 raise RuntimeError("no GPU")
             n = 1024 if kind == "cpu" else 4096
@@ -154,7 +162,7 @@ class Shape:
     nodes: int  # selected feature nodes = min(max_feature_nodes, n_active)
 
     @classmethod
-    def of(cls, spec: WorkloadSpec, nodes: int, max_n_logits: int = 10) -> "Shape":
+    def of(cls, spec: WorkloadSpec, nodes: int, max_n_logits: int = 10) -> Shape:
         m, t = spec.model, spec.transcoders
         n_active = max(int(spec.estimated_active_features), 1)
         return cls(m.num_hidden_layers, m.hidden_size, m.num_attention_heads, m.num_key_value_heads, m.head_dim,
@@ -199,23 +207,18 @@ class Estimate:
         return asdict(self)
 
 
-def model_kind(backend: str) -> str:
-    """The built-in backend whose model applies: itself, the nearest built-in base class of a registered
-    plugin backend (a subclass of the reference is modelled as the reference), else gqa-shared."""
-    if backend in KNOWN_BACKENDS:
-        return backend
-    try:
-        from attrbench.manager import get_backends
+def cost_model_of(backend: Backend) -> str | None:
+    """The cost model a registered backend declares (:meth:`attrbench.api.Backend.cost_model`), if known here."""
+    model = backend.cost_model()
+    return model if model in COST_MODELS else None
 
-        obj = get_backends().get(backend)
-        obj = getattr(obj, "base", obj)  # a NAME@OPTIONS variant is estimated as its backend
-    except Exception:
-        obj = None
-    for cls in type(obj).__mro__ if obj is not None else ():
-        name = cls.__dict__.get("name")
-        if name in KNOWN_BACKENDS:
-            return name
-    return "gqa-shared"
+
+def estimate_backend(spec: WorkloadSpec, label: str, backend: Backend, nodes: int, **kw: Any) -> Estimate | None:
+    """:func:`estimate_cell` with ``backend``'s own cost model, labelled ``label``; None when it has none."""
+    model = cost_model_of(backend)
+    if model is None:
+        return None
+    return replace(estimate_cell(spec, model, nodes, **kw), backend=label)
 
 
 def _dtype_bytes(dtype: str) -> int:
@@ -233,7 +236,7 @@ def _windows(s: Shape, batch_size: int, update_interval: int) -> list[int]:
 def _row_macs(s: Shape, backend: str) -> tuple[float, float]:
     """Multiply-adds of (one feature row on average, one logit row)."""
     causal = backend in CAUSAL
-    v_heads = s.KV if backend in ("gqa-shared", "approximate-pruned") else s.H
+    v_heads = s.KV if backend in ("vjp-causal-gqa", "vjp-causal-gqa-pruned") else s.H
     per_pos = (s.d * s.d if s.skip else 0) + s.d * s.H * s.dh + v_heads * s.dh * s.d
     feats_per_layer = s.n_active / s.L
 
@@ -246,43 +249,30 @@ def _row_macs(s: Shape, backend: str) -> tuple[float, float]:
         feat = layer_cost(s.n_pos, s.n_pos**2, 1.0)
     full = layer_cost(s.n_pos, s.n_pos**2, 1.0)
     layers_below = (s.L - 1) / 2
-    if backend == "reference":
+    if backend == "autograd":
         layers_below = s.L  # the whole model's backward runs for every batch
     return feat * layers_below + s.n_pos * s.d, full * s.L + s.n_pos * s.d
 
 
-def _choose_store(backend: str, s: Shape, device: str, options: dict[str, Any]) -> str:
-    """What the exact engine would pick: ask its own helpers when present, else dense. approximate-pruned
-    keeps coordinate lists where the others keep dense rows, and the lean layered store (small entries
-    zeroed) where they go lean."""
-    dense = "pruned" if backend == "approximate-pruned" else "dense"  # its coordinate lists replace dense rows
+def _choose_store(model: str, s: Shape, device: str, options: dict[str, Any]) -> str:
+    """What the exact engine would pick (the same rule, :func:`attrbench.memory.dense_fits`).
+    The pruned model keeps coordinate lists where the others keep dense rows, and the lean layered store
+    (small entries zeroed) where they go lean."""
+    dense = "pruned" if model == "vjp-causal-gqa-pruned" else "dense"  # its coordinate lists replace dense rows
     choice = options.get("edge_storage", "auto")
     if choice in ("dense", "lean"):
         return dense if choice == "dense" else "lean"
-    try:
-        from attrbench.backends import exact
-    except Exception:
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
         return dense
-    dense_bytes = getattr(exact, "dense_storage_bytes", None)
-    memory_for = getattr(exact, "memory_for", None)
-    if dense_bytes is None or memory_for is None or not hasattr(exact, "LayeredEdgeStore"):
-        return dense
-    try:
-        import torch
-
-        model = SimpleNamespace(n_layers=s.L, n_pos=s.n_pos, n_active=s.n_active)
-        need = dense_bytes(s.n_rows, s.total_nodes, model)
-        if str(device).startswith("cuda") and not torch.cuda.is_available():
-            return dense
-        return "lean" if need > 0.5 * memory_for(torch.device(device)) else dense
-    except Exception:
-        return dense
+    return dense if dense_fits(s.n_rows, s.total_nodes, s.L, s.n_pos, torch.device(device)) else "lean"
 
 
-def estimate_cell(spec: WorkloadSpec, backend: str, nodes: int, device: str = "cpu", dtype: str = "float32",
+def estimate_cell(spec: WorkloadSpec, model: str, nodes: int, device: str = "cpu", dtype: str = "float32",
                   batch_size: int = 512, update_interval: int = 4, max_n_logits: int = 10,
                   options: dict[str, Any] | None = None, rate: float | None = None) -> Estimate:
-    """Predicted peaks and time of one (backend, nodes) cell. Unknown backends are modelled as gqa-shared."""
+    """Predicted peaks and time of one cell of cost model ``model`` (one of :data:`COST_MODELS`)."""
+    if model not in COST_MODELS:
+        raise ValueError(f"unknown cost model {model!r}; known: {', '.join(COST_MODELS)}")
     options = dict(options or {})
     s = Shape.of(spec, nodes, max_n_logits)
     cuda = str(device).startswith("cuda")
@@ -293,7 +283,7 @@ def estimate_cell(spec: WorkloadSpec, backend: str, nodes: int, device: str = "c
     S = 4 * s.n_square**2  # square adjacency
     S_cols = 4 * s.n_rows * s.n_square  # the edge rows' selected columns
     ranks = len(_windows(s, B, update_interval)) if s.nodes < s.n_active else 0
-    kind = model_kind(backend)
+    kind = model
     terms: dict[str, int] = {}
     host = BASE_HOST.get(kind, BASE_HOST["default"])
     gpu = 0
@@ -301,7 +291,7 @@ def estimate_cell(spec: WorkloadSpec, backend: str, nodes: int, device: str = "c
     rate = rate if rate is not None else gemm_rate(device)
     bw = GPU_BANDWIDTH if cuda else HOST_BANDWIDTH
 
-    if kind == "reference":
+    if kind == "autograd":
         # HF model (workload, fp32 on host) + TL copy and transcoders in the replacement model (device dtype)
         device_w = (model_b + tc_b) * wb // 4
         terms["weights"] = model_b + tc_b + device_w
@@ -316,7 +306,7 @@ def estimate_cell(spec: WorkloadSpec, backend: str, nodes: int, device: str = "c
         packaging = max(E + S_cols, 2 * S_cols, S_cols + S) if s.nodes < s.n_active else max(2 * E, E + S)
         terms["edges"] = max(ranking, packaging)
         host += model_b + tc_b + terms["edges"] + (0 if cuda else device_w + acts + contract)
-        feat_macs, logit_macs = _row_macs(s, "reference")
+        feat_macs, logit_macs = _row_macs(s, "autograd")
         padded_rows = B * (math.ceil(s.n_logits / B) + sum(math.ceil(w / B) for w in _windows(s, B, update_interval)))
         forward = 2 * B * s.n_pos * (s.model_params() + s.L * 2 * s.F * s.d) / rate
         compute = 2 * feat_macs * padded_rows / rate + forward
@@ -325,7 +315,7 @@ def estimate_cell(spec: WorkloadSpec, backend: str, nodes: int, device: str = "c
     else:
         store = _choose_store(kind, s, device, options)
         weights = model_b + tc_b + 4 * s.L * (s.KV * s.dh * s.d + s.d * s.H * s.dh + (s.d * s.d if s.skip else 0))
-        if kind in ("gqa-shared", "approximate-pruned"):
+        if kind in ("vjp-causal-gqa", "vjp-causal-gqa-pruned"):
             weights += 4 * s.L * (s.n_pos * s.d * max(1, math.ceil(s.n_active / s.L / max(1, s.n_pos - 1))) * 2)
         buffers = 4 * B * s.row_size + 6 * 4 * B * s.n_pos * s.d
         terms["weights"], terms["buffers"] = weights, buffers
@@ -341,13 +331,13 @@ def estimate_cell(spec: WorkloadSpec, backend: str, nodes: int, device: str = "c
             host_edges = dev_edges + 4 * 512 * s.n_square  # packaging blocks; the adjacency goes to a file
             passes = ranks * lean + 2 * lean + S
         else:
-            if kind in ("autodiff-free", "causal-trick"):
+            if kind in ("vjp", "vjp-causal"):
                 rank_tmp = E  # circuit-tracer's copy of the rows
             else:
                 rank_tmp = 4 * s.n_rows**2 + 4 * min(8192, s.n_rows) * s.total_nodes
             dev_edges = E + (rank_tmp if ranks else 0)
             host_edges = max(dev_edges, E + S + 2 * 4 * min(4096, s.n_rows) * s.n_square)
-            factor = (s.L + 4) if kind in ("autodiff-free", "causal-trick") else 3
+            factor = (s.L + 4) if kind in ("vjp", "vjp-causal") else 3
             passes = sum(4 * factor * (s.n_logits + i * update_interval * B) * s.total_nodes for i in range(ranks))
             passes += E + 2 * S
         terms["edges"] = host_edges
@@ -360,23 +350,19 @@ def estimate_cell(spec: WorkloadSpec, backend: str, nodes: int, device: str = "c
         compute = 2 * (feat_macs * s.nodes + logit_macs * s.n_logits) / rate
         memory = passes / bw
     fixed = FIXED_S.get(kind, FIXED_S["default"])
-    t = INEFFICIENCY.get(kind, INEFFICIENCY["gqa-shared"]) * (compute + memory) + fixed
-    return Estimate(backend, nodes, int(host), int(gpu) if cuda else None, float(t), store, terms)
+    t = INEFFICIENCY.get(kind, INEFFICIENCY["vjp-causal-gqa"]) * (compute + memory) + fixed
+    return Estimate(model, nodes, int(host), int(gpu) if cuda else None, float(t), store, terms)
 
 
 def available_memory(device: str = "cpu", memory_limit_bytes: int | None = None) -> tuple[int, int | None]:
     """(host bytes, GPU bytes or None) a cell may use: physical memory (or the memory limit when lower),
     and the GPU's total memory on CUDA."""
-    import psutil
-
     host = psutil.virtual_memory().total
     if memory_limit_bytes:
         host = min(host, memory_limit_bytes)
     gpu = None
     if str(device).startswith("cuda"):
         try:
-            import torch
-
             gpu = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
         except Exception:
             gpu = None
@@ -394,10 +380,6 @@ def fits(est: Estimate, host_avail: int, gpu_avail: int | None) -> tuple[bool, s
 
 
 def estimate_table(estimates: list[Estimate], host_avail: int, gpu_avail: int | None) -> str:
-    from tabulate import tabulate
-
-    from attrbench.reporting import fmt_bytes
-
     rows = []
     for e in estimates:
         ok, _ = fits(e, host_avail, gpu_avail)
@@ -407,3 +389,29 @@ def estimate_table(estimates: list[Estimate], host_avail: int, gpu_avail: int | 
                      "yes" if ok else "no"])
     return tabulate(rows, headers=["backend", "nodes", "host peak", "GPU peak", "time", "edge store", "fits"],
                     tablefmt="simple")
+
+
+def predict_unfit(spec: WorkloadSpec, cells: list[Cell], backends: Mapping[str, Backend], settings: BenchSettings,
+                  say: Callable[[str], None]) -> dict[tuple[str, int], str]:
+    """Estimate every (backend, nodes) of ``cells``; warn through ``say`` about those predicted not to fit.
+    Returns the reason per (backend, nodes) that does not fit. An estimate never stops a run."""
+    try:
+        host, gpu = available_memory(settings.device, settings.memory_limit_bytes)
+    except Exception as exc:
+        say(f"warning: memory estimate unavailable ({type(exc).__name__}: {exc})")
+        return {}
+    too_big: dict[tuple[str, int], str] = {}
+    for b, n in dict.fromkeys((cell.backend, cell.nodes) for cell in cells):
+        try:
+            est = estimate_backend(spec, b, backends[b], n, device=settings.device, dtype=settings.dtype,
+                                   batch_size=settings.batch_size, update_interval=settings.update_interval,
+                                   max_n_logits=settings.max_n_logits, options=settings.backend_options,
+                                   rate=DEFAULT_CPU_RATE)
+        except Exception:
+            continue
+        ok, reason = fits(est, host, gpu) if est is not None else (True, None)
+        if not ok and reason is not None:
+            too_big[(b, n)] = reason
+            action = "not run (--strict)" if settings.strict else "it may run out of memory"
+            say(f"warning: {b} nodes={n}: {reason}; {action}")
+    return too_big

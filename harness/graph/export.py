@@ -4,7 +4,7 @@
   ``Graph.from_pt`` loads it and ``prune_graph`` runs on it.
 * :func:`save_graph_json` writes the JSON that circuit-tracer's local server and Neuronpedia read, as
   ``circuit_tracer.utils.create_graph_files`` writes it (``{metadata, qParams, nodes, links}``, after pruning),
-  reusing its ``create_nodes`` and ``build_model``; the pruning is :func:`attrbench.prune.prune_with_edges`,
+  reusing its ``create_nodes`` and ``build_model``; the pruning is :func:`attrbench.graph.prune.prune_with_edges`,
   which reads the adjacency in row blocks, so graphs too large for ``prune_graph`` can be written too.
   Node ids: feature ``{layer}_{feature}_{pos}``, error ``0_{layer}_{pos}``, token ``E_{token}_{pos}``,
   logit ``{n_layers + 1}_{token}_{pos}``.
@@ -12,11 +12,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
-from attrbench.backend import AttributionResult
+import torch
+
+from attrbench.api import AttributionResult
+from attrbench.graph.interop import to_circuit_tracer_graph, tokenizer_for
+from attrbench.graph.prune import prune_with_edges
 
 
 def _atomic_target(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -27,8 +32,6 @@ def _atomic_target(path: str | os.PathLike) -> tuple[Path, Path]:
 
 def save_graph_pt(result: AttributionResult, workload: Any, path: str | os.PathLike) -> Path:
     """Write ``result`` as ``Graph.to_pt`` does (``workload``: a BuiltWorkload or WorkloadSpec); returns the path."""
-    from attrbench.graph_store import to_circuit_tracer_graph
-
     path, tmp = _atomic_target(path)
     graph = to_circuit_tracer_graph(result, workload)
     try:
@@ -45,13 +48,10 @@ def graph_json_model(result: AttributionResult, workload: Any, node_threshold: f
     """The ``circuit_tracer.frontend.graph_models.Model`` (metadata, qParams, nodes, links) of the pruned graph."""
     from circuit_tracer.utils.create_graph_files import build_model, create_nodes
 
-    from attrbench.graph_store import _tokenizer, to_circuit_tracer_graph
-    from attrbench.prune import prune_with_edges
-
     graph = to_circuit_tracer_graph(result, workload)
     pruned, kept_edges = prune_with_edges(graph, node_threshold, edge_threshold, block_rows=block_rows,
                                           return_edge_mask=False)
-    tokenizer = _tokenizer(workload)
+    tokenizer = tokenizer_for(workload)
     node_mask = pruned.node_mask.cpu()
     # create_nodes iterates node_mask.nonzero().squeeze().tolist(): a single kept node would be an int
     nodes = create_nodes(graph, node_mask, tokenizer, pruned.cumulative_scores.cpu().tolist())
@@ -103,10 +103,6 @@ def save_graph(result: AttributionResult, workload: Any, path: str | os.PathLike
 
 def to_cpu(result: AttributionResult) -> AttributionResult:
     """``result`` with every tensor on the CPU (a no-op copy-free for CPU results)."""
-    import dataclasses
-
-    import torch
-
     changes = {f.name: getattr(result, f.name).cpu() for f in dataclasses.fields(result)
                if isinstance(getattr(result, f.name), torch.Tensor) and getattr(result, f.name).device.type != "cpu"}
     return dataclasses.replace(result, **changes) if changes else result

@@ -26,7 +26,8 @@ edges at most); graphs that fit in one row block get bit-identical influences.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ class StreamingPruneResult(NamedTuple):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# radix select over float32 bit patterns (also used by attrbench.parity for its top-edge selection)
+# radix select over float32 bit patterns (also used by attrbench.graph.parity for its top-edge selection)
 
 
 def abs_bits(block: torch.Tensor) -> torch.Tensor:
@@ -76,7 +77,7 @@ def _chunks(blocks: Callable[[], Iterator[torch.Tensor]]) -> Iterator[torch.Tens
 class TopHistogram:
     """Histogram of ``|values|`` by the high 16 bits of their float32 bit patterns: the first pass of
     :func:`radix_select`. Several histograms can be filled in one pass over the data (see
-    :func:`attrbench.parity.compare`)."""
+    :func:`attrbench.graph.parity.compare`)."""
 
     def __init__(self, by_mass: bool):
         self.by_mass = by_mass
@@ -317,7 +318,7 @@ def prune(graph: Any, node_threshold: float = 0.8, edge_threshold: float = 0.98,
           return_edge_mask: bool | None = None) -> StreamingPruneResult:
     """circuit-tracer's ``prune_graph`` without N x N temporaries; returns ``(node_mask, edge_mask, cumulative_scores)``.
 
-    ``graph`` is a ``circuit_tracer.graph.Graph``, an :class:`attrbench.backend.AttributionResult` or anything with
+    ``graph`` is a ``circuit_tracer.graph.Graph``, an :class:`attrbench.api.AttributionResult` or anything with
     ``adjacency_matrix`` (``[target, source]``, possibly a read-only memory-mapped tensor), ``input_tokens``,
     ``selected_features`` and ``logit_probabilities``. ``block_rows`` sets the rows per block (default: about
     :data:`BLOCK_ELEMENTS` elements). The edge mask is returned densely only for graphs of at most

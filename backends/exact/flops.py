@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from attrbench.backends.linearised import LinearisedModel
+from attrbench.backends.exact.linearised import LinearisedModel
 
 
 def row_flop_floor(model: LinearisedModel, layers: torch.Tensor, positions: torch.Tensor) -> float:

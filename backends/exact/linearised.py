@@ -24,7 +24,7 @@ from functools import cached_property
 
 import torch
 
-from attrbench.build import BuiltWorkload
+from attrbench.workload.build import BuiltWorkload
 
 
 @dataclass

@@ -10,40 +10,21 @@ the same results file at the same node count, judge parity, label runs and forma
 
 from __future__ import annotations
 
-import math
 import statistics
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from attrbench.errors import UsageError
+from attrbench.formatting import short_error
+from attrbench.graph.verdicts import (
+    HIGHER_IS_BETTER,
+    PARITY_FIELDS,
+    parity_verdict,
+)
+from attrbench.plugin_manager import get_reporters
 
 REFERENCE = "reference"
-
-#: exact backends: maximum relative Frobenius error of the adjacency, by dtype
-EXACT_REL_TOL = {"float32": 1e-4, "float64": 1e-4, "bfloat16": 2e-2, "float16": 2e-2}
-DEFAULT_REL_TOL = 2e-2
-#: exact backends: required selected-feature Jaccard
-EXACT_MIN_JACCARD = 1.0
-#: approximate backends
-APPROX_MIN_EDGE_RECALL = 0.99
-APPROX_MIN_PRUNED_JACCARD = 0.95
-
-PARITY_FIELDS = ("selected_jaccard", "rel_frobenius", "max_abs", "edge_recall", "pruned_node_jaccard")
-#: parity figures where larger is better (the others: smaller is better)
-_HIGHER_IS_BETTER = {"selected_jaccard", "edge_recall", "pruned_node_jaccard"}
-
-
-class Reporter:
-    """Base class of reporters: set ``format`` (and ``binary`` for bytes output), implement :meth:`render`."""
-
-    format: str = ""
-    binary: bool = False
-    description: str = ""
-
-    def render(self, results: list[dict]) -> str | bytes:
-        """Render one or more results dicts."""
-        raise NotImplementedError
-
 
 def render(results: list[dict], fmt: str, sources: list[str] | None = None) -> str | bytes:
     """Render ``results`` with the reporter registered for ``fmt``.
@@ -51,8 +32,6 @@ def render(results: list[dict], fmt: str, sources: list[str] | None = None) -> s
     ``sources`` (optional, one path per results dict) lets run labels fall back to the file stem when
     two runs would otherwise get the same label.
     """
-    from attrbench.manager import get_reporters
-
     reporters = get_reporters()
     reporter = reporters.get(fmt)
     if reporter is None:
@@ -67,75 +46,6 @@ def render(results: list[dict], fmt: str, sources: list[str] | None = None) -> s
 
 # ---------------------------------------------------------------------------------------------------------
 # loading
-
-
-def load_results_file(path: str | Path) -> dict:
-    """Load and check one results JSON file; a missing, corrupt or wrong-schema file is a UsageError."""
-    from attrbench.results import load_results
-
-    return load_results(path)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# formatting
-
-
-def fmt_bytes(n: float | int | None) -> str:
-    """Human-readable byte count (KiB / MiB / GiB); ``-`` for unknown."""
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{int(n)} B"
-
-
-def fmt_seconds(s: float | None) -> str:
-    """Human-readable duration; ``-`` for unknown."""
-    if s is None:
-        return "-"
-    s = float(s)
-    if s >= 3600:
-        return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
-    if s >= 60:
-        return f"{int(s // 60)}m{s % 60:04.1f}s"
-    if s >= 1:
-        return f"{s:.2f} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:.1f} ms"
-    return f"{s * 1e6:.0f} us"
-
-
-def fmt_ratio(x: float | None) -> str:
-    """A ratio such as a speedup: ``3.40x``; ``-`` for unknown."""
-    if x is None:
-        return "-"
-    return f"{x:.2f}x"
-
-
-def fmt_num(x: float | None, digits: int = 4) -> str:
-    """A parity figure: fixed for ordinary values, scientific for tiny ones; ``-`` for unknown."""
-    if x is None:
-        return "-"
-    x = float(x)
-    if x == 0:
-        return "0"
-    if abs(x) < 1e-3 or abs(x) >= 1e5:
-        return f"{x:.2e}"
-    return f"{x:.{digits}f}"
-
-
-def short_error(message: str | None, width: int = 60) -> str:
-    """The first line of an error message, cut to ``width`` characters."""
-    if not message:
-        return ""
-    line = str(message).strip().splitlines()[0] if str(message).strip() else ""
-    return line if len(line) <= width else line[: width - 3] + "..."
-
-
-# ---------------------------------------------------------------------------------------------------------
-# labels
 
 
 def _base_label(result: dict) -> str:
@@ -214,7 +124,7 @@ def _worst_parity(parities: list[dict]) -> dict | None:
         if not values:
             out[name] = None
         else:
-            out[name] = min(values) if name in _HIGHER_IS_BETTER else max(values)
+            out[name] = min(values) if name in HIGHER_IS_BETTER else max(values)
     return out
 
 
@@ -249,7 +159,7 @@ def aggregate_cells(result: dict) -> dict[tuple[str, Any], dict]:
         for c in use:
             for name, secs in (c.get("phases_s") or {}).items():
                 phases.setdefault(name, []).append(secs)
-        info = dict((use[0].get("info") or {}))
+        info = dict(use[0].get("info") or {})
         flop_fractions = [(c.get("info") or {}).get("flop_fraction") or flop_fraction_of(c, floors.get(key[1]))
                           for c in use]
         flop_fraction = _median(flop_fractions)
@@ -292,46 +202,6 @@ def peak_bytes(cell: dict, cuda: bool) -> float | None:
     return cell.get("peak_host_bytes")
 
 
-def rel_tolerance(dtype: str | None) -> float:
-    return EXACT_REL_TOL.get(str(dtype), DEFAULT_REL_TOL)
-
-
-def parity_checks(parity: dict | None, exact: bool, dtype: str | None) -> list[tuple[str, float, float, bool]]:
-    """The parity figures that are judged: ``(figure, value, threshold, passed)`` for each present one."""
-    if not parity:
-        return []
-    checks = []
-    if exact:
-        j, rel = parity.get("selected_jaccard"), parity.get("rel_frobenius")
-        tol = rel_tolerance(dtype)
-        if j is not None:
-            checks.append(("selected_jaccard", j, EXACT_MIN_JACCARD, j >= EXACT_MIN_JACCARD))
-        if rel is not None:
-            checks.append(("rel_frobenius", rel, tol, not math.isnan(rel) and rel <= tol))
-    else:
-        rec, pj = parity.get("edge_recall"), parity.get("pruned_node_jaccard")
-        if rec is not None:
-            checks.append(("edge_recall", rec, APPROX_MIN_EDGE_RECALL, rec >= APPROX_MIN_EDGE_RECALL))
-        if pj is not None:
-            checks.append(("pruned_node_jaccard", pj, APPROX_MIN_PRUNED_JACCARD, pj >= APPROX_MIN_PRUNED_JACCARD))
-    return checks
-
-
-def parity_verdict(row: dict, dtype: str | None, yardstick: bool = False) -> str:
-    """``ok``, ``BROKEN``, ``yardstick``, ``not checked`` or ``-`` (the cell failed).
-
-    ``yardstick``: the reference, or the cell the others were compared with where it did not complete.
-    """
-    if row.get("status") != "ok":
-        return "-"
-    if yardstick or row.get("backend") == REFERENCE:
-        return "yardstick"
-    checks = parity_checks(row.get("parity"), row.get("exact", True), dtype)
-    if not checks:
-        return "not checked"
-    return "ok" if all(c[3] for c in checks) else "BROKEN"
-
-
 def summarise(results: list[dict]) -> list[dict]:
     """One row per (run, nodes, backend), runs in the given order, nodes ascending, reference first.
 
@@ -371,7 +241,7 @@ def summarise(results: list[dict]) -> list[dict]:
                     row[name] = (cell["parity"] or {}).get(name)
                 row["parity_against"] = (cell["parity"] or {}).get("against")
                 row["flop_fraction"] = (cell.get("info") or {}).get("flop_fraction")
-                row["parity_verdict"] = parity_verdict(row, dtype, yardstick=backend in yardsticks)
+                row["parity_verdict"] = parity_verdict(row, dtype, yardstick=backend in yardsticks or backend == REFERENCE)
                 rows.append(row)
     return rows
 

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
-from attrbench.backend import AttributionResult
-from attrbench.prune import TopHistogram, abs_bits, radix_select
+from attrbench.api import AttributionResult
+from attrbench.graph.interop import to_circuit_tracer_graph
+from attrbench.graph.prune import TopHistogram, abs_bits, prune, radix_select
 
-#: graphs with more nodes than this are pruned by the streaming attrbench.prune.prune instead of prune_graph
+#: graphs with more nodes than this are pruned by the streaming attrbench.graph.prune.prune instead of prune_graph
 MAX_DENSE_PRUNE_NODES = 30_000
 #: fraction of total |weight| the yardstick's top edges must carry
 EDGE_MASS = 0.99
@@ -151,18 +153,14 @@ def pruned_nodes(result: AttributionResult, workload: Any = None) -> set[tuple]:
     """Identities of the nodes circuit-tracer's ``prune_graph`` (defaults) keeps.
 
     Up to :data:`MAX_DENSE_PRUNE_NODES` nodes circuit-tracer's own ``prune_graph`` runs (the yardstick); above,
-    :func:`attrbench.prune.prune`, which gives the same node mask reading the adjacency in row blocks.
+    :func:`attrbench.graph.prune.prune`, which gives the same node mask reading the adjacency in row blocks.
     """
     if result.adjacency_matrix.shape[0] > MAX_DENSE_PRUNE_NODES:
-        from attrbench.prune import prune
-
         mask = prune(result, return_edge_mask=False).node_mask
     else:
         from circuit_tracer.graph import prune_graph
 
         if workload is not None:
-            from attrbench.graph_store import to_circuit_tracer_graph
-
             graph = to_circuit_tracer_graph(result, workload)
         else:
             graph = _PruneView(result)

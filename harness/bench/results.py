@@ -17,17 +17,13 @@ import platform
 import subprocess
 import sys
 import tempfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from attrbench.errors import UsageError
 
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "error", "oom", "timeout")
-#: settings that must match for a resumed cell to be reused
-SETTINGS_KEYS = ("device", "dtype", "batch_size", "update_interval", "max_n_logits", "desired_logit_prob",
-                 "backend_options")
-PARITY_KEYS = ("against", "selected_jaccard", "rel_frobenius", "max_abs", "edge_recall", "pruned_node_jaccard")
 
 
 def attrbench_version() -> str:
@@ -102,7 +98,7 @@ def environment_info() -> dict[str, Any]:
 
 
 def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).astimezone().isoformat(timespec="seconds")
 
 
 def new_results(workload: dict[str, Any], settings: dict[str, Any], environment: dict[str, Any] | None = None
@@ -122,27 +118,94 @@ def new_results(workload: dict[str, Any], settings: dict[str, Any], environment:
 
 def new_cell(backend: str, exact: bool, nodes: int, repeat: int, **values: Any) -> dict[str, Any]:
     """One cell record with every key present (None where not measured)."""
-    cell = {
-        "backend": backend, "exact": bool(exact), "nodes": int(nodes), "repeat": int(repeat),
-        "status": "error", "error": None, "wall_s": None, "phases_s": {}, "peak_host_bytes": None,
-        "peak_gpu_bytes": None, "peak_gpu_torch_bytes": None, "n_selected": None, "n_active": None,
-        "n_logits": None, "info": {}, "parity": None,
-    }
-    unknown = set(values) - set(cell) - {"parity_note"}
-    if unknown:
-        raise ValueError(f"unknown cell keys {sorted(unknown)}")
-    cell.update(values)
-    return cell
+    return CellRecord.from_dict({"backend": backend, "exact": bool(exact), "nodes": int(nodes),
+                                 "repeat": int(repeat), **values}).to_dict()
+
+
+@dataclass
+class CellRecord:
+    """One cell of a results file, typed; :meth:`to_dict` gives the schema-1 JSON object."""
+
+    backend: str
+    exact: bool
+    nodes: int
+    repeat: int
+    status: str = "error"
+    error: str | None = None
+    wall_s: float | None = None
+    phases_s: dict[str, float] = field(default_factory=dict)
+    peak_host_bytes: int | None = None
+    peak_gpu_bytes: int | None = None
+    peak_gpu_torch_bytes: int | None = None
+    n_selected: int | None = None
+    n_active: int | None = None
+    n_logits: int | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    parity: dict[str, Any] | None = None
+    #: why a completed cell has no parity figures
+    parity_note: str | None = None
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.backend, self.nodes, self.repeat)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        if out["parity_note"] is None:
+            del out["parity_note"]  # present only where there is something to say
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CellRecord:
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown cell keys {sorted(unknown)}")
+        return cls(**data)
+
+
+class ResultsDocument:
+    """The results document of a run: cells kept from ``--resume`` first, each new cell replacing any
+    earlier record of the same key, the file rewritten atomically whenever something changes."""
+
+    def __init__(self, workload: dict[str, Any], settings: dict[str, Any], output: Path | None,
+                 resume: dict[str, Any] | None = None):
+        self.output = output
+        self.doc = new_results(workload, settings)
+        self.kept: set[tuple[str, int, int]] = set()
+        self.notes: list[str] = []
+        if resume is not None:
+            self.doc["resumed_from"] = resume.get("created")
+            for cell in resume.get("cells", []):
+                if cell.get("status") == "ok":
+                    self.kept.add(cell_key(cell))
+                    self.doc["cells"].append(cell)
+                    if cell.get("n_active") is not None:
+                        self.doc["workload"]["n_active"] = cell["n_active"]
+            if resume.get("yardstick_note"):
+                self.notes.append(resume["yardstick_note"])
+
+    def put(self, cell: CellRecord) -> None:
+        """Add ``cell`` (replacing a record of the same key) and write the file."""
+        record = cell.to_dict()
+        self.doc["cells"] = [c for c in self.doc["cells"] if cell_key(c) != cell.key] + [record]
+        if cell.status == "ok" and self.doc["workload"].get("n_active") is None:
+            self.doc["workload"]["n_active"] = cell.n_active
+        self.write()
+
+    def note(self, text: str | None) -> None:
+        if text and text not in self.notes:
+            self.notes.append(text)
+
+    def write(self) -> None:
+        self.doc["yardstick_note"] = "; ".join(self.notes) or None
+        if self.output is not None:
+            write_results_atomic(self.output, self.doc)
 
 
 def cell_key(cell: dict[str, Any]) -> tuple[str, int, int]:
     """(backend, nodes, repeat): what identifies a cell within one results file."""
     return (str(cell["backend"]), int(cell["nodes"]), int(cell["repeat"]))
-
-
-def settings_match(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two settings records would produce the same graphs (repeats and timeout do not matter)."""
-    return all(a.get(k) == b.get(k) for k in SETTINGS_KEYS)
 
 
 def _json_default(obj: Any) -> Any:
@@ -222,11 +285,6 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
         raise UsageError(f"results file {p} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
     return validate_results(data, f"results file {p}")
 
-
-__all__ = [
-    "SCHEMA_VERSION", "STATUSES", "SETTINGS_KEYS", "PARITY_KEYS", "environment_info", "new_results", "new_cell",
-    "cell_key", "settings_match", "write_results_atomic", "load_results", "validate_results",
-]
 
 if __name__ == "__main__":  # pragma: no cover
     json.dump(environment_info(), sys.stdout, indent=1)

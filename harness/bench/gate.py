@@ -15,17 +15,11 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from attrbench.bench.results import load_results
+from attrbench.bench.summary import REFERENCE, status_text, summarise
 from attrbench.errors import NotComparableError, UsageError
-from attrbench.reporting import (
-    REFERENCE,
-    fmt_num,
-    fmt_ratio,
-    load_results_file,
-    parity_checks,
-    short_error,
-    status_text,
-    summarise,
-)
+from attrbench.formatting import fmt_num, fmt_ratio, short_error
+from attrbench.graph.verdicts import parity_checks
 
 OK, REGRESSED, BROKEN = "ok", "REGRESSED", "BROKEN"
 
@@ -149,6 +143,6 @@ def run_gate(baseline: dict, current: dict, max_speedup_drop: float = 0.25, max_
 def load_and_gate(baseline_path: str | Path, current_path: str | Path, max_speedup_drop: float = 0.25,
                   max_memory_growth: float = 0.25, *, format: str = "table") -> tuple[int, str]:
     """Load two results files (a missing, corrupt or wrong-schema file is a one-line UsageError) and gate."""
-    baseline = load_results_file(baseline_path)
-    current = load_results_file(current_path)
+    baseline = load_results(baseline_path)
+    current = load_results(current_path)
     return run_gate(baseline, current, max_speedup_drop, max_memory_growth, format=format)

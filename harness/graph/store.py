@@ -10,13 +10,12 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 
-from attrbench.backend import AttributionResult
+from attrbench.api import AttributionResult
 
 ADJACENCY_FILE = "adjacency.npy"
 META_FILE = "meta.pt"
@@ -67,58 +66,4 @@ def load_result(directory: str | os.PathLike, mmap: bool = True) -> AttributionR
         phases_s=meta.get("phases_s", {}),
         info=meta.get("info", {}),
         **{name: meta[name] for name in _META_FIELDS},
-    )
-
-
-def remove(directory: str | os.PathLike | None) -> None:
-    """Delete a saved graph folder (missing is fine)."""
-    if directory:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def _tl_workload(workload: Any, result: AttributionResult) -> Any:
-    """Something ``transformer_lens_config`` accepts: a BuiltWorkload, or a spec with the result's tokens."""
-    if hasattr(workload, "spec") and hasattr(workload, "token_ids"):
-        return workload
-    return SimpleNamespace(spec=workload, token_ids=result.input_tokens)
-
-
-def _tokenizer(workload: Any):
-    tok = getattr(workload, "tokenizer", None)
-    if tok is not None:
-        return tok
-    from attrbench.build import build_tokenizer
-
-    spec = workload.spec if hasattr(workload, "spec") else workload
-    return build_tokenizer(spec.model.vocab_size)[0]
-
-
-def to_circuit_tracer_graph(result: AttributionResult, workload: Any):
-    """The result as a ``circuit_tracer.graph.Graph``.
-
-    ``workload`` is a :class:`attrbench.build.BuiltWorkload` or a :class:`attrbench.workload.WorkloadSpec` (then the
-    local word-level tokenizer is loaded; no weights are built).
-    """
-    from circuit_tracer.attribution.targets import LogitTarget
-    from circuit_tracer.graph import Graph
-
-    from attrbench.backends.reference import transformer_lens_config
-
-    spec = workload.spec if hasattr(workload, "spec") else workload
-    cfg = transformer_lens_config(_tl_workload(workload, result), "cpu", torch.float32)
-    tokenizer = _tokenizer(workload)
-    ids = [int(i) for i in result.logit_token_ids.tolist()]
-    targets = [LogitTarget(token_str=tokenizer.decode([i]), vocab_idx=i) for i in ids]
-    return Graph(
-        input_string=tokenizer.decode(result.input_tokens.tolist()),
-        input_tokens=result.input_tokens,
-        active_features=result.active_features,
-        adjacency_matrix=result.adjacency_matrix,
-        cfg=cfg,
-        selected_features=result.selected_features,
-        activation_values=result.activation_values,
-        logit_targets=targets,
-        logit_probabilities=result.logit_probabilities,
-        scan=f"attrbench-{spec.content_hash()}",
-        vocab_size=spec.model.vocab_size,
     )

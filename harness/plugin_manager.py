@@ -1,17 +1,26 @@
-"""The plugin manager: built-in plugins first, then third-party ones from the ``attrbench`` entry points."""
+"""The plugin manager: built-in plugins first, then third-party ones from the ``attrbench`` entry points,
+then modules named in ``ATTRBENCH_EXTRA_PLUGINS``; ``check_pending`` so a misspelled hook fails loudly.
+
+Hooks are called through pluggy, one plugin at a time: a plugin that fails at any hook is reported (by
+name, hook and exception type) and skipped, and the others still register.
+"""
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
+from dataclasses import replace
 from functools import lru_cache
 from importlib.metadata import entry_points
+from typing import Any
 
 import pluggy
 
 from attrbench import hookspecs
-from attrbench.backend import Backend
+from attrbench.api import Backend, Launcher, Reporter
+from attrbench.hookspecs import TrackerFactory
 
 BUILTIN_PLUGINS = (
     "attrbench.backends.reference",
@@ -21,6 +30,7 @@ BUILTIN_PLUGINS = (
     "attrbench.backends.approximate_pruned",
     "attrbench.plugins.reporters",
     "attrbench.plugins.trackers",
+    "attrbench.plugins.launchers",
 )
 
 
@@ -33,7 +43,9 @@ def _load_entry_point_plugins(pm: pluggy.PluginManager, warnings: list[str]) -> 
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
         except Exception as exc:  # a broken third-party plugin must not take the built-ins down
-            warnings.append(f"plugin {ep.name!r} ({ep.value}) failed to load and was skipped: {exc}")
+            warnings.append(
+                f"plugin {ep.name!r} ({ep.value}) failed to load and was skipped: {type(exc).__name__}: {exc}"
+            )
 
 
 @lru_cache(maxsize=1)
@@ -66,15 +78,21 @@ def plugin_warnings() -> list[str]:
     return list(getattr(get_plugin_manager(), "load_warnings", []))
 
 
-def _collect(hook_name: str, warnings: list[str]) -> list:
+def _collect(hook_name: str) -> list[Any]:
+    """Call ``hook_name`` through pluggy once per implementing plugin; a failing plugin is reported and skipped."""
     pm = get_plugin_manager()
-    items: list = []
+    warnings = pm.load_warnings  # type: ignore[attr-defined]
+    items: list[Any] = []
     for impl in getattr(pm.hook, hook_name).get_hookimpls():
-        collected: list = []
+        others = [p for p in pm.get_plugins() if p is not impl.plugin]
+        collected: list[Any] = []
         try:
-            impl.function(register=collected.append)
+            pm.subset_hook_caller(hook_name, remove_plugins=others)(register=collected.append)
         except Exception as exc:
-            warnings.append(f"plugin {impl.plugin_name!r} failed in {hook_name} and was skipped: {exc}")
+            message = (f"plugin {impl.plugin_name!r} failed in {hook_name} and was skipped: "
+                       f"{type(exc).__name__}: {exc}")
+            if message not in warnings:
+                warnings.append(message)
             continue
         items.extend(collected)
     return items
@@ -92,6 +110,7 @@ class VariantBackend(Backend):
         self.base = base
         self.fixed_options = options
         self.exact, self.devices, self.dtypes = base.exact, base.devices, base.dtypes
+        self.yardstick = None  # a variant is compared with the yardsticks, never one itself
         self.description = f"{base.name} with {options}"
         self.option_defaults = {**base.option_defaults, **options}
 
@@ -99,8 +118,6 @@ class VariantBackend(Backend):
         return self.base.prepare(workload, device, dtype)
 
     def attribute(self, prepared, settings):
-        from dataclasses import replace
-
         return self.base.attribute(prepared, replace(settings, options={**settings.options, **self.fixed_options}))
 
 
@@ -108,8 +125,6 @@ class BackendRegistry(dict):
     """Registered backends by name; looking up ``NAME@KEY=VALUE;...`` gives a :class:`VariantBackend`."""
 
     def _variant(self, label: str) -> Backend | None:
-        import json
-
         name, _, spec = label.partition("@")
         if not spec or not dict.__contains__(self, name):
             return None
@@ -139,9 +154,9 @@ class BackendRegistry(dict):
 
 def get_backends() -> BackendRegistry:
     """Every registered backend by name, built-ins first, in registration order."""
-    warnings = getattr(get_plugin_manager(), "load_warnings", [])
+    warnings = get_plugin_manager().load_warnings  # type: ignore[attr-defined]
     backends = BackendRegistry()
-    for backend in _collect("register_backends", warnings):
+    for backend in _collect("register_backends"):
         if backend.name in backends:
             warnings.append(f"backend name {backend.name!r} registered twice; the first one is kept")
             continue
@@ -149,14 +164,19 @@ def get_backends() -> BackendRegistry:
     return backends
 
 
-def get_reporters() -> dict:
+def get_reporters() -> dict[str, Reporter]:
     """Every registered reporter by format name."""
-    return {r.format: r for r in _collect("register_reporters", [])}
+    return {r.format: r for r in _collect("register_reporters")}
 
 
-def get_tracker_factories() -> list:
+def get_tracker_factories() -> list[TrackerFactory]:
     """Every registered tracker factory."""
-    return _collect("register_trackers", [])
+    return _collect("register_trackers")
+
+
+def get_launchers() -> dict[str, Launcher]:
+    """Every registered launcher by name."""
+    return {launcher.name: launcher for launcher in _collect("register_launchers")}
 
 
 def report_plugin_warnings(stream=sys.stderr) -> None:

@@ -2,36 +2,45 @@
 
 :class:`ExactBackend` reproduces ``circuit_tracer.attribution.attribute`` step for step (logit rows, feature
 rows in batches, influence re-ranking every ``update_interval`` batches, packaging into the same node
-order) but computes each batch of rows with hand-written VJPs; autograd is never used. Each
-faster backend overrides one of the marked hooks and nothing else:
+order) but computes each batch of rows with hand-written VJPs; autograd is never used. Each faster
+backend adds its one idea by overriding these hooks, and nothing else:
 
-* :meth:`ExactBackend.position_limit` / :meth:`ExactBackend.order_window` (causal trick),
-* :meth:`ExactBackend.attention_vjp`, :meth:`ExactBackend.contract_features`,
-  :meth:`ExactBackend.node_layout`, :attr:`ExactBackend.ranking_rule` (GQA and GEMM layouts),
-* :meth:`ExactBackend.make_edge_store` (approximate-pruned).
+* causal-trick: :meth:`ExactBackend.position_limit`, :meth:`ExactBackend.order_window`,
+  :meth:`ExactBackend.live_rows` (backward only over positions <= the batch's targets, rows joining at
+  their own layer);
+* gqa-shared: :meth:`ExactBackend.prepare_layouts`, :meth:`ExactBackend.node_layout`,
+  :meth:`ExactBackend.attention_vjp`, :meth:`ExactBackend.contract_features` and the
+  :attr:`ExactBackend.ranking_rule` attribute (one V GEMM per KV group, GEMM-shaped layouts, single-pass
+  ranking);
+* approximate-pruned: :meth:`ExactBackend.make_edge_store` (edges below a threshold dropped).
+
+:meth:`ExactBackend.edge_storage` (dense or lean rows) is shared by all.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
-from attrbench.backend import AttributeSettings, AttributionResult, Backend
-from attrbench.backends.edge_store import DenseEdgeStore, LayeredEdgeStore
-from attrbench.backends.flops import row_flop_floor
-from attrbench.backends.linearised import (
+from attrbench.api import AttributeSettings, AttributionResult, Backend
+from attrbench.backends.exact.edge_store import DenseEdgeStore, LayeredEdgeStore
+from attrbench.backends.exact.flops import row_flop_floor
+from attrbench.backends.exact.linearised import (
     LinearisedModel,
     ModelWeights,
     linearise,
     prepare_weights,
     salient_logits,
 )
-from attrbench.build import BuiltWorkload
 from attrbench.errors import UsageError
+from attrbench.memory import dense_fits
+from attrbench.workload.build import BuiltWorkload
+
 
 @dataclass
 class Prepared:
@@ -143,23 +152,25 @@ class ExactBackend(Backend):
             if e > s:
                 out[:, s:e] = grad[:, p] @ model.decoder_vecs[s:e].T
 
-    def make_edge_store(self, model: LinearisedModel, n_rows: int, n_nodes: int, settings: AttributeSettings,
-                        build: bool = True):
-        """Storage of the edge rows: circuit-tracer's dense float32 rows, or the lean layered store.
+    def edge_storage(self, model: LinearisedModel, n_rows: int, n_nodes: int, settings: AttributeSettings) -> str:
+        """``"dense"`` (circuit-tracer's float32 rows) or ``"lean"`` (the layered store).
 
         Option ``edge_storage``: ``dense``, ``lean`` or ``auto`` (default: lean when the dense rows, their
         ranking copy and the square adjacency would take more than half of the memory they live in).
-        With ``build=False`` only the choice (``"dense"`` or ``"lean"``) is returned.
         """
         choice = settings.options.get("edge_storage", "auto")
         if choice not in ("auto", "dense", "lean"):
             raise UsageError(f"edge_storage must be auto, dense or lean, got {choice!r}")
-        device = model.weights.device
         if choice == "auto":
-            choice = "lean" if dense_storage_bytes(n_rows, n_nodes, model) > 0.5 * memory_for(device) else "dense"
-        if not build:
-            return choice
-        if choice == "lean":
+            fits = dense_fits(n_rows, n_nodes, model.n_layers, model.n_pos, model.weights.device)
+            choice = "dense" if fits else "lean"
+        return str(choice)
+
+    def make_edge_store(self, model: LinearisedModel, n_rows: int, n_nodes: int,
+                        settings: AttributeSettings) -> Any:
+        """Storage of the edge rows, as :meth:`edge_storage` chooses."""
+        device = model.weights.device
+        if self.edge_storage(model, n_rows, n_nodes, settings) == "lean":
             return LayeredEdgeStore(model, n_rows, n_nodes, device, settings.scratch_dir)
         return DenseEdgeStore(n_rows, n_nodes, device)
 
@@ -271,21 +282,6 @@ class ExactBackend(Backend):
             info={"n_logits": n_logits, "flop_floor": flop_floor(model, selected, n_logits), "edge_storage": storage},
             adjacency_file=getattr(store, "adjacency_file", None),
         )
-
-
-def dense_storage_bytes(n_rows: int, n_nodes: int, model: LinearisedModel) -> int:
-    """Bytes of the dense edge rows, circuit-tracer's ranking copy of them, and the square adjacency."""
-    n_square = n_rows + model.n_layers * model.n_pos + model.n_pos
-    return 4 * (2 * n_rows * n_nodes + n_square * n_square)
-
-
-def memory_for(device: torch.device) -> int:
-    """Total memory of the device the edge rows live on (host RAM for the CPU)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    import psutil
-
-    return psutil.virtual_memory().total
 
 
 def flop_floor(model: LinearisedModel, selected: torch.Tensor, n_logits: int) -> float:

@@ -1,7 +1,7 @@
 """Workload specifications: presets, JSON workload files, validation and a stable hash.
 
 A workload is a model shape (Hugging Face config field names), a transcoder shape, a prompt and a seed.
-:mod:`attrbench.build` turns it into weights; the same spec always gives bit-identical weights and prompt.
+:mod:`attrbench.workload.build` turns it into weights; the same spec always gives bit-identical weights and prompt.
 """
 
 from __future__ import annotations

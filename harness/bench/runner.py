@@ -1,0 +1,138 @@
+"""The benchmark runner: orchestration only.
+
+For each (nodes, repeat) group of the plan (:mod:`attrbench.bench.plan`) it launches every cell through the
+chosen launcher (:class:`attrbench.api.Launcher`; the worker it runs is :mod:`attrbench.bench.worker`),
+compares each graph with its group's yardstick (:mod:`attrbench.bench.yardstick`) and records the cell in
+the results document (:mod:`attrbench.bench.results`), which is rewritten atomically after every cell.
+Cells kept from ``--resume`` are not run again; with ``--strict``, cells that ``estimate`` predicts will not
+fit are recorded as ``oom`` without running.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TextIO
+
+from attrbench.api import CellJob, Launcher
+from attrbench.bench.estimate import predict_unfit
+from attrbench.bench.plan import Cell, plan_cells
+from attrbench.bench.results import CellRecord, ResultsDocument
+from attrbench.bench.scratch import ScratchFolder
+from attrbench.bench.settings import BenchSettings
+from attrbench.bench.yardstick import GroupYardsticks
+from attrbench.plugin_manager import BackendRegistry, get_backends
+from attrbench.workload.spec import WorkloadSpec
+
+#: graphs above this size get a progress line before parity (it reads both adjacencies, minutes at 70k nodes)
+LARGE_GRAPH_BYTES = 2**30
+
+
+@dataclass
+class RunConfig:
+    """Everything one ``attrbench run`` needs (validated by the CLI)."""
+
+    spec: WorkloadSpec
+    backends: list[str]
+    nodes: list[int]
+    settings: BenchSettings
+    output: Path | None = None
+    resume: dict[str, Any] | None = None
+
+    def workload_record(self) -> dict[str, Any]:
+        return {"name": self.spec.name, "hash": self.spec.content_hash(), "config": self.spec.to_dict(),
+                "n_active": None}
+
+
+class Runner:
+    """Runs a :class:`RunConfig` cell by cell through ``launcher``, keeping the results document up to date."""
+
+    def __init__(self, config: RunConfig, launcher: Launcher, progress: TextIO | None = None):
+        self.config = config
+        self.launcher = launcher
+        self.stream = progress if progress is not None else sys.stderr
+        self.backends: BackendRegistry = get_backends()
+        self.results = ResultsDocument(config.workload_record(), config.settings.to_dict(), config.output,
+                                       config.resume)
+        self.scratch = ScratchFolder(config.output)
+
+    def say(self, text: str) -> None:
+        print(f"attrbench: {text}", file=self.stream, flush=True)
+
+    def run(self) -> dict[str, Any]:
+        """Run every cell; returns the results document (also written to ``config.output``)."""
+        c = self.config
+        plan = plan_cells(c.backends, c.nodes, c.settings.repeats, self.backends)
+        todo = [cell for cell in plan if cell.key not in self.results.kept]
+        too_big = predict_unfit(c.spec, todo, self.backends, c.settings, self.say)
+        counter = itertools.count(1)
+        try:
+            self.results.write()
+            for _, group in itertools.groupby(plan, key=lambda cell: (cell.nodes, cell.repeat)):
+                with GroupYardsticks(c.backends, self.backends, c.spec, self._rerun) as yardsticks:
+                    for cell in group:
+                        tag = f"[{next(counter)}/{len(plan)}] {cell.label()}"
+                        status = self._one(cell, tag, too_big.get((cell.backend, cell.nodes)), yardsticks)
+                        yardsticks.record(cell.backend, status)
+            return self.results.doc
+        except KeyboardInterrupt:
+            self.say("interrupted; stopping (finished cells are kept)")
+            raise
+        finally:
+            try:
+                self.results.write()
+            finally:
+                self.scratch.remove()
+
+    def _one(self, cell: Cell, tag: str, too_big: str | None, yardsticks: GroupYardsticks) -> str:
+        """Run (or keep, or skip) one cell and record it; returns its status."""
+        if cell.key in self.results.kept:
+            self.say(f"{tag}: kept from --resume (ok)")
+            return "ok"
+        record = CellRecord(cell.backend, self.backends[cell.backend].exact, cell.nodes, cell.repeat)
+        if too_big is not None and self.config.settings.strict:
+            record = replace(record, status="oom", error=f"{too_big}; not run (--strict)")
+            wall = ""
+        else:
+            self.say(f"{tag}: started")
+            t0 = time.monotonic()
+            values, graph_dir = self._launch(cell, tag)
+            record = replace(record, **values)
+            if graph_dir is not None:
+                if (graph_dir / "adjacency.npy").stat().st_size > LARGE_GRAPH_BYTES:
+                    self.say(f"{tag}: comparing its graph with its yardstick's")
+                record = replace(record, **yardsticks.compare(cell, graph_dir))
+                if record.parity:
+                    self.results.note(yardsticks.note(cell, record.parity["against"]))
+            wall = f" {record.wall_s:.3f} s" if record.wall_s is not None else f" after {time.monotonic() - t0:.1f} s"
+        self.results.put(record)
+        self.say(f"{tag}: {record.status}{wall}" + (f" ({record.error})" if record.error else ""))
+        return record.status
+
+    def _launch(self, cell: Cell, tag: str) -> tuple[dict[str, Any], Path | None]:
+        """Run ``cell`` through the launcher; returns its values and its graph folder (None unless ok)."""
+        graph_dir = self.scratch.new_graph_dir()
+        job = CellJob(self.config.spec.to_dict(), cell.backend, cell.nodes, cell.repeat,
+                      self.config.settings.to_dict(), str(graph_dir))
+        values = self.launcher.run(job, self.config.settings.timeout_s, progress=lambda text: self.say(f"{tag}: {text}"))
+        values.pop("traceback", None)
+        if values["status"] == "ok" and (graph_dir / "adjacency.npy").exists():
+            return values, graph_dir
+        shutil.rmtree(graph_dir, ignore_errors=True)
+        return values, None
+
+    def _rerun(self, cell: Cell) -> Path | None:
+        self.say(f"re-running {cell.label()} for its graph (its record was kept from --resume)")
+        return self._launch(cell, f"{cell.label()} (re-run for its graph)")[1]
+
+
+def run(config: RunConfig, launcher: Launcher, progress: TextIO | None = None) -> dict[str, Any]:
+    """Run every cell of ``config``; returns the results document (also written to ``config.output``).
+
+    Raises ``KeyboardInterrupt`` after stopping the running cell and writing the finished cells.
+    """
+    return Runner(config, launcher, progress).run()

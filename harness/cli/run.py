@@ -1,0 +1,141 @@
+"""``attrbench run``: every backend x node count x repeat, each cell isolated by the launcher."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+
+from attrbench.bench.results import load_results
+from attrbench.bench.runner import RunConfig, run
+from attrbench.bench.summary import render
+from attrbench.cli.options import (
+    DEFAULT_NODES,
+    attribution_options,
+    backend_names,
+    backends_option,
+    bench_settings,
+    check_options,
+    check_supports,
+    check_writable,
+    device_option,
+    err,
+    memory_limit_option,
+    nodes_list_option,
+    output_option,
+    parse_int_list,
+    parse_options,
+    resolve_device,
+    resolve_spec,
+    workload_options,
+    workload_size_options,
+)
+from attrbench.errors import UsageError
+from attrbench.plugin_manager import get_backends, get_launchers, report_plugin_warnings
+
+
+def render_doc(doc: dict[str, Any], fmt: str) -> str:
+    """The results as ``fmt``; JSON when no reporter can render them (the results still reach stdout)."""
+    if fmt == "json":
+        return json.dumps(doc, indent=1, default=str)
+    try:
+        text = render([doc], fmt)
+    except UsageError as exc:  # e.g. the reporters plugin failed to load
+        err(f"warning: {exc}; printing the results as JSON")
+        return json.dumps(doc, indent=1, default=str)
+    return text.decode() if isinstance(text, bytes) else text
+
+
+def interrupt_on_signals() -> None:
+    """Ctrl-C (SIGINT) and SIGTERM stop a run cleanly (children killed, finished cells kept, exit 130).
+
+    SIGINT is set explicitly: Python leaves it ignored when the process inherited it ignored, as every
+    command started in the background by a non-interactive shell does.
+    """
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+@click.command("run")
+@workload_options
+@attribution_options
+@backends_option
+@nodes_list_option(required=False)
+@device_option(("auto", "cpu", "cuda"), "auto", "Device to run the backends on.")
+@click.option("--repeats", type=int, default=1, show_default=True, help="Timed repeats of every cell.")
+@click.option("--timeout", "timeout_s", type=float, default=None,
+              help="Seconds the timed attribution of one cell may take before it is killed (status timeout).")
+@output_option(False, "Results JSON file, rewritten atomically after every cell.")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table",
+              show_default=True, help="What to print on stdout after the run.")
+@click.option("--resume", "resume_file", default=None, type=click.Path(dir_okay=False),
+              help="Results file of an earlier, interrupted run: its ok cells are kept and not run again "
+                   "(also the default --output).")
+@click.option("--no-warmup", is_flag=True, default=False, help="Skip the untimed warm-up attribution.")
+@workload_size_options
+@memory_limit_option("Memory limit (RLIMIT_DATA: heap and anonymous mappings) of each CPU cell in GiB; an "
+                     "allocation beyond it makes the cell 'oom'. Default: physical memory + swap on CPU, none on "
+                     "CUDA; 0 disables.")
+@click.option("--strict", is_flag=True, default=False,
+              help="Do not launch cells whose predicted peak memory (attrbench estimate) exceeds what is "
+                   "available; record them as 'oom'.")
+@click.option("--launcher", "launcher_name", default="process", show_default=True,
+              help="How cells are run: 'process' (a fresh child process per cell on this machine) or a "
+                   "launcher plugin's name.")
+def run_cmd(backends_opt: str, nodes_opt: str | None, model: str | None, workload_file: str | None, device: str,
+            dtype: str, batch_size: int, update_interval: int, max_logits: int, logit_prob: float, repeats: int,
+            timeout_s: float | None, output: str | None, fmt: str, resume_file: str | None, no_warmup: bool,
+            options: tuple[str, ...], d_transcoder: int | None, n_tokens: int | None, memory_limit: float | None,
+            strict: bool, transcoders_dir: str | None, prompt_text: str | None, launcher_name: str) -> int:
+    """Run the benchmark: every backend x node count x repeat in its own child process."""
+    nodes = parse_int_list(nodes_opt, "--nodes") if nodes_opt is not None else list(DEFAULT_NODES)
+    opts = parse_options(options)
+    settings = bench_settings(device=resolve_device(device), dtype=dtype, batch_size=batch_size,
+                              update_interval=update_interval, max_logits=max_logits, logit_prob=logit_prob,
+                              repeats=repeats, timeout_s=timeout_s, warmup=not no_warmup, options=opts,
+                              memory_limit=memory_limit, strict=strict)
+    spec, preset_note = resolve_spec(model, workload_file, transcoders_dir, prompt_text, nodes, d_transcoder,
+                                     n_tokens)
+    known = get_backends()
+    report_plugin_warnings()
+    names = backend_names(backends_opt, known)
+    for name in names:
+        check_supports(known[name], settings.device, dtype)
+    check_options(opts, [known[n] for n in names])
+    launchers = get_launchers()
+    if launcher_name not in launchers:
+        raise UsageError(f"unknown launcher {launcher_name!r}; known launchers: {', '.join(launchers) or 'none'}")
+
+    resume = None
+    if resume_file is not None:
+        resume = load_results(resume_file)
+        output = output or resume_file
+        if resume["workload"].get("hash") != spec.content_hash():
+            raise UsageError(f"--resume {resume_file} was made with another workload "
+                             f"(hash {resume['workload'].get('hash')}, this one {spec.content_hash()})")
+        if not settings.resumable_from(resume["settings"]):
+            raise UsageError(f"--resume {resume_file} was made with other settings (device, dtype, batch size, "
+                             "update interval, logits or backend options differ)")
+    config = RunConfig(spec=spec, backends=names, nodes=nodes, settings=settings,
+                       output=Path(output) if output else None, resume=resume)
+    if config.output is not None:
+        check_writable(config.output, "--output")
+
+    if preset_note:
+        err(preset_note)
+    interrupt_on_signals()
+    try:
+        doc = run(config, launchers[launcher_name])
+    except KeyboardInterrupt:
+        where = f"; finished cells are in {config.output}" if config.output else ""
+        err(f"interrupted{where}")
+        return 130
+    click.echo(render_doc(doc, fmt))
+    return 1 if any(c.get("status") == "error" for c in doc["cells"]) else 0

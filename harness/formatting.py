@@ -1,0 +1,57 @@
+"""Human-readable numbers: bytes, durations, ratios, parity figures, one-line errors."""
+
+from __future__ import annotations
+
+
+def fmt_bytes(n: float | int | None) -> str:
+    """Human-readable byte count (KiB / MiB / GiB); ``-`` for unknown."""
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def fmt_seconds(s: float | None) -> str:
+    """Human-readable duration; ``-`` for unknown."""
+    if s is None:
+        return "-"
+    s = float(s)
+    if s >= 3600:
+        return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
+    if s >= 60:
+        return f"{int(s // 60)}m{s % 60:04.1f}s"
+    if s >= 1:
+        return f"{s:.2f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.1f} ms"
+    return f"{s * 1e6:.0f} us"
+
+
+def fmt_ratio(x: float | None) -> str:
+    """A ratio such as a speedup: ``3.40x``; ``-`` for unknown."""
+    if x is None:
+        return "-"
+    return f"{x:.2f}x"
+
+
+def fmt_num(x: float | None, digits: int = 4) -> str:
+    """A parity figure: fixed for ordinary values, scientific for tiny ones; ``-`` for unknown."""
+    if x is None:
+        return "-"
+    x = float(x)
+    if x == 0:
+        return "0"
+    if abs(x) < 1e-3 or abs(x) >= 1e5:
+        return f"{x:.2e}"
+    return f"{x:.{digits}f}"
+
+
+def short_error(message: str | None, width: int = 60) -> str:
+    """The first line of an error message, cut to ``width`` characters."""
+    if not message:
+        return ""
+    line = str(message).strip().splitlines()[0] if str(message).strip() else ""
+    return line if len(line) <= width else line[: width - 3] + "..."
