@@ -95,10 +95,6 @@ class PrunedEdgeStore:
             return empty, empty, torch.zeros(0, device=self.device)
         return self.chunks[0]
 
-    @property
-    def kept_fraction(self) -> float:
-        return float(self._entries()[0].numel()) / max(1, self.n_dense)
-
     def influences(self, logit_probabilities: torch.Tensor, rule: str = "streamed",
                    max_iter: int = 128) -> torch.Tensor:
         """:func:`attrbench.backends.exact.ranking.streamed_influences` over the kept entries."""

@@ -185,15 +185,3 @@ def pruned_node_jaccard(result: AttributionResult, yardstick: AttributionResult,
             return _jaccard(pruned_nodes(result, workload), pruned_nodes(yardstick, workload))
     except (RuntimeError, ValueError):  # e.g. influence power iteration not converging on a cyclic graph
         return None
-
-
-def summary(parity: dict[str, Any] | None) -> str:
-    """'jac 1.000 rel 1.2e-07 recall 1.000' (or '-')."""
-    if not parity:
-        return "-"
-
-    def f(v: Any, fmt: str) -> str:
-        return "-" if v is None else format(v, fmt)
-
-    return (f"jac {f(parity.get('selected_jaccard'), '.3f')} rel {f(parity.get('rel_frobenius'), '.1e')} "
-            f"recall {f(parity.get('edge_recall'), '.3f')}")

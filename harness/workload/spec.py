@@ -32,10 +32,6 @@ class ModelSpec:
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
 
-    @property
-    def heads_per_kv(self) -> int:
-        return self.num_attention_heads // self.num_key_value_heads
-
 
 @dataclass(frozen=True)
 class TranscoderSpec:
@@ -151,7 +147,6 @@ PRESETS: dict[str, tuple[WorkloadSpec, str]] = dict(
         ),
     ]
 )
-DEFAULT_PRESET = "tiny"
 #: presets considered when --model is not given, smallest first
 AUTO_PRESETS = ("tiny", "small", "large")
 
