@@ -47,3 +47,12 @@ def reference_run(tmp_path_factory):
                    env=subprocess_env(None))
     data = json.loads(out.read_text()) if out.exists() else None
     return proc, data, out
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under tests/cli/ runs ``attrbench`` in subprocesses: it is ``slow``
+    (``pytest -m "not slow"`` runs the unit and in-process integration tests only)."""
+    cli_dir = TESTS_DIR / "cli"
+    for item in items:
+        if cli_dir in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.slow)

@@ -1,37 +1,17 @@
-"""attrbench estimate, the runner's --strict pre-check and the per-cell --memory-limit."""
+"""``attrbench estimate`` and the runner's --strict pre-check."""
 
 from __future__ import annotations
 
 import json
 
-import pytest
-from cli_helpers import invoke, run_cli, subprocess_env
+from cli_helpers import invoke
 
 from attrbench.bench import estimate as est
-from attrbench.bench.estimate import COST_MODELS, GIB, estimate_cell, fits
+from attrbench.bench.estimate import GIB, estimate_cell
 from attrbench.bench.runner import RunConfig, Runner
-from attrbench.bench.settings import BenchSettings, resolve_memory_limit
+from attrbench.bench.settings import BenchSettings
 from attrbench.plugins.launchers import ProcessLauncher
 from attrbench.workload.spec import preset
-
-
-@pytest.mark.parametrize("backend", COST_MODELS)
-def test_estimate_grows_with_nodes(backend):
-    spec = preset("small")
-    small, big = (estimate_cell(spec, backend, n, rate=50e9) for n in (1000, 20000))
-    assert big.host_bytes > small.host_bytes > 0
-    assert big.time_s > small.time_s > 0
-    assert small.gpu_bytes is None
-    gpu = estimate_cell(spec, backend, 20000, device="cuda", rate=30e12)
-    assert gpu.gpu_bytes is not None and gpu.gpu_bytes > 0
-
-
-def test_reference_at_70000_nodes_does_not_fit_in_24_gib():
-    e = estimate_cell(preset("large"), "autograd", 70000, rate=50e9)
-    ok, reason = fits(e, 24 * GIB, None)
-    assert not ok and "exceeds 24.0 GiB available" in reason
-    assert e.host_bytes > 40 * GIB  # ~26 GB of edge rows + ~20 GB adjacency, as circuit-tracer allocates them
-    assert fits(estimate_cell(preset("tiny"), "autograd", 200, rate=50e9), 24 * GIB, None)[0]
 
 
 def test_cli_prints_a_table(capsys):
@@ -83,25 +63,3 @@ def test_strict_records_predicted_oom_without_running(tmp_path, monkeypatch, cap
     assert cells["gqa-shared"]["status"] == "ok"
     assert "warning: reference nodes=100: predicted peak" in err
     assert json.loads(out.read_text())["settings"]["strict"] is True
-
-
-def test_memory_limit_defaults():
-    import psutil
-
-    assert resolve_memory_limit("cpu", None) >= psutil.virtual_memory().total
-    assert resolve_memory_limit("cuda", None) is None
-    assert resolve_memory_limit("cpu", 0) is None
-    assert resolve_memory_limit("cpu", 2) == 2 * GIB
-
-
-def test_allocation_beyond_memory_limit_is_oom(tmp_path):
-    out = tmp_path / "r.json"
-    proc = run_cli(["run", "--backends", "gqa-shared,hog", "--model", "tiny", "--nodes", "50", "--batch-size", "64",
-                    "--memory-limit", "6", "--output", str(out)], env=subprocess_env(ATTRBENCH_TEST_HOG_GIB="16"),
-                   timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    cells = {c["backend"]: c for c in json.loads(out.read_text())["cells"]}
-    assert cells["hog"]["status"] == "oom", cells["hog"]
-    assert "allocate" in cells["hog"]["error"] or "MemoryError" in cells["hog"]["error"]
-    assert cells["gqa-shared"]["status"] == "ok"
-    assert json.loads(out.read_text())["settings"]["memory_limit_bytes"] == 6 * GIB

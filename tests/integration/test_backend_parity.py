@@ -19,7 +19,7 @@ from attrbench.plugin_manager import get_backends
 from attrbench.workload.build import build_workload
 from attrbench.workload.spec import load_workload_file, preset
 
-WORKLOADS = Path(__file__).resolve().parent.parent / "workloads"
+WORKLOADS = Path(__file__).resolve().parents[2] / "workloads"
 EXACT = ["autodiff-free", "causal-trick", "gqa-shared"]
 WORKLOAD_SPECS = {
     "tiny": lambda: preset("tiny"),

@@ -178,6 +178,7 @@ def _rss_anon() -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_streaming_on_memmap_never_allocates_n_by_n(tmp_path):
     n_features, n_layers, n_pos, n_logits = 11_000, 8, 40, 10
     n = n_features + n_layers * n_pos + n_pos + n_logits  # 11,370 nodes
