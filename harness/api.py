@@ -90,7 +90,7 @@ class Backend:
     yardstick: ClassVar[int | None] = None
 
     def prepare(self, workload: Any, device: str, dtype: torch.dtype) -> Any:
-        """Build whatever :meth:`attribute` needs from a :class:`attrbench.workload.BuiltWorkload`."""
+        """Build whatever :meth:`attribute` needs from a :class:`attrbench.workload.build.BuiltWorkload`."""
         raise NotImplementedError
 
     def attribute(self, prepared: Any, settings: AttributeSettings) -> AttributionResult:

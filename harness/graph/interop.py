@@ -31,7 +31,7 @@ def tokenizer_for(workload: Any) -> Any:
 def to_circuit_tracer_graph(result: AttributionResult, workload: Any):
     """The result as a ``circuit_tracer.graph.Graph``.
 
-    ``workload`` is a :class:`attrbench.workload.build.BuiltWorkload` or a :class:`attrbench.workload.WorkloadSpec` (then the
+    ``workload`` is a :class:`attrbench.workload.build.BuiltWorkload` or a :class:`attrbench.workload.spec.WorkloadSpec` (then the
     local word-level tokenizer is loaded; no weights are built).
     """
     from circuit_tracer.attribution.targets import LogitTarget

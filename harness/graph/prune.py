@@ -328,13 +328,123 @@ def prune(graph: Any, node_threshold: float = 0.8, edge_threshold: float = 0.98,
                             return_edge_mask=return_edge_mask)[0]
 
 
+class _EdgePruner:
+    """The edge half of ``prune_graph`` over the node-pruned matrix, one row block at a time."""
+
+    def __init__(self, adj: torch.Tensor, block_rows: int, kept: torch.Tensor, logit_weights: torch.Tensor,
+                 return_edge_mask: bool):
+        self.n = adj.shape[0]
+        self.device = adj.device
+        self.pruned = _Scorer(adj, block_rows, keep=kept)
+        self.kept = kept
+        self.influence = self.pruned.influence(logit_weights) + logit_weights
+        self.threshold = 0.0
+        self.dense_mask = torch.zeros(self.n, self.n, dtype=torch.bool, device=self.device) if return_edge_mask else None
+
+    def score_rows(self, r0: int, r1: int, rows: torch.Tensor | None) -> torch.Tensor:
+        """Edge scores (``normalized_pruned * pruned_influence[:, None]``) of rows r0 + rows (r0:r1 when None)."""
+        infl = self.influence[r0:r1] if rows is None else self.influence[r0 + rows]
+        return self.pruned.normalized(r0, r1, rows).mul_(infl[:, None])
+
+    def score_blocks(self) -> Iterator[torch.Tensor]:
+        """The scores of kept rows (dropped rows score zero everywhere and add no mass)."""
+        for r0, r1 in self.pruned.ranges():
+            rows = self.pruned.kept_rows(r0, r1)
+            if rows is None or rows.numel():
+                yield self.score_rows(r0, r1, rows)
+
+    def find_edge_threshold(self, edge_threshold: float) -> None:
+        """The score ``find_threshold(edge_scores.flatten(), edge_threshold)`` returns, by radix selection."""
+        need_holder: dict[str, float] = {}
+
+        def need(total: float, _count: float) -> float:
+            p = cumsum_need(total, edge_threshold)
+            need_holder["need"], need_holder["total"] = p, total
+            return max(p, 5e-324)  # need <= 0: the first (largest) score
+
+        t_bits, _, total = radix_select(self.score_blocks, need, by_mass=True)
+        if total <= 0:
+            self.threshold = 0.0  # every score is zero: find_threshold returns 0
+        elif need_holder["need"] > total:  # clamped to the last sorted element: the smallest score
+            self.threshold = 0.0 if not bool(self.kept.all()) else min(float(b.min()) for b in self.score_blocks())
+        else:
+            self.threshold = _bits_to_float(t_bits)
+        self.threshold_t = torch.tensor(self.threshold, dtype=torch.float32, device=self.device)
+
+    def _block_edges(self, r0: int, r1: int, rows: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+        """The kept-edge mask of one block's rows (from the stored base mask once it is complete)."""
+        dense = self.dense_mask
+        if dense is not None and mask is not None:
+            return dense[r0:r1] if rows is None else dense[r0 + rows]  # stored base mask
+        edges = self.score_rows(r0, r1, rows) >= self.threshold_t
+        if dense is not None:
+            if rows is None:
+                dense[r0:r1] = edges
+            else:
+                dense[r0 + rows] = edges
+        return edges
+
+    def sweep(self, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(any kept edge out of each source, any kept edge into each target) of base & mask mask^T."""
+        out_any = torch.zeros(self.n, dtype=torch.bool, device=self.device)
+        in_any = torch.zeros(self.n, dtype=torch.bool, device=self.device)
+        skip_dropped_rows = self.threshold > 0  # dropped rows have all-zero scores, so no edge at all
+        for r0, r1 in self.pruned.ranges():
+            if mask is not None:
+                rows = self.pruned.kept_rows(r0, r1, mask)
+            elif skip_dropped_rows:
+                rows = self.pruned.kept_rows(r0, r1)
+            else:
+                rows = None
+            if rows is not None and rows.numel() == 0:
+                continue
+            edges = self._block_edges(r0, r1, rows, mask)
+            if mask is not None:
+                edges = edges & mask[None, :]  # rows are already the masked ones
+            out_any |= edges.any(0)
+            if rows is None:
+                in_any[r0:r1] = edges.any(1)
+            else:
+                in_any[r0 + rows] = edges.any(1)
+        return out_any, in_any
+
+    def clean_up(self, node_mask: torch.Tensor, n_fe: int, n_features: int) -> None:
+        """circuit-tracer's iterative clean-up of ``node_mask`` (in place), recomputing edge masks blockwise."""
+        old_mask = node_mask.clone()
+        out_any, in_any = self.sweep(None)
+        node_mask[:n_fe] &= out_any[:n_fe]
+        node_mask[:n_features] &= in_any[:n_features]
+        looped = False
+        while not torch.equal(node_mask, old_mask):
+            looped = True
+            old_mask = node_mask.clone()
+            out_any, in_any = self.sweep(old_mask)
+            node_mask[:n_fe] &= out_any[:n_fe]
+            node_mask[:n_features] &= in_any[:n_features]
+        if self.dense_mask is not None and looped:
+            self.dense_mask[~node_mask] = False
+            self.dense_mask[:, ~node_mask] = False
+
+    def kept_edges(self, node_mask: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Kept edges between kept nodes, ``(targets, sources)`` per row block, row-major."""
+        with torch.no_grad():
+            for r0, r1 in self.pruned.ranges():
+                rows = torch.nonzero(node_mask[r0:r1]).flatten()
+                if rows.numel() == 0:
+                    continue
+                edges = (self.score_rows(r0, r1, rows) >= self.threshold_t) & node_mask[None, :]
+                dst, src = edges.nonzero(as_tuple=True)
+                if dst.numel():
+                    yield rows[dst] + r0, src
+
+
 def prune_with_edges(graph: Any, node_threshold: float = 0.8, edge_threshold: float = 0.98, *,
                      block_rows: int | None = None, return_edge_mask: bool | None = None
                      ) -> tuple[StreamingPruneResult, Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]]:
     """:func:`prune` plus a re-iterable generator of the kept edges between kept nodes, row block by row
     block: ``(targets, sources)`` index tensors in row-major (target, then source) order, as
     ``edge_mask.nonzero()`` orders them. Made for writing graph files of any size."""
-    from circuit_tracer.graph import find_threshold
+    from circuit_tracer.graph import find_threshold  # imported on use: circuit_tracer costs seconds to import
 
     if node_threshold > 1.0 or node_threshold < 0.0:
         raise ValueError("node_threshold must be between 0.0 and 1.0")
@@ -348,113 +458,17 @@ def prune_with_edges(graph: Any, node_threshold: float = 0.8, edge_threshold: fl
     block_rows = max(1, min(n, block_rows or default_block_rows(n)))
     if return_edge_mask is None:
         return_edge_mask = n <= MAX_EDGE_MASK_NODES
-    device = adj.device
 
     with torch.no_grad():
-        logit_weights = torch.zeros(n, device=device)
-        logit_weights[-n_logits:] = probs.to(device=device, dtype=logit_weights.dtype)
-
+        logit_weights = torch.zeros(n, device=adj.device)
+        logit_weights[-n_logits:] = probs.to(device=adj.device, dtype=logit_weights.dtype)
         # node influence and the node threshold (N values: circuit-tracer's own find_threshold)
         node_influence = _Scorer(adj, block_rows).influence(logit_weights)
         node_mask = node_influence >= find_threshold(node_influence, node_threshold)
         node_mask[-n_logits - n_tokens:] = True
 
-        # edge scores of the pruned matrix: normalized_pruned * pruned_influence[:, None], blockwise
-        kept = node_mask.clone()
-        pruned = _Scorer(adj, block_rows, keep=kept)
-        pruned_influence = pruned.influence(logit_weights)
-        pruned_influence += logit_weights
-
-        def score_rows(r0: int, r1: int, rows: torch.Tensor | None) -> torch.Tensor:
-            """Edge scores of rows r0 + rows (all of r0:r1 when None)."""
-            infl = pruned_influence[r0:r1] if rows is None else pruned_influence[r0 + rows]
-            return pruned.normalized(r0, r1, rows).mul_(infl[:, None])
-
-        def score_blocks() -> Iterator[torch.Tensor]:
-            """The scores of kept rows (dropped rows score zero everywhere and add no mass)."""
-            for r0, r1 in pruned.ranges():
-                rows = pruned.kept_rows(r0, r1)
-                if rows is None or rows.numel():
-                    yield score_rows(r0, r1, rows)
-
-        # the edge threshold: the score find_threshold(edge_scores.flatten(), edge_threshold) returns
-        need_holder: dict[str, float] = {}
-
-        def need(total: float, _count: float) -> float:
-            p = cumsum_need(total, edge_threshold)
-            need_holder["need"], need_holder["total"] = p, total
-            return max(p, 5e-324)  # need <= 0: the first (largest) score
-
-        t_bits, _, total = radix_select(score_blocks, need, by_mass=True)
-        if total <= 0:
-            threshold = 0.0  # every score is zero: find_threshold returns 0
-        elif need_holder["need"] > total:  # clamped to the last sorted element: the smallest score
-            threshold = 0.0 if not bool(kept.all()) else min(float(b.min()) for b in score_blocks())
-        else:
-            threshold = _bits_to_float(t_bits)
-        threshold_t = torch.tensor(threshold, dtype=torch.float32, device=device)
-
-        # iterative clean-up of the node mask, recomputing edge masks blockwise
-        n_fe = n - n_logits - n_tokens  # features and errors
-        dense_mask = torch.zeros(n, n, dtype=torch.bool, device=device) if return_edge_mask else None
-        skip_dropped_rows = threshold > 0  # dropped rows have all-zero scores, so no edge at all
-
-        def sweep(mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-            """(any kept edge out of each source, any kept edge into each target) of base & mask mask^T."""
-            out_any = torch.zeros(n, dtype=torch.bool, device=device)
-            in_any = torch.zeros(n, dtype=torch.bool, device=device)
-            for r0, r1 in pruned.ranges():
-                if mask is not None:
-                    rows = pruned.kept_rows(r0, r1, mask)
-                elif skip_dropped_rows:
-                    rows = pruned.kept_rows(r0, r1)
-                else:
-                    rows = None
-                if rows is not None and rows.numel() == 0:
-                    continue
-                if dense_mask is not None and mask is not None:
-                    edges = dense_mask[r0:r1] if rows is None else dense_mask[r0 + rows]  # stored base mask
-                else:
-                    edges = score_rows(r0, r1, rows) >= threshold_t
-                    if dense_mask is not None:
-                        if rows is None:
-                            dense_mask[r0:r1] = edges
-                        else:
-                            dense_mask[r0 + rows] = edges
-                if mask is not None:
-                    edges = edges & mask[None, :]  # rows are already the masked ones
-                out_any |= edges.any(0)
-                if rows is None:
-                    in_any[r0:r1] = edges.any(1)
-                else:
-                    in_any[r0 + rows] = edges.any(1)
-            return out_any, in_any
-
-        old_mask = node_mask.clone()
-        out_any, in_any = sweep(None)
-        node_mask[:n_fe] &= out_any[:n_fe]
-        node_mask[:n_features] &= in_any[:n_features]
-        looped = False
-        while not torch.equal(node_mask, old_mask):
-            looped = True
-            old_mask = node_mask.clone()
-            out_any, in_any = sweep(old_mask)
-            node_mask[:n_fe] &= out_any[:n_fe]
-            node_mask[:n_features] &= in_any[:n_features]
-
-        if dense_mask is not None and looped:
-            dense_mask[~node_mask] = False
-            dense_mask[:, ~node_mask] = False
-
-        def kept_edges() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            with torch.no_grad():
-                for r0, r1 in pruned.ranges():
-                    rows = torch.nonzero(node_mask[r0:r1]).flatten()
-                    if rows.numel() == 0:
-                        continue
-                    edges = (score_rows(r0, r1, rows) >= threshold_t) & node_mask[None, :]
-                    dst, src = edges.nonzero(as_tuple=True)
-                    if dst.numel():
-                        yield rows[dst] + r0, src
-
-        return StreamingPruneResult(node_mask, dense_mask, _cumulative_scores(node_influence)), kept_edges
+        edges = _EdgePruner(adj, block_rows, node_mask.clone(), logit_weights, return_edge_mask)
+        edges.find_edge_threshold(edge_threshold)
+        edges.clean_up(node_mask, n - n_logits - n_tokens, n_features)
+        result = StreamingPruneResult(node_mask, edges.dense_mask, _cumulative_scores(node_influence))
+        return result, lambda: edges.kept_edges(node_mask)
