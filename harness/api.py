@@ -173,7 +173,13 @@ class Launcher(Protocol):
     :meth:`run` runs :func:`attrbench.bench.worker.run_job` for ``job`` in isolation (its own process, on
     a device no other timed cell uses), enforces ``timeout_s`` on the timed attribution, forwards the
     worker's progress lines to ``progress``, and returns the worker's values plus ``status`` (``ok``,
-    ``error``, ``oom``, ``timeout``), ``error`` and, for a failure, ``traceback``.
+    ``error``, ``oom``, ``timeout``), ``error`` and, for a failure, ``traceback``; ``worker_lost: True``
+    when the cell's worker died (the runner records it and retries it up to ``--retries`` times).
+
+    Optional methods the runner uses when present: ``configure(**options)`` (launcher options from the
+    command line, e.g. ``address``), ``slots() -> int`` (cells it can run at once, each on its own device;
+    default 1, and the runner then keeps that many (nodes, repeat) groups in flight) and ``cancel()``
+    (stop every outstanding cell, on Ctrl-C). ``run`` may then be called from several threads at once.
     """
 
     name: str

@@ -31,6 +31,7 @@ BUILTIN_PLUGINS = (
     "attrbench.plugins.reporters",
     "attrbench.plugins.trackers",
     "attrbench.plugins.launchers",
+    "attrbench.plugins.ray_launcher",
 )
 
 

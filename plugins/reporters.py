@@ -14,11 +14,13 @@ from attrbench.bench.summary import (
     aggregate_cells,
     backend_order,
     best_backend,
+    device_notes,
     environment_rows,
     is_cuda,
     peak_bytes,
     phase_names,
     run_labels,
+    speedup_text,
     status_text,
     summarise,
 )
@@ -81,7 +83,7 @@ def _comparison_rows(rows: list[dict], n_runs: int) -> tuple[list[str], list[lis
             elif r["status"] != "ok":
                 line += [r["status"], "-"]
             else:
-                line += [fmt_seconds(r["wall_s"]), fmt_ratio(r["speedup"])]
+                line += [fmt_seconds(r["wall_s"]), speedup_text(r)]
         table.append(line)
     return headers, table
 
@@ -109,7 +111,7 @@ class TableReporter(Reporter):
         for nodes, group in _nodes_groups(rows):
             table = []
             for r in group:
-                line = [r["backend"], status_text(r), fmt_seconds(r["wall_s"]), fmt_ratio(r["speedup"]),
+                line = [r["backend"], status_text(r), fmt_seconds(r["wall_s"]), speedup_text(r),
                         fmt_bytes(r["peak_host_bytes"]), _peak_gpu(r),
                         "-" if r["n_selected"] is None else str(r["n_selected"]),
                         fmt_num(r["selected_jaccard"]), fmt_num(r["rel_frobenius"]), fmt_num(r["edge_recall"]),
@@ -125,6 +127,7 @@ class TableReporter(Reporter):
             out.append("comparison")
             out.append(tabulate(table, headers=headers, tablefmt=self.tablefmt, disable_numparse=True))
             out.append("")
+        out += [f"(!) {note}" for note in device_notes(rows)]
         notes = []
         for result in results:
             note = result.get("yardstick_note")
@@ -253,7 +256,7 @@ class MarkdownReporter(Reporter):
             table = []
             for r in group:
                 line = [f"`{r['backend']}`", status_text(r).replace("|", "\\|"), fmt_seconds(r["wall_s"]),
-                        fmt_ratio(r["speedup"]), fmt_bytes(r["peak_host_bytes"]), _peak_gpu(r),
+                        speedup_text(r), fmt_bytes(r["peak_host_bytes"]), _peak_gpu(r),
                         fmt_ratio(r["mem_ratio"]), "-" if r["n_selected"] is None else str(r["n_selected"]),
                         fmt_num(r["selected_jaccard"]), fmt_num(r["rel_frobenius"]), fmt_num(r["max_abs"]),
                         fmt_num(r["edge_recall"]), fmt_num(r["pruned_node_jaccard"]), r["parity_verdict"]]
@@ -268,6 +271,7 @@ class MarkdownReporter(Reporter):
                     tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), ""]
         if phases:
             out += ["Phase columns are median seconds over the ok repeats.", ""]
+        out += [f"(!) {note}" for note in device_notes(rows)]
         return out
 
     def render(self, results: list[dict]) -> str:

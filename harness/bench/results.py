@@ -17,6 +17,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,8 @@ def _pkg_version(name: str) -> str | None:
         return None
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model, from /proc/cpuinfo where there is one."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -89,7 +91,7 @@ def environment_info() -> dict[str, Any]:
         "circuit_tracer": _pkg_version("circuit-tracer"),
         "transformers": _pkg_version("transformers"),
         "platform": platform.platform(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "gpu": gpu,
         "cuda": cuda,
@@ -171,6 +173,8 @@ class ResultsDocument:
     def __init__(self, workload: dict[str, Any], settings: dict[str, Any], output: Path | None,
                  resume: dict[str, Any] | None = None):
         self.output = output
+        #: cells may finish in several threads at once (launchers that run groups in parallel)
+        self.lock = threading.RLock()
         self.doc = new_results(workload, settings)
         self.kept: set[tuple[str, int, int]] = set()
         self.notes: list[str] = []
@@ -188,19 +192,22 @@ class ResultsDocument:
     def put(self, cell: CellRecord) -> None:
         """Add ``cell`` (replacing a record of the same key) and write the file."""
         record = cell.to_dict()
-        self.doc["cells"] = [c for c in self.doc["cells"] if cell_key(c) != cell.key] + [record]
-        if cell.status == "ok" and self.doc["workload"].get("n_active") is None:
-            self.doc["workload"]["n_active"] = cell.n_active
-        self.write()
+        with self.lock:
+            self.doc["cells"] = [c for c in self.doc["cells"] if cell_key(c) != cell.key] + [record]
+            if cell.status == "ok" and self.doc["workload"].get("n_active") is None:
+                self.doc["workload"]["n_active"] = cell.n_active
+            self.write()
 
     def note(self, text: str | None) -> None:
-        if text and text not in self.notes:
-            self.notes.append(text)
+        with self.lock:
+            if text and text not in self.notes:
+                self.notes.append(text)
 
     def write(self) -> None:
-        self.doc["yardstick_note"] = "; ".join(self.notes) or None
-        if self.output is not None:
-            write_results_atomic(self.output, self.doc)
+        with self.lock:
+            self.doc["yardstick_note"] = "; ".join(self.notes) or None
+            if self.output is not None:
+                write_results_atomic(self.output, self.doc)
 
 
 def cell_key(cell: dict[str, Any]) -> tuple[str, int, int]:

@@ -22,6 +22,7 @@ from attrbench.api import CellJob, Launcher
 from attrbench.bench.estimate import predict_unfit
 from attrbench.bench.plan import Cell, plan_cells
 from attrbench.bench.results import CellRecord, ResultsDocument
+from attrbench.bench.schedule import run_groups
 from attrbench.bench.scratch import ScratchFolder
 from attrbench.bench.settings import BenchSettings
 from attrbench.bench.yardstick import GroupYardsticks
@@ -42,6 +43,8 @@ class RunConfig:
     settings: BenchSettings
     output: Path | None = None
     resume: dict[str, Any] | None = None
+    #: folder for the run's graphs (default: next to ``output``); shared by all nodes of a cluster
+    scratch: Path | None = None
 
     def workload_record(self) -> dict[str, Any]:
         return {"name": self.spec.name, "hash": self.spec.content_hash(), "config": self.spec.to_dict(),
@@ -58,7 +61,9 @@ class Runner:
         self.backends: BackendRegistry = get_backends()
         self.results = ResultsDocument(config.workload_record(), config.settings.to_dict(), config.output,
                                        config.resume)
-        self.scratch = ScratchFolder(config.output)
+        self.scratch = ScratchFolder(config.output, config.scratch)
+        #: set on Ctrl-C: cells still in flight in other groups are not recorded
+        self.stopping = False
 
     def say(self, text: str) -> None:
         print(f"attrbench: {text}", file=self.stream, flush=True)
@@ -70,16 +75,23 @@ class Runner:
         todo = [cell for cell in plan if cell.key not in self.results.kept]
         too_big = predict_unfit(c.spec, todo, self.backends, c.settings, self.say)
         counter = itertools.count(1)
+
+        def run_group(group: list[Cell]) -> None:
+            with GroupYardsticks(c.backends, self.backends, c.spec, self._rerun) as yardsticks:
+                for cell in group:
+                    if self.stopping:
+                        return
+                    tag = f"[{next(counter)}/{len(plan)}] {cell.label()}"
+                    status = self._one(cell, tag, too_big.get((cell.backend, cell.nodes)), yardsticks)
+                    yardsticks.record(cell.backend, status)
+
         try:
             self.results.write()
-            for _, group in itertools.groupby(plan, key=lambda cell: (cell.nodes, cell.repeat)):
-                with GroupYardsticks(c.backends, self.backends, c.spec, self._rerun) as yardsticks:
-                    for cell in group:
-                        tag = f"[{next(counter)}/{len(plan)}] {cell.label()}"
-                        status = self._one(cell, tag, too_big.get((cell.backend, cell.nodes)), yardsticks)
-                        yardsticks.record(cell.backend, status)
+            groups = [list(g) for _, g in itertools.groupby(plan, key=lambda cell: (cell.nodes, cell.repeat))]
+            run_groups(groups, run_group, self.launcher)
             return self.results.doc
         except KeyboardInterrupt:
+            self.stopping = True
             self.say("interrupted; stopping (finished cells are kept)")
             raise
         finally:
@@ -109,6 +121,8 @@ class Runner:
                 if record.parity:
                     self.results.note(yardsticks.note(cell, record.parity["against"]))
             wall = f" {record.wall_s:.3f} s" if record.wall_s is not None else f" after {time.monotonic() - t0:.1f} s"
+        if self.stopping:  # interrupted while this cell ran in another group: not a finished cell
+            return record.status
         self.results.put(record)
         self.say(f"{tag}: {record.status}{wall}" + (f" ({record.error})" if record.error else ""))
         return record.status
@@ -118,7 +132,18 @@ class Runner:
         graph_dir = self.scratch.new_graph_dir()
         job = CellJob(self.config.spec.to_dict(), cell.backend, cell.nodes, cell.repeat,
                       self.config.settings.to_dict(), str(graph_dir))
-        values = self.launcher.run(job, self.config.settings.timeout_s, progress=lambda text: self.say(f"{tag}: {text}"))
+        retries = self.config.settings.retries
+        for attempt in range(retries + 1):
+            values = self.launcher.run(job, self.config.settings.timeout_s,
+                                       progress=lambda text: self.say(f"{tag}: {text}"))
+            lost = values.pop("worker_lost", False)
+            if not lost or attempt == retries or self.stopping:
+                break
+            # recorded once, so that a run stopped now still shows what happened; the retry replaces it
+            lost_record = CellRecord(cell.backend, self.backends[cell.backend].exact, cell.nodes, cell.repeat,
+                                     status="error", error=values.get("error"))
+            self.results.put(lost_record)
+            self.say(f"{tag}: {values.get('error')}; retrying ({attempt + 1}/{retries})")
         values.pop("traceback", None)
         if values["status"] == "ok" and (graph_dir / "adjacency.npy").exists():
             return values, graph_dir

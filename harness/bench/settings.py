@@ -41,6 +41,8 @@ class BenchSettings:
     memory_limit_bytes: int | None = None
     #: do not launch cells predicted not to fit; record them as ``oom``
     strict: bool = False
+    #: times a cell whose worker was lost (node died, process killed) is run again
+    retries: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The results file's ``settings`` object."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from attrbench.errors import UsageError
-from attrbench.formatting import short_error
+from attrbench.formatting import fmt_ratio, short_error
 from attrbench.graph.verdicts import (
     HIGHER_IS_BETTER,
     PARITY_FIELDS,
@@ -231,9 +231,11 @@ def summarise(results: list[dict]) -> list[dict]:
                 ok = cell["status"] == "ok"
                 row["speedup"] = None
                 row["mem_ratio"] = None
+                row["device_note"] = None
                 if ok and ref_ok:
                     if ref["wall_s"] and cell["wall_s"]:
                         row["speedup"] = ref["wall_s"] / cell["wall_s"]
+                        row["device_note"] = device_mismatch(ref, cell)
                     ref_peak, peak = peak_bytes(ref, cuda), peak_bytes(cell, cuda)
                     if ref_peak and peak is not None:
                         row["mem_ratio"] = peak / ref_peak
@@ -244,6 +246,30 @@ def summarise(results: list[dict]) -> list[dict]:
                 row["parity_verdict"] = parity_verdict(row, dtype, yardstick=backend in yardsticks or backend == REFERENCE)
                 rows.append(row)
     return rows
+
+
+def _devices(cell: dict) -> set[str]:
+    placement = (cell.get("info") or {}).get("placement") or {}
+    return {str(placement["device"])} if placement.get("device") else set()
+
+
+def device_mismatch(ref: dict, cell: dict) -> str | None:
+    """Why a speedup compares unlike hardware: the two cells ran on different device models (a cluster run)."""
+    ref_devices, devices = _devices(ref), _devices(cell)
+    if ref_devices and devices and ref_devices != devices:
+        return f"different devices: {', '.join(sorted(devices))} vs the reference's {', '.join(sorted(ref_devices))}"
+    return None
+
+
+def speedup_text(row: dict) -> str:
+    """The speedup, flagged with ``!`` where the two cells ran on different device models."""
+    text = fmt_ratio(row.get("speedup"))
+    return f"{text} (!)" if row.get("device_note") and row.get("speedup") is not None else text
+
+
+def device_notes(rows: list[dict]) -> list[str]:
+    """One line per backend and node count whose speedup compares cells on different device models."""
+    return [f"{r['backend']} nodes={r['nodes']}: {r['device_note']}" for r in rows if r.get("device_note")]
 
 
 def phase_names(rows: list[dict]) -> list[str]:

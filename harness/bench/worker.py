@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 
 from attrbench.api import CellJob, Tracker
+from attrbench.bench.results import cpu_name
 from attrbench.bench.settings import BenchSettings
 from attrbench.graph.store import save_result
 from attrbench.plugin_manager import get_backends, get_tracker_factories
@@ -81,6 +83,15 @@ def _collect(trackers: list[Tracker]) -> tuple[dict[str, Any], dict[str, Any]]:
     return measured, sources
 
 
+def placement(device: str) -> dict[str, str]:
+    """Where a cell ran: the node's host name and the device model (GPU name, else the CPU's)."""
+    if str(device).startswith("cuda"):
+        name = torch.cuda.get_device_name(torch.device(device))
+    else:
+        name = cpu_name()
+    return {"node": socket.gethostname(), "device": name}
+
+
 def run_job(job: CellJob, report: Report) -> dict[str, Any]:
     """Measure one cell; returns its values (see :func:`attrbench.bench.results.new_cell`)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -120,6 +131,7 @@ def run_job(job: CellJob, report: Report) -> dict[str, Any]:
     say("saving the graph")
     save_result(result, job.graph_dir)
     info = _jsonable(dict(result.info or {}))
+    info["placement"] = placement(settings.device)
     extra = {k: v for k, v in measured.items() if k not in MEMORY_KEYS}
     if extra or sources:
         info.setdefault("measurement", {}).update(_jsonable(extra))

@@ -206,13 +206,15 @@ def _positive(flag: str, value: int | None) -> None:
 def bench_settings(*, device: str, dtype: str, batch_size: int, update_interval: int, max_logits: int,
                    logit_prob: float = 0.95, repeats: int = 1, timeout_s: float | None = None, warmup: bool = True,
                    options: dict[str, Any] | None = None, memory_limit: float | None = None,
-                   strict: bool = False) -> BenchSettings:
+                   strict: bool = False, retries: int = 0) -> BenchSettings:
     """Check the attribution and measurement options of any command; one line per problem."""
     if dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r} is not supported; use float32 or bfloat16")
     for flag, value in (("--batch-size", batch_size), ("--update-interval", update_interval),
                         ("--max-logits", max_logits), ("--repeats", repeats)):
         _positive(flag, value)
+    if retries < 0:
+        raise UsageError(f"--retries must be an integer >= 0, got {retries}")
     if not 0 < logit_prob <= 1:
         raise UsageError(f"--logit-prob must be in (0, 1], got {logit_prob}")
     if timeout_s is not None and not (timeout_s > 0 and math.isfinite(timeout_s)):
@@ -223,7 +225,7 @@ def bench_settings(*, device: str, dtype: str, batch_size: int, update_interval:
         device=device, dtype=dtype, batch_size=batch_size, update_interval=update_interval, max_n_logits=max_logits,
         desired_logit_prob=logit_prob, repeats=repeats, timeout_s=timeout_s, warmup=warmup,
         backend_options=dict(options or {}), memory_limit_bytes=resolve_memory_limit(device, memory_limit),
-        strict=strict,
+        strict=strict, retries=retries,
     )
 
 

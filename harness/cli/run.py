@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from attrbench.api import Launcher
 from attrbench.bench.results import load_results
 from attrbench.bench.runner import RunConfig, run
 from attrbench.bench.summary import render
@@ -63,6 +64,20 @@ def interrupt_on_signals() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def choose_launcher(name: str, ray_address: str | None) -> Launcher:
+    """The registered launcher ``name``, configured with its command-line options."""
+    launchers = get_launchers()
+    if name not in launchers:
+        raise UsageError(f"unknown launcher {name!r}; known launchers: {', '.join(launchers) or 'none'}")
+    launcher = launchers[name]
+    if ray_address is not None and name != "ray":
+        raise UsageError("--ray-address goes with --launcher ray")
+    configure = getattr(launcher, "configure", None)
+    if callable(configure):
+        configure(**({"address": ray_address} if ray_address is not None else {}))
+    return launcher
+
+
 @click.command("run")
 @workload_options
 @attribution_options
@@ -87,20 +102,30 @@ def interrupt_on_signals() -> None:
               help="Do not launch cells whose predicted peak memory (attrbench estimate) exceeds what is "
                    "available; record them as 'oom'.")
 @click.option("--launcher", "launcher_name", default="process", show_default=True,
-              help="How cells are run: 'process' (a fresh child process per cell on this machine) or a "
-                   "launcher plugin's name.")
+              help="How cells are run: 'process' (a fresh child process per cell on this machine), 'ray' (Ray "
+                   "tasks on a cluster, one cell per node or GPU; pip install 'attrbench[ray]') or a launcher "
+                   "plugin's name.")
+@click.option("--ray-address", default=None, metavar="ADDRESS",
+              help="With --launcher ray: the cluster to connect to (what 'ray start --head' prints); default: "
+                   "start a local Ray instance.")
+@click.option("--retries", type=int, default=0, show_default=True,
+              help="Times a cell whose worker was lost (node died, process killed) is run again.")
+@click.option("--scratch", "scratch_dir", default=None, type=click.Path(file_okay=False),
+              help="Folder for the run's graph files (default: next to --output). With --launcher ray on several "
+                   "nodes it must be on a filesystem every node shares.")
 def run_cmd(backends_opt: str, nodes_opt: str | None, model: str | None, workload_file: str | None, device: str,
             dtype: str, batch_size: int, update_interval: int, max_logits: int, logit_prob: float, repeats: int,
             timeout_s: float | None, output: str | None, fmt: str, resume_file: str | None, no_warmup: bool,
             options: tuple[str, ...], d_transcoder: int | None, n_tokens: int | None, memory_limit: float | None,
-            strict: bool, transcoders_dir: str | None, prompt_text: str | None, launcher_name: str) -> int:
+            strict: bool, transcoders_dir: str | None, prompt_text: str | None, launcher_name: str,
+            ray_address: str | None, retries: int, scratch_dir: str | None) -> int:
     """Run the benchmark: every backend x node count x repeat in its own child process."""
     nodes = parse_int_list(nodes_opt, "--nodes") if nodes_opt is not None else list(DEFAULT_NODES)
     opts = parse_options(options)
     settings = bench_settings(device=resolve_device(device), dtype=dtype, batch_size=batch_size,
                               update_interval=update_interval, max_logits=max_logits, logit_prob=logit_prob,
                               repeats=repeats, timeout_s=timeout_s, warmup=not no_warmup, options=opts,
-                              memory_limit=memory_limit, strict=strict)
+                              memory_limit=memory_limit, strict=strict, retries=retries)
     spec, preset_note = resolve_spec(model, workload_file, transcoders_dir, prompt_text, nodes, d_transcoder,
                                      n_tokens)
     known = get_backends()
@@ -109,9 +134,6 @@ def run_cmd(backends_opt: str, nodes_opt: str | None, model: str | None, workloa
     for name in names:
         check_supports(known[name], settings.device, dtype)
     check_options(opts, [known[n] for n in names])
-    launchers = get_launchers()
-    if launcher_name not in launchers:
-        raise UsageError(f"unknown launcher {launcher_name!r}; known launchers: {', '.join(launchers) or 'none'}")
 
     resume = None
     if resume_file is not None:
@@ -124,15 +146,17 @@ def run_cmd(backends_opt: str, nodes_opt: str | None, model: str | None, workloa
             raise UsageError(f"--resume {resume_file} was made with other settings (device, dtype, batch size, "
                              "update interval, logits or backend options differ)")
     config = RunConfig(spec=spec, backends=names, nodes=nodes, settings=settings,
-                       output=Path(output) if output else None, resume=resume)
+                       output=Path(output) if output else None, resume=resume,
+                       scratch=Path(scratch_dir) if scratch_dir else None)
     if config.output is not None:
         check_writable(config.output, "--output")
 
+    launcher = choose_launcher(launcher_name, ray_address)
     if preset_note:
         err(preset_note)
     interrupt_on_signals()
     try:
-        doc = run(config, launchers[launcher_name])
+        doc = run(config, launcher)
     except KeyboardInterrupt:
         where = f"; finished cells are in {config.output}" if config.output else ""
         err(f"interrupted{where}")
