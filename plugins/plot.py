@@ -7,6 +7,7 @@ importing this module never opens a display.
 from __future__ import annotations
 
 import io
+from typing import Any
 
 from attrbench.api import Reporter
 from attrbench.bench.summary import REFERENCE, backend_order, is_cuda, peak_bytes, run_labels, summarise
@@ -17,6 +18,56 @@ _MARKERS = ("o", "s", "^", "D")
 
 def _numeric(nodes) -> bool:
     return isinstance(nodes, (int, float)) and not isinstance(nodes, bool)
+
+
+def _plot_series(axes: dict[str, Any], backend: str, run_index: int, group: list[dict], style: dict[str, Any],
+                 cuda: bool) -> set[str]:
+    """One backend of one run on the four panels; returns the panels it drew a line on."""
+    plotted: set[str] = set()
+    ok = [r for r in group if r["status"] == "ok"]
+    peaks = [(r["nodes"], peak_bytes(r, cuda)) for r in group]
+    lines = {
+        "wall": [(r["nodes"], r["wall_s"]) for r in ok if r["wall_s"] and r["wall_s"] > 0],
+        "mem": [(n, peak / 2**20) for n, peak in peaks if peak is not None and peak > 0],
+    }
+    if backend != REFERENCE:
+        lines["speed"] = [(r["nodes"], r["speedup"]) for r in ok if r["speedup"]]
+        lines["err"] = [(r["nodes"], r["rel_frobenius"]) for r in ok
+                        if r["rel_frobenius"] is not None and r["rel_frobenius"] > 0]
+        zeros = [r["nodes"] for r in ok if r["rel_frobenius"] == 0]
+        if zeros:
+            axes["err"].annotate(f"{backend}: 0 error", (zeros[0], 0.02), xycoords=("data", "axes fraction"),
+                                 fontsize=7, ha="center")
+    for key, pts in lines.items():
+        if pts:
+            axes[key].plot(*zip(*pts), **style)
+            plotted.add(key)
+    # failed cells: an x marker at the top of the wall-time axis would need limits; annotate instead
+    for r in group:
+        if r["status"] != "ok":
+            axes["wall"].annotate(r["status"], (r["nodes"], 1), xycoords=("data", "axes fraction"),
+                                  textcoords="offset points", xytext=(0, -12 - 10 * (run_index % 3)),
+                                  fontsize=7, ha="center", color="red")
+    return plotted
+
+
+def _finish_axes(axes: dict[str, Any], plotted: set[str], mem_kind: str) -> None:
+    """Titles, log scales, legends; "no data" on an empty panel."""
+    axes["wall"].set(title="Wall time", xlabel="feature nodes", ylabel="seconds")
+    axes["mem"].set(title=f"Peak {mem_kind} memory", xlabel="feature nodes", ylabel="MiB")
+    axes["speed"].set(title="Speedup vs reference (same run)", xlabel="feature nodes", ylabel="x faster")
+    axes["err"].set(title="Parity: relative Frobenius error", xlabel="feature nodes", ylabel="rel. error")
+    for key, ax in axes.items():
+        if key in plotted:
+            ax.set_xscale("log")
+            if key != "speed":
+                ax.set_yscale("log")
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="grey")
+        ax.grid(True, which="both", alpha=0.3)
+    if "speed" in plotted:
+        axes["speed"].axhline(1.0, color="grey", linewidth=0.8)
 
 
 class PngReporter(Reporter):
@@ -38,8 +89,8 @@ class PngReporter(Reporter):
         multi = len(results) > 1
         fig = Figure(figsize=(11, 8), dpi=100)
         FigureCanvasAgg(fig)
-        axes = fig.subplots(2, 2)
-        ax_wall, ax_mem, ax_speed, ax_err = axes[0][0], axes[0][1], axes[1][0], axes[1][1]
+        grid = fig.subplots(2, 2)
+        axes = {"wall": grid[0][0], "mem": grid[0][1], "speed": grid[1][0], "err": grid[1][1]}
         kinds = {"GPU" if is_cuda(r) else "host" for r in results}
         mem_kind = "/".join(sorted(kinds))
 
@@ -47,62 +98,16 @@ class PngReporter(Reporter):
         series: dict[tuple[int, str], list[dict]] = {}
         for r in rows:
             series.setdefault((r["run_index"], r["backend"]), []).append(r)
-        plotted = {"wall": False, "mem": False, "speed": False, "err": False}
+        plotted: set[str] = set()
         for (run_index, backend), group in series.items():
             group.sort(key=lambda r: r["nodes"])
-            name = f"{backend} [run {run_index + 1}]" if multi else backend
             # one colour per backend (the reference black), one line style per run
             colour = "black" if backend == REFERENCE else f"C{order.index(backend) % 10}"
-            style = dict(marker=_MARKERS[run_index % len(_MARKERS)], color=colour, label=name,
+            style = dict(marker=_MARKERS[run_index % len(_MARKERS)], color=colour,
+                         label=f"{backend} [run {run_index + 1}]" if multi else backend,
                          linestyle=_LINESTYLES[run_index % len(_LINESTYLES)])
-            cuda = is_cuda(results[run_index])
-            ok = [r for r in group if r["status"] == "ok"]
-
-            pts = [(r["nodes"], r["wall_s"]) for r in ok if r["wall_s"] and r["wall_s"] > 0]
-            if pts:
-                ax_wall.plot(*zip(*pts), **style)
-                plotted["wall"] = True
-            pts = [(r["nodes"], peak_bytes(r, cuda) / 2**20) for r in group
-                   if peak_bytes(r, cuda) is not None and peak_bytes(r, cuda) > 0]
-            if pts:
-                ax_mem.plot(*zip(*pts), **style)
-                plotted["mem"] = True
-            # failed cells: an x marker at the top of the wall-time axis would need limits; annotate instead
-            for r in group:
-                if r["status"] != "ok":
-                    ax_wall.annotate(r["status"], (r["nodes"], 1), xycoords=("data", "axes fraction"),
-                                     textcoords="offset points", xytext=(0, -12 - 10 * (run_index % 3)),
-                                     fontsize=7, ha="center", color="red")
-            if backend != REFERENCE:
-                pts = [(r["nodes"], r["speedup"]) for r in ok if r["speedup"]]
-                if pts:
-                    ax_speed.plot(*zip(*pts), **style)
-                    plotted["speed"] = True
-                pts = [(r["nodes"], r["rel_frobenius"]) for r in ok
-                       if r["rel_frobenius"] is not None and r["rel_frobenius"] > 0]
-                if pts:
-                    ax_err.plot(*zip(*pts), **style)
-                    plotted["err"] = True
-                zeros = [r["nodes"] for r in ok if r["rel_frobenius"] == 0]
-                if zeros:
-                    ax_err.annotate(f"{backend}: 0 error", (zeros[0], 0.02), xycoords=("data", "axes fraction"),
-                                    fontsize=7, ha="center")
-
-        ax_wall.set(title="Wall time", xlabel="feature nodes", ylabel="seconds")
-        ax_mem.set(title=f"Peak {mem_kind} memory", xlabel="feature nodes", ylabel="MiB")
-        ax_speed.set(title="Speedup vs reference (same run)", xlabel="feature nodes", ylabel="x faster")
-        ax_err.set(title="Parity: relative Frobenius error", xlabel="feature nodes", ylabel="rel. error")
-        for key, ax in (("wall", ax_wall), ("mem", ax_mem), ("speed", ax_speed), ("err", ax_err)):
-            if plotted[key]:
-                ax.set_xscale("log")
-                if key != "speed":
-                    ax.set_yscale("log")
-                ax.legend(fontsize=7)
-            else:
-                ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="grey")
-            ax.grid(True, which="both", alpha=0.3)
-        if plotted["speed"]:
-            ax_speed.axhline(1.0, color="grey", linewidth=0.8)
+            plotted |= _plot_series(axes, backend, run_index, group, style, is_cuda(results[run_index]))
+        _finish_axes(axes, plotted, mem_kind)
         title = labels[0] if not multi else "; ".join(f"run {i + 1}: {lab}" for i, lab in enumerate(labels))
         fig.suptitle(title, fontsize=9)
         fig.tight_layout()
