@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -78,16 +78,17 @@ class Backend:
     layouts chosen); ``attribute`` is the timed attribution of one prompt.
     """
 
-    name: ClassVar[str]
-    exact: ClassVar[bool] = True
-    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
-    dtypes: ClassVar[tuple[str, ...]] = ("float32", "bfloat16")
-    description: ClassVar[str] = ""
+    # declared by each backend class (a variant of a backend sets them per instance)
+    name: str
+    exact: bool = True
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    dtypes: tuple[str, ...] = ("float32", "bfloat16")
+    description: str = ""
     #: options accepted in ``AttributeSettings.options`` with their defaults
-    option_defaults: ClassVar[dict[str, Any]] = {}
+    option_defaults: dict[str, Any] = {}
     #: rank among the yardsticks every other backend is compared with: 0 is the truth (circuit-tracer
     #: itself), 1 stands in where 0 did not complete; None (the default) for a backend that is not one
-    yardstick: ClassVar[int | None] = None
+    yardstick: int | None = None
 
     def prepare(self, workload: Any, device: str, dtype: torch.dtype) -> Any:
         """Build whatever :meth:`attribute` needs from a :class:`attrbench.workload.build.BuiltWorkload`."""

@@ -213,7 +213,7 @@ class _Scorer:
         self.n = adj.shape[0]
         self.block_rows = block_rows
         self.keep = keep  # None: the adjacency as is; else rows and columns of dropped nodes are zero
-        self.drop_cols = None if keep is None else ~keep
+        self.drop_cols = torch.zeros(0, dtype=torch.bool) if keep is None else ~keep
         self._rowsum: dict[int, torch.Tensor] = {}
 
     def ranges(self) -> Iterator[tuple[int, int]]:
