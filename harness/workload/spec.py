@@ -188,7 +188,8 @@ def validate(spec: WorkloadSpec) -> WorkloadSpec:
     """Raise :class:`UsageError` naming the first invalid field."""
     m = spec.model
     if m.model_type not in MODEL_TYPES:
-        raise UsageError(f"workload: model.model_type {m.model_type!r} is not supported; use one of {', '.join(MODEL_TYPES)}")
+        raise UsageError(f"workload: model.model_type {m.model_type!r} is not supported; "
+                         f"use one of {', '.join(MODEL_TYPES)}")
     for f in fields(ModelSpec):
         if f.name in ("model_type",):
             continue
@@ -212,7 +213,8 @@ def validate(spec: WorkloadSpec) -> WorkloadSpec:
             raise UsageError("workload: prompt.token_ids needs at least 2 tokens")
         bad = [t for t in p.token_ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < m.vocab_size]
         if bad:
-            raise UsageError(f"workload: prompt.token_ids must be integers in [0, vocab_size={m.vocab_size}); got {bad[:3]}")
+            raise UsageError(f"workload: prompt.token_ids must be integers in [0, vocab_size={m.vocab_size}); "
+                             f"got {bad[:3]}")
     else:
         _positive_int("prompt", "n_tokens", p.n_tokens)
         if p.n_tokens < 2:
@@ -242,7 +244,8 @@ def spec_from_dict(data: Any, path: str = "<dict>") -> WorkloadSpec:
         raise UsageError(f"workload file {path}: top level must be a JSON object with model/transcoders/prompt/seed")
     unknown = set(data) - {"name", "model", "transcoders", "prompt", "seed", "source"}
     if unknown:
-        raise UsageError(f"workload file {path}: unknown top-level keys {sorted(unknown)}; expected model, transcoders, prompt, seed")
+        raise UsageError(f"workload file {path}: unknown top-level keys {sorted(unknown)}; "
+                         "expected model, transcoders, prompt, seed")
     if "model" not in data:
         raise UsageError(f"workload file {path}: missing the 'model' section")
     spec = WorkloadSpec(
@@ -255,7 +258,8 @@ def spec_from_dict(data: Any, path: str = "<dict>") -> WorkloadSpec:
     source = data.get("source")
     if source is not None:
         if not isinstance(source, dict) or set(source) != {"model_dir", "transcoders_dir", "prompt"}:
-            raise UsageError(f"workload file {path}: 'source' must be an object with model_dir, transcoders_dir, prompt")
+            raise UsageError(f"workload file {path}: 'source' must be an object with model_dir, "
+                             "transcoders_dir, prompt")
         spec = replace(spec, source=LocalSource(**{k: str(v) for k, v in source.items()}))
     return validate(spec)
 
