@@ -166,8 +166,18 @@ class CellRecord:
         return cls(**data)
 
 
+class ResultsWriteError(Exception):
+    """The results file could not be rewritten (disk full, ...): its previous version is intact and
+    ``cell`` is the record that did not reach it."""
+
+    def __init__(self, output: Path, error: OSError, cell: dict[str, Any]):
+        super().__init__(f"cannot write {output}: {error.strerror or error}")
+        self.output, self.error, self.cell = output, error, cell
+
+
 class ResultsDocument:
-    """The results document of a run: cells kept from ``--resume`` first, each new cell replacing any
+    """The results document of a run: every record of ``--resume`` first (its ok cells are not run again;
+    the others are replaced when their cell runs, kept as they are otherwise), each new cell replacing any
     earlier record of the same key, the file rewritten atomically whenever something changes."""
 
     def __init__(self, workload: dict[str, Any], settings: dict[str, Any], output: Path | None,
@@ -179,9 +189,9 @@ class ResultsDocument:
         if resume is not None:
             self.doc["resumed_from"] = resume.get("created")
             for cell in resume.get("cells", []):
+                self.doc["cells"].append(cell)  # every record survives until its cell is run again
                 if cell.get("status") == "ok":
                     self.kept.add(cell_key(cell))
-                    self.doc["cells"].append(cell)
                     if cell.get("n_active") is not None:
                         self.doc["workload"]["n_active"] = cell["n_active"]
             if resume.get("yardstick_note"):
@@ -193,7 +203,10 @@ class ResultsDocument:
         self.doc["cells"] = [c for c in self.doc["cells"] if cell_key(c) != cell.key] + [record]
         if cell.status == "ok" and self.doc["workload"].get("n_active") is None:
             self.doc["workload"]["n_active"] = cell.n_active
-        self.write()
+        try:
+            self.write()
+        except OSError as exc:
+            raise ResultsWriteError(self.output or Path("-"), exc, record) from exc
 
     def note(self, text: str | None) -> None:
         if text and text not in self.notes:

@@ -11,6 +11,7 @@ fit are recorded as ``oom`` without running.
 from __future__ import annotations
 
 import itertools
+import json
 import shutil
 import sys
 import time
@@ -21,7 +22,7 @@ from typing import Any, TextIO
 from attrbench.api import CellJob, Launcher
 from attrbench.bench.estimate import predict_unfit
 from attrbench.bench.plan import Cell, plan_cells
-from attrbench.bench.results import CellRecord, ResultsDocument
+from attrbench.bench.results import CellRecord, ResultsDocument, ResultsWriteError
 from attrbench.bench.scratch import ScratchFolder
 from attrbench.bench.settings import BenchSettings
 from attrbench.bench.yardstick import GroupYardsticks
@@ -71,6 +72,7 @@ class Runner:
         too_big = predict_unfit(c.spec, todo, self.backends, c.settings, self.say)
         counter = itertools.count(1)
         try:
+            self.scratch.remove_stale(self.say)
             self.results.write()
             for _, group in itertools.groupby(plan, key=lambda cell: (cell.nodes, cell.repeat)):
                 with GroupYardsticks(c.backends, self.backends, c.spec, self._rerun) as yardsticks:
@@ -82,9 +84,16 @@ class Runner:
         except KeyboardInterrupt:
             self.say("interrupted; stopping (finished cells are kept)")
             raise
+        except ResultsWriteError as exc:  # disk full: the file keeps what it had, this cell goes to stderr
+            print(json.dumps(exc.cell, default=str), file=self.stream, flush=True)
+            self.say(f"{exc}; the file keeps the cells written before it, the cell above (JSON) was not "
+                     "written; stopping")
+            raise
         finally:
             try:
                 self.results.write()
+            except OSError:
+                pass  # already reported, or nothing new to write
             finally:
                 self.scratch.remove()
 
@@ -118,7 +127,8 @@ class Runner:
         graph_dir = self.scratch.new_graph_dir()
         job = CellJob(self.config.spec.to_dict(), cell.backend, cell.nodes, cell.repeat,
                       self.config.settings.to_dict(), str(graph_dir))
-        values = self.launcher.run(job, self.config.settings.timeout_s, progress=lambda text: self.say(f"{tag}: {text}"))
+        values = self.launcher.run(job, self.config.settings.timeout_s,
+                                   progress=lambda text: self.say(f"{tag}: {text}"))
         values.pop("traceback", None)
         if values["status"] == "ok" and (graph_dir / "adjacency.npy").exists():
             return values, graph_dir

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from attrbench.cli.options import (
     check_writable,
     device_option,
     err,
+    interrupt_on_signals,
     output_option,
     parse_options,
     resolve_device,
@@ -72,24 +74,29 @@ def attribute_cmd(backend_name: str, nodes: int, model: str | None, workload_fil
 
     if preset_note:
         err(preset_note)
-    built = build_workload(spec)
-    progress = ProgressLine(lambda text: err(f"{backend_name}: {text}"))
-    try:
-        prepared = backend.prepare(built, settings.device, getattr(torch, dtype))
-        start = time.perf_counter()
-        result = backend.attribute(prepared, settings.attribute_settings(nodes, progress=progress.update))
-        if settings.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        wall = time.perf_counter() - start
-        result = to_cpu(result)
-    except Exception as exc:  # a failing backend: one line, no traceback
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        err(f"error: backend {backend_name!r} failed: {type(exc).__name__}: {first}")
-        return 1
-    extra = dict(node_threshold=node_threshold, edge_threshold=edge_threshold, slug=slug) if fmt == "json" else {}
-    save_graph(result, built, out_path, fmt, **extra)
-    n_active = int(result.active_features.shape[0])
-    err(f"{backend_name}: {int(result.selected_features.numel())} nodes selected of {n_active} active, "
-        f"{result.adjacency_matrix.shape[0]} graph nodes, attribution {wall:.2f} s; wrote {out_path} "
-        f"({fmt}, {fmt_bytes(out_path.stat().st_size)})")
+    interrupt_on_signals()
+    # the backend's scratch files (the lean store's adjacency-*.npy) live here and go on every exit path:
+    # success, a failing backend, Ctrl-C, SIGTERM, SIGHUP
+    with tempfile.TemporaryDirectory(prefix=".attrbench-attribute-", dir=out_path.resolve().parent) as scratch:
+        built = build_workload(spec)
+        progress = ProgressLine(lambda text: err(f"{backend_name}: {text}"))
+        try:
+            prepared = backend.prepare(built, settings.device, getattr(torch, dtype))
+            start = time.perf_counter()
+            result = backend.attribute(prepared, settings.attribute_settings(nodes, scratch_dir=scratch,
+                                                                             progress=progress.update))
+            if settings.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - start
+            result = to_cpu(result)
+        except Exception as exc:  # a failing backend: one line, no traceback
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            err(f"error: backend {backend_name!r} failed: {type(exc).__name__}: {first}")
+            return 1
+        extra = dict(node_threshold=node_threshold, edge_threshold=edge_threshold, slug=slug) if fmt == "json" else {}
+        save_graph(result, built, out_path, fmt, **extra)
+        n_active = int(result.active_features.shape[0])
+        err(f"{backend_name}: {int(result.selected_features.numel())} nodes selected of {n_active} active, "
+            f"{result.adjacency_matrix.shape[0]} graph nodes, attribution {wall:.2f} s; wrote {out_path} "
+            f"({fmt}, {fmt_bytes(out_path.stat().st_size)})")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -100,6 +101,26 @@ def memory_limit_option(help_text: str) -> Callable:
 def output_option(required: bool, help_text: str) -> Callable:
     return click.option("--output", "-o", "output", required=required, default=None,
                         type=click.Path(dir_okay=False), help=help_text)
+
+
+# ------------------------------------------------------------------------------------------------ signals
+
+
+def interrupt_on_signals() -> None:
+    """Ctrl-C (SIGINT), SIGTERM and SIGHUP (the terminal closed) stop a run cleanly (children killed,
+    scratch files removed, finished cells kept, exit 130).
+
+    SIGINT is set explicitly: Python leaves it ignored when the process inherited it ignored, as every
+    command started in the background by a non-interactive shell does.
+    """
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, interrupt)
 
 
 # ------------------------------------------------------------------------------------------------ parsing

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 from typing import Any
 
 import click
 
-from attrbench.bench.results import load_results
+from attrbench.api import Launcher
+from attrbench.bench.lock import output_lock
+from attrbench.bench.results import ResultsWriteError, load_results
 from attrbench.bench.runner import RunConfig, run
+from attrbench.bench.settings import BenchSettings
 from attrbench.bench.summary import render
 from attrbench.cli.options import (
     DEFAULT_NODES,
@@ -23,6 +25,7 @@ from attrbench.cli.options import (
     check_writable,
     device_option,
     err,
+    interrupt_on_signals,
     memory_limit_option,
     nodes_list_option,
     output_option,
@@ -35,6 +38,7 @@ from attrbench.cli.options import (
 )
 from attrbench.errors import UsageError
 from attrbench.plugin_manager import get_backends, get_launchers, report_plugin_warnings
+from attrbench.workload.spec import WorkloadSpec
 
 
 def render_doc(doc: dict[str, Any], fmt: str) -> str:
@@ -47,20 +51,6 @@ def render_doc(doc: dict[str, Any], fmt: str) -> str:
         err(f"warning: {exc}; printing the results as JSON")
         return json.dumps(doc, indent=1, default=str)
     return text.decode() if isinstance(text, bytes) else text
-
-
-def interrupt_on_signals() -> None:
-    """Ctrl-C (SIGINT) and SIGTERM stop a run cleanly (children killed, finished cells kept, exit 130).
-
-    SIGINT is set explicitly: Python leaves it ignored when the process inherited it ignored, as every
-    command started in the background by a non-interactive shell does.
-    """
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, interrupt)
 
 
 @click.command("run")
@@ -113,10 +103,21 @@ def run_cmd(backends_opt: str, nodes_opt: str | None, model: str | None, workloa
     if launcher_name not in launchers:
         raise UsageError(f"unknown launcher {launcher_name!r}; known launchers: {', '.join(launchers) or 'none'}")
 
+    output = output or resume_file
+    if output is not None:
+        check_writable(Path(output), "--output")
+    # held from before --resume is read until the run has written its last cell
+    with output_lock(Path(output) if output else None):
+        return _run_locked(spec, names, nodes, settings, output, resume_file, fmt, launchers[launcher_name],
+                           preset_note)
+
+
+def _run_locked(spec: WorkloadSpec, names: list[str], nodes: list[int], settings: BenchSettings,
+                output: str | None, resume_file: str | None, fmt: str, launcher: Launcher,
+                preset_note: str | None) -> int:
     resume = None
     if resume_file is not None:
         resume = load_results(resume_file)
-        output = output or resume_file
         if resume["workload"].get("hash") != spec.content_hash():
             raise UsageError(f"--resume {resume_file} was made with another workload "
                              f"(hash {resume['workload'].get('hash')}, this one {spec.content_hash()})")
@@ -125,17 +126,17 @@ def run_cmd(backends_opt: str, nodes_opt: str | None, model: str | None, workloa
                              "update interval, logits or backend options differ)")
     config = RunConfig(spec=spec, backends=names, nodes=nodes, settings=settings,
                        output=Path(output) if output else None, resume=resume)
-    if config.output is not None:
-        check_writable(config.output, "--output")
 
     if preset_note:
         err(preset_note)
     interrupt_on_signals()
     try:
-        doc = run(config, launchers[launcher_name])
+        doc = run(config, launcher)
     except KeyboardInterrupt:
         where = f"; finished cells are in {config.output}" if config.output else ""
         err(f"interrupted{where}")
         return 130
+    except ResultsWriteError:  # reported by the runner (one line + the unwritten cell as JSON)
+        return 1
     click.echo(render_doc(doc, fmt))
     return 1 if any(c.get("status") == "error" for c in doc["cells"]) else 0
