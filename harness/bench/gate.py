@@ -19,7 +19,7 @@ from tabulate import tabulate
 from attrbench.bench.results import load_results, validate_results
 from attrbench.bench.summary import REFERENCE, status_text, summarise
 from attrbench.errors import NotComparableError, UsageError
-from attrbench.formatting import fmt_num, fmt_ratio, short_error
+from attrbench.formatting import fmt_num, fmt_ratio, md_code, short_error
 from attrbench.graph.verdicts import parity_checks
 
 OK, REGRESSED, BROKEN = "ok", "REGRESSED", "BROKEN"
@@ -137,6 +137,7 @@ def run_gate(baseline: dict, current: dict, max_speedup_drop: float = 0.25, max_
     else:
         verdict = f"gate passed: {len(rows)} figures compared"
     if format == "markdown":
+        table = [[md_code(row[0]), *(cell.replace("|", "\\|") for cell in row[1:])] for row in table]
         body = tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
         text = f"## attrbench gate\n\n**{verdict}**\n\n{limits}\n\n{body}\n"
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import click
 import torch
 
+from attrbench.bench.schema import MAX_NODES
 from attrbench.cli.options import (
     attribution_options,
     bench_settings,
@@ -53,13 +55,13 @@ def attribute_cmd(backend_name: str, nodes: int, model: str | None, workload_fil
                   update_interval: int, max_logits: int, logit_prob: float, options: tuple[str, ...], fmt: str,
                   node_threshold: float, edge_threshold: float, slug: str | None, output: str) -> int:
     """Attribute the workload's prompt once with one backend and write the graph (.pt or pruned JSON)."""
-    if nodes <= 0:
-        raise UsageError(f"--nodes must be a positive integer, got {nodes}")
+    if not 0 < nodes <= MAX_NODES:
+        raise UsageError(f"--nodes must be a positive integer of at most {MAX_NODES:,}, got {nodes}")
     settings = bench_settings(device=resolve_device(device), dtype=dtype, batch_size=batch_size,
                               update_interval=update_interval, max_logits=max_logits, logit_prob=logit_prob,
                               options=parse_options(options))
     for flag, value in (("--node-threshold", node_threshold), ("--edge-threshold", edge_threshold)):
-        if not 0 <= value <= 1:
+        if not (0 <= value <= 1 and math.isfinite(value)):
             raise UsageError(f"{flag} must be in [0, 1], got {value}")
     spec, preset_note = resolve_spec(model, workload_file, transcoders_dir, prompt_text, [nodes])
     known = get_backends()

@@ -21,6 +21,7 @@ from attrbench.cli.options import (
     backends_option,
     bench_settings,
     check_options,
+    check_plan_size,
     check_supports,
     check_writable,
     device_option,
@@ -99,6 +100,7 @@ def run_cmd(backends_opt: str, nodes_opt: str | None, model: str | None, workloa
     for name in names:
         check_supports(known[name], settings.device, dtype)
     check_options(opts, [known[n] for n in names])
+    check_plan_size(len(names), len(nodes), repeats)
     launchers = get_launchers()
     if launcher_name not in launchers:
         raise UsageError(f"unknown launcher {launcher_name!r}; known launchers: {', '.join(launchers) or 'none'}")
