@@ -199,11 +199,11 @@ class MarkdownReporter(Reporter):
             elif best["speedup"] is not None:
                 mem = (f", peak memory {fmt_ratio(best['mem_ratio'])} of the reference's"
                        if best["mem_ratio"] is not None else "")
-                out.append(f"- {title}: **{best['backend']}**, {fmt_ratio(best['speedup'])} faster than the "
+                out.append(f"- {title}: **{md_code(best['backend'])}**, {fmt_ratio(best['speedup'])} faster than the "
                            f"reference at {best['nodes']} nodes{mem}; parity {best['parity_verdict']}")
             else:
-                out.append(f"- {title}: **{best['backend']}** ({fmt_seconds(best['wall_s'])} at {best['nodes']} "
-                           "nodes; the reference did not complete there, no speedup)")
+                out.append(f"- {title}: **{md_code(best['backend'])}** ({fmt_seconds(best['wall_s'])} at "
+                           f"{best['nodes']} nodes; the reference did not complete there, no speedup)")
         ref_ok = [r for r in rows if r["backend"] == REFERENCE and r["status"] == "ok"]
         if ref_ok:
             nodes = max((r["nodes"] for r in ref_ok), key=lambda n: (0, n) if isinstance(n, (int, float)) else (1, str(n)))

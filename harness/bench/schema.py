@@ -35,7 +35,8 @@ CELL_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["backend", "nodes", "repeat", "status"],
     "properties": {
-        "backend": {"type": "string", "minLength": 1, "maxLength": 1000},
+        # a label, never a path: printable, one line
+        "backend": {"type": "string", "minLength": 1, "maxLength": 1000, "pattern": "^[^\\x00-\\x1f\\x7f]+$"},
         "exact": {"type": "boolean"},
         "nodes": {"type": "integer", "minimum": 1, "maximum": MAX_NODES},
         "repeat": {"type": "integer", "minimum": 0, "maximum": MAX_REPEATS - 1},
