@@ -68,3 +68,10 @@ def md_code(text: object) -> str:
     fence = "`" * (longest + 1)
     pad = " " if s.startswith("`") or s.endswith("`") else ""
     return f"{fence}{pad}{s}{pad}{fence}"
+
+
+def md_text(text: object) -> str:
+    """``text`` as literal markdown text: control characters become spaces, markdown punctuation is
+    backslash-escaped (ordinary backend names such as ``gqa-shared`` come out unchanged)."""
+    s = "".join(ch if ch.isprintable() else " " for ch in str(text))
+    return "".join("\\" + ch if ch in "\\`*_[]<>|#!~" else ch for ch in s)

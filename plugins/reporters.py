@@ -22,7 +22,7 @@ from attrbench.bench.summary import (
     status_text,
     summarise,
 )
-from attrbench.formatting import fmt_bytes, fmt_num, fmt_ratio, fmt_seconds, md_code
+from attrbench.formatting import fmt_bytes, fmt_num, fmt_ratio, fmt_seconds, md_code, md_text
 from attrbench.graph.verdicts import PARITY_FIELDS, rel_tolerance
 from attrbench.hookspecs import hookimpl
 
@@ -199,10 +199,10 @@ class MarkdownReporter(Reporter):
             elif best["speedup"] is not None:
                 mem = (f", peak memory {fmt_ratio(best['mem_ratio'])} of the reference's"
                        if best["mem_ratio"] is not None else "")
-                out.append(f"- {title}: **{md_code(best['backend'])}**, {fmt_ratio(best['speedup'])} faster than the "
+                out.append(f"- {title}: **{md_text(best['backend'])}**, {fmt_ratio(best['speedup'])} faster than the "
                            f"reference at {best['nodes']} nodes{mem}; parity {best['parity_verdict']}")
             else:
-                out.append(f"- {title}: **{md_code(best['backend'])}** ({fmt_seconds(best['wall_s'])} at "
+                out.append(f"- {title}: **{md_text(best['backend'])}** ({fmt_seconds(best['wall_s'])} at "
                            f"{best['nodes']} nodes; the reference did not complete there, no speedup)")
         ref_ok = [r for r in rows if r["backend"] == REFERENCE and r["status"] == "ok"]
         if ref_ok:

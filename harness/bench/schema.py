@@ -20,7 +20,7 @@ from attrbench.errors import UsageError
 #: --repeats and plan-size caps (also enforced by the CLI, :func:`attrbench.cli.options.bench_settings`)
 MAX_REPEATS = 1000
 MAX_PLAN_CELLS = 10_000
-MAX_NODES = 10_000_000
+MAX_NODES = 2**31 - 1
 #: deepest nesting a results file may have
 MAX_DEPTH = 32
 
