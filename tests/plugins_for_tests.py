@@ -153,6 +153,6 @@ class Float32OnlyBackend(_Crashing):
 
 @hookimpl
 def register_backends(register):
-    for cls in (CopyBackend, ChattyBackend, RaisesBackend, SegfaultBackend, KilledBackend, SleeperBackend, InterruptBackend,
-                Float32OnlyBackend, HogBackend, HangBackend):
+    for cls in (CopyBackend, ChattyBackend, RaisesBackend, SegfaultBackend, KilledBackend, SleeperBackend,
+                InterruptBackend, Float32OnlyBackend, HogBackend, HangBackend):
         register(cls())
