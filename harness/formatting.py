@@ -55,3 +55,23 @@ def short_error(message: str | None, width: int = 60) -> str:
         return ""
     line = str(message).strip().splitlines()[0] if str(message).strip() else ""
     return line if len(line) <= width else line[: width - 3] + "..."
+
+
+def md_code(text: object) -> str:
+    """``text`` as a markdown code span that nothing in it can break out of: control characters become
+    spaces, ``|`` is escaped (tables), and the fence is longer than any run of backticks inside."""
+    s = "".join(ch if ch.isprintable() else " " for ch in str(text)).replace("|", "\\|")
+    longest = run = 0
+    for ch in s:
+        run = run + 1 if ch == "`" else 0
+        longest = max(longest, run)
+    fence = "`" * (longest + 1)
+    pad = " " if s.startswith("`") or s.endswith("`") else ""
+    return f"{fence}{pad}{s}{pad}{fence}"
+
+
+def md_text(text: object) -> str:
+    """``text`` as literal markdown text: control characters become spaces, markdown punctuation is
+    backslash-escaped (ordinary backend names such as ``gqa-shared`` come out unchanged)."""
+    s = "".join(ch if ch.isprintable() else " " for ch in str(text))
+    return "".join("\\" + ch if ch in "\\`*_[]<>|#!~" else ch for ch in s)

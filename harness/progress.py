@@ -11,25 +11,23 @@ The interval is ``$ATTRBENCH_PROGRESS_INTERVAL`` seconds (default 30); ``0`` tur
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 
 from attrbench.formatting import fmt_seconds
+from attrbench.guard import PROGRESS_ENV, progress_interval_s
 
-PROGRESS_ENV = "ATTRBENCH_PROGRESS_INTERVAL"
+__all__ = ["PROGRESS_ENV", "DEFAULT_INTERVAL_S", "ProgressLine", "no_progress", "progress_interval"]
 DEFAULT_INTERVAL_S = 30.0
 
 
 def progress_interval() -> float:
-    """Seconds between progress lines: ``$ATTRBENCH_PROGRESS_INTERVAL`` or 30; 0 (or less) means none."""
-    text = os.environ.get(PROGRESS_ENV, "").strip()
-    if not text:
-        return DEFAULT_INTERVAL_S
-    try:
-        return float(text)
-    except ValueError:
-        return DEFAULT_INTERVAL_S
+    """Seconds between progress lines: ``$ATTRBENCH_PROGRESS_INTERVAL`` or 30; 0 means none.
+
+    A value that is not a finite number in [0, 86400] is a UsageError naming the variable
+    (:func:`attrbench.guard.progress_interval_s`).
+    """
+    return progress_interval_s()
 
 
 def no_progress(text: str) -> None:

@@ -5,7 +5,8 @@ progress, then a small dict of measured values (or the formatted traceback), bac
 waits on the pipe and the child's sentinel (no busy-wait), enforces ``--timeout`` from the moment the
 child reports that build, prepare and warm-up are done (those get :data:`SETUP_GRACE_S` + 4 x timeout),
 and classifies failures (``error``, ``oom``, ``timeout``). The child is its own process group, so killing
-it takes everything it started with it.
+it takes everything it started with it, and it dies with the parent (:func:`die_with_parent`), so a parent
+killed with SIGKILL leaves no orphan.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import resource
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -42,12 +44,44 @@ def apply_memory_limit(limit: int | None) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
 
 
-def _child_main(conn: Connection, job: CellJob) -> None:
+#: PR_SET_PDEATHSIG from <linux/prctl.h>
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int | None) -> None:
+    """Make this (child) process die when its parent does, even by SIGKILL: the kernel's parent-death signal
+    on Linux, and on every platform a watchdog thread that notices the parent is gone."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the watchdog below does it
+        pass
+    if parent_pid is None:
+        return
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                try:
+                    os.killpg(os.getpgrp(), signal.SIGKILL)
+                finally:
+                    os._exit(1)
+
+    threading.Thread(target=watch, name="attrbench-parent-watchdog", daemon=True).start()
+
+
+def _child_main(conn: Connection, job: CellJob, parent_pid: int | None = None) -> None:
     """Entry point of the spawned child: run one cell, send ("result", dict) or ("error", dict), exit."""
     try:
         os.setpgrp()  # its own process group: the parent can kill it with everything it started
     except OSError:
         pass
+    die_with_parent(parent_pid)
     code = 0
     try:
         apply_memory_limit(job.settings.get("memory_limit_bytes"))
@@ -136,7 +170,7 @@ class ProcessLauncher:
         """
         ctx = mp.get_context("spawn")
         recv_conn, send_conn = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_child_main, args=(send_conn, job), name=f"attrbench-{job.backend}")
+        proc = ctx.Process(target=_child_main, args=(send_conn, job, os.getpid()), name="attrbench-cell")
         proc.start()
         send_conn.close()
         line = ProgressLine(progress if progress is not None else no_progress,

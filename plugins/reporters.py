@@ -24,7 +24,7 @@ from attrbench.bench.summary import (
     status_text,
     summarise,
 )
-from attrbench.formatting import fmt_bytes, fmt_num, fmt_ratio, fmt_seconds
+from attrbench.formatting import fmt_bytes, fmt_num, fmt_ratio, fmt_seconds, md_code, md_text
 from attrbench.graph.verdicts import PARITY_FIELDS, rel_tolerance
 from attrbench.hookspecs import hookimpl
 
@@ -147,8 +147,8 @@ def _verdict_line(backend: str, group: list[dict], dtype: str | None) -> str:
     checked = [r for r in group if r["parity_verdict"] in ("ok", "BROKEN")]
     if not checked:
         if any(r["parity_verdict"] == "yardstick" for r in group):
-            return f"- `{backend}`: the yardstick (the others were compared with it)"
-        return f"- `{backend}`: parity not checked"
+            return f"- {md_code(backend)}: the yardstick (the others were compared with it)"
+        return f"- {md_code(backend)}: parity not checked"
     verdict = "BROKEN" if any(r["parity_verdict"] == "BROKEN" for r in checked) else "ok"
     against = next((r["parity_against"] for r in checked if r["parity_against"]), REFERENCE)
     if exact:
@@ -162,7 +162,7 @@ def _verdict_line(backend: str, group: list[dict], dtype: str | None) -> str:
         pjs = [r["pruned_node_jaccard"] for r in checked if r["pruned_node_jaccard"] is not None]
         detail = (f"approximate; worst edge recall {fmt_num(min(recs) if recs else None)} (>= 0.99), "
                   f"worst pruned-node Jaccard {fmt_num(min(pjs) if pjs else None)} (>= 0.95)")
-    return f"- `{backend}`: **{verdict}** vs {against} ({detail})"
+    return f"- {md_code(backend)}: **{verdict}** vs {md_code(against)} ({detail})"
 
 
 def _relative_to_yardstick(rows: list[dict], cuda: bool) -> list[str]:
@@ -180,8 +180,8 @@ def _relative_to_yardstick(rows: list[dict], cuda: bool) -> list[str]:
         for r in others:
             mem = peak_bytes(r, cuda)
             mem_text = f", {fmt_ratio(mem / yard_peak)} memory" if mem and yard_peak else ""
-            parts.append(f"`{r['backend']}` {fmt_ratio(yard['wall_s'] / r['wall_s'])} faster{mem_text}")
-        out.append(f"- Relative to `{yard['backend']}` (the yardstick) at {nodes} nodes: " + ", ".join(parts))
+            parts.append(f"{md_code(r['backend'])} {fmt_ratio(yard['wall_s'] / r['wall_s'])} faster{mem_text}")
+        out.append(f"- Relative to {md_code(yard['backend'])} (the yardstick) at {nodes} nodes: " + ", ".join(parts))
     return out
 
 
@@ -202,21 +202,22 @@ class MarkdownReporter(Reporter):
             elif best["speedup"] is not None:
                 mem = (f", peak memory {fmt_ratio(best['mem_ratio'])} of the reference's"
                        if best["mem_ratio"] is not None else "")
-                out.append(f"- {title}: **{best['backend']}**, {fmt_ratio(best['speedup'])} faster than the "
+                out.append(f"- {title}: **{md_text(best['backend'])}**, {fmt_ratio(best['speedup'])} faster than the "
                            f"reference at {best['nodes']} nodes{mem}; parity {best['parity_verdict']}")
             else:
-                out.append(f"- {title}: **{best['backend']}** ({fmt_seconds(best['wall_s'])} at {best['nodes']} "
-                           "nodes; the reference did not complete there, no speedup)")
+                out.append(f"- {title}: **{md_text(best['backend'])}** ({fmt_seconds(best['wall_s'])} at "
+                           f"{best['nodes']} nodes; the reference did not complete there, no speedup)")
         ref_ok = [r for r in rows if r["backend"] == REFERENCE and r["status"] == "ok"]
         if ref_ok:
             nodes = max((r["nodes"] for r in ref_ok), key=lambda n: (0, n) if isinstance(n, (int, float)) else (1, str(n)))
             at = [r for r in rows if r["nodes"] == nodes and r["backend"] != REFERENCE]
-            speed = ", ".join(f"`{r['backend']}` {fmt_ratio(r['speedup']) if r['status'] == 'ok' else r['status']}" for r in at)
+            speed = ", ".join(f"{md_code(r['backend'])} "
+                              f"{fmt_ratio(r['speedup']) if r['status'] == 'ok' else r['status']}" for r in at)
             if speed:
                 out.append(f"- Speedup vs reference at {nodes} nodes: {speed}")
             mem = ", ".join(
-                f"`{r['backend']}` {fmt_ratio(r['mem_ratio'])} ({_saving(r['mem_ratio'])})"
-                if r["mem_ratio"] is not None else f"`{r['backend']}` -"
+                f"{md_code(r['backend'])} {fmt_ratio(r['mem_ratio'])} ({_saving(r['mem_ratio'])})"
+                if r["mem_ratio"] is not None else f"{md_code(r['backend'])} -"
                 for r in at if r["status"] == "ok")
             if mem:
                 kind = "GPU" if is_cuda(result) else "host"
@@ -226,7 +227,7 @@ class MarkdownReporter(Reporter):
             out += _relative_to_yardstick(rows, is_cuda(result))
         failed = [r for r in rows if r["status"] != "ok"]
         for r in failed:
-            out.append(f"- `{r['backend']}` at {r['nodes']} nodes: {status_text(r)}")
+            out.append(f"- {md_code(r['backend'])} at {r['nodes']} nodes: {status_text(r)}")
         out.append("")
         out.append("Parity:")
         out.append("")
@@ -255,7 +256,7 @@ class MarkdownReporter(Reporter):
         for nodes, group in _nodes_groups(rows):
             table = []
             for r in group:
-                line = [f"`{r['backend']}`", status_text(r).replace("|", "\\|"), fmt_seconds(r["wall_s"]),
+                line = [f"{md_code(r['backend'])}", status_text(r).replace("|", "\\|"), fmt_seconds(r["wall_s"]),
                         speedup_text(r), fmt_bytes(r["peak_host_bytes"]), _peak_gpu(r),
                         fmt_ratio(r["mem_ratio"]), "-" if r["n_selected"] is None else str(r["n_selected"]),
                         fmt_num(r["selected_jaccard"]), fmt_num(r["rel_frobenius"]), fmt_num(r["max_abs"]),

@@ -113,6 +113,36 @@ class HogBackend(_Crashing):
         raise RuntimeError("the hog test backend was not stopped by the memory limit")
 
 
+class HangBackend(_Crashing):
+    """Writes its pid to ATTRBENCH_TEST_PID_FILE, then hangs (a cell whose parent is killed under it)."""
+
+    name = "hang"
+    description = "test: records its pid and hangs"
+
+    def attribute(self, prepared, settings):
+        pid_file = os.environ.get("ATTRBENCH_TEST_PID_FILE")
+        if pid_file:
+            with open(pid_file + ".tmp", "w") as f:
+                f.write(str(os.getpid()))
+            os.replace(pid_file + ".tmp", pid_file)
+        time.sleep(120)
+
+
+class InstantLauncher:
+    """Records every cell as ``oom`` at once without running anything (runner and results tests)."""
+
+    name = "instant"
+    description = "test: every cell oom at once, nothing run"
+
+    def run(self, job, timeout_s, progress=None):
+        return {"status": "oom", "error": "instant test launcher: not run"}
+
+
+@hookimpl
+def register_launchers(register):
+    register(InstantLauncher())
+
+
 class Float32OnlyBackend(_Crashing):
     name = "f32only"
     description = "test: declares float32 on cpu only"
@@ -123,6 +153,6 @@ class Float32OnlyBackend(_Crashing):
 
 @hookimpl
 def register_backends(register):
-    for cls in (CopyBackend, ChattyBackend, RaisesBackend, SegfaultBackend, KilledBackend, SleeperBackend, InterruptBackend,
-                Float32OnlyBackend, HogBackend):
+    for cls in (CopyBackend, ChattyBackend, RaisesBackend, SegfaultBackend, KilledBackend, SleeperBackend,
+                InterruptBackend, Float32OnlyBackend, HogBackend, HangBackend):
         register(cls())

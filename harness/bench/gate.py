@@ -11,14 +11,15 @@ Exit codes: 0 pass, 1 regression or broken parity; files that cannot be compared
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from tabulate import tabulate
 
-from attrbench.bench.results import load_results
+from attrbench.bench.results import load_results, validate_results
 from attrbench.bench.summary import REFERENCE, status_text, summarise
 from attrbench.errors import NotComparableError, UsageError
-from attrbench.formatting import fmt_num, fmt_ratio, short_error
+from attrbench.formatting import fmt_num, fmt_ratio, md_code, short_error
 from attrbench.graph.verdicts import parity_checks
 
 OK, REGRESSED, BROKEN = "ok", "REGRESSED", "BROKEN"
@@ -34,7 +35,8 @@ def fingerprint(result: dict) -> dict:
         "dtype": settings.get("dtype"),
         "device kind": device,
         "backends": sorted({str(c.get("backend")) for c in cells}),
-        "nodes": sorted({c.get("nodes") for c in cells}, key=lambda n: (0, n) if isinstance(n, (int, float)) else (1, str(n))),
+        "nodes": sorted({c.get("nodes") for c in cells},
+                        key=lambda n: (0, n) if isinstance(n, (int, float)) else (1, str(n))),
     }
 
 
@@ -114,8 +116,11 @@ def run_gate(baseline: dict, current: dict, max_speedup_drop: float = 0.25, max_
         raise UsageError(f"unknown gate output format {format!r}; choose table or markdown")
     if not 0 <= max_speedup_drop < 1:
         raise UsageError(f"max speedup drop must be in [0, 1), got {max_speedup_drop}")
-    if max_memory_growth < 0:
-        raise UsageError(f"max memory growth must be >= 0, got {max_memory_growth}")
+    if not (0 <= max_memory_growth and math.isfinite(max_memory_growth)):
+        raise UsageError(f"max memory growth must be a finite number >= 0, got {max_memory_growth}")
+    # the schema refuses NaN/Inf/0 wall times and wrong types before any ratio is formed
+    baseline = validate_results(baseline, "baseline")
+    current = validate_results(current, "current results")
     check_comparable(baseline, current)
     rows = _compare_rows(baseline, current, max_speedup_drop, max_memory_growth)
     regressed = sum(r["verdict"] == REGRESSED for r in rows)
@@ -132,6 +137,7 @@ def run_gate(baseline: dict, current: dict, max_speedup_drop: float = 0.25, max_
     else:
         verdict = f"gate passed: {len(rows)} figures compared"
     if format == "markdown":
+        table = [[md_code(row[0]), *(cell.replace("|", "\\|") for cell in row[1:])] for row in table]
         body = tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
         text = f"## attrbench gate\n\n**{verdict}**\n\n{limits}\n\n{body}\n"
     else:

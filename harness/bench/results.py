@@ -22,7 +22,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from attrbench.bench.schema import NonFinite, check_results_schema, parse_json
 from attrbench.errors import UsageError
+from attrbench.guard import read_text_bounded
 
 SCHEMA_VERSION = 1
 
@@ -166,8 +168,18 @@ class CellRecord:
         return cls(**data)
 
 
+class ResultsWriteError(Exception):
+    """The results file could not be rewritten (disk full, ...): its previous version is intact and
+    ``cell`` is the record that did not reach it."""
+
+    def __init__(self, output: Path, error: OSError, cell: dict[str, Any]):
+        super().__init__(f"cannot write {output}: {error.strerror or error}")
+        self.output, self.error, self.cell = output, error, cell
+
+
 class ResultsDocument:
-    """The results document of a run: cells kept from ``--resume`` first, each new cell replacing any
+    """The results document of a run: every record of ``--resume`` first (its ok cells are not run again;
+    the others are replaced when their cell runs, kept as they are otherwise), each new cell replacing any
     earlier record of the same key, the file rewritten atomically whenever something changes."""
 
     def __init__(self, workload: dict[str, Any], settings: dict[str, Any], output: Path | None,
@@ -181,9 +193,9 @@ class ResultsDocument:
         if resume is not None:
             self.doc["resumed_from"] = resume.get("created")
             for cell in resume.get("cells", []):
+                self.doc["cells"].append(cell)  # every record survives until its cell is run again
                 if cell.get("status") == "ok":
                     self.kept.add(cell_key(cell))
-                    self.doc["cells"].append(cell)
                     if cell.get("n_active") is not None:
                         self.doc["workload"]["n_active"] = cell["n_active"]
             if resume.get("yardstick_note"):
@@ -196,7 +208,10 @@ class ResultsDocument:
             self.doc["cells"] = [c for c in self.doc["cells"] if cell_key(c) != cell.key] + [record]
             if cell.status == "ok" and self.doc["workload"].get("n_active") is None:
                 self.doc["workload"]["n_active"] = cell.n_active
-            self.write()
+            try:
+                self.write()
+            except OSError as exc:
+                raise ResultsWriteError(self.output or Path("-"), exc, record) from exc
 
     def note(self, text: str | None) -> None:
         with self.lock:
@@ -256,41 +271,41 @@ def write_results_atomic(path: str | os.PathLike, data: dict[str, Any]) -> None:
 
 
 def validate_results(data: Any, where: str = "results") -> dict[str, Any]:
-    """Raise :class:`UsageError` with one line when ``data`` is not a schema-1 results document."""
+    """Raise :class:`UsageError` with one line when ``data`` is not a schema-1 results document
+    (:mod:`attrbench.bench.schema`: types, ranges, finite wall times, depth); returns the document."""
     if not isinstance(data, dict):
         raise UsageError(f"{where} is not an attrbench results file (top level is not a JSON object)")
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise UsageError(
-            f"{where} has schema_version {version!r}; this attrbench reads schema_version {SCHEMA_VERSION}"
-        )
+        shown = version if isinstance(version, int) and abs(version) < 10**6 else str(version)[:20]
+        raise UsageError(f"{where} has schema_version {shown!r}; this attrbench reads schema_version {SCHEMA_VERSION}")
     for key in ("workload", "settings", "cells"):
         if key not in data:
             raise UsageError(f"{where} is not an attrbench results file (missing {key!r})")
-    if not isinstance(data["cells"], list):
-        raise UsageError(f"{where} is not an attrbench results file ('cells' is not a list)")
-    for i, cell in enumerate(data["cells"]):
-        if not isinstance(cell, dict) or not {"backend", "nodes", "repeat", "status"} <= set(cell):
-            raise UsageError(f"{where}: cell {i} lacks backend/nodes/repeat/status")
-    return data
+    if not any(isinstance(v, NonFinite) for v in _walk(data)):
+        # an in-memory document: give its floats the same NaN/Inf treatment a file gets
+        data = parse_json(json.dumps(data, default=_json_default, allow_nan=True), where)
+    return check_results_schema(data, where)
+
+
+def _walk(data: Any):
+    stack = [data]
+    while stack:
+        obj = stack.pop()
+        yield obj
+        if isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif isinstance(obj, list):
+            stack.extend(obj)
 
 
 def load_results(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a results file; every problem is one :class:`UsageError` line."""
+    """Read (at most :data:`attrbench.guard.MAX_INPUT_BYTES`) and check a results file against the schema;
+    every problem is one :class:`UsageError` line."""
     p = Path(path)
-    if not p.exists():
-        raise UsageError(f"results file {p} does not exist")
-    if p.is_dir():
-        raise UsageError(f"results file {p} is a directory, not a JSON file")
-    try:
-        text = p.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"results file {p} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"results file {p} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    return validate_results(data, f"results file {p}")
+    where = f"results file {p}"
+    data = parse_json(read_text_bounded(p, "results file"), where)
+    return validate_results(data, where)
 
 
 if __name__ == "__main__":  # pragma: no cover

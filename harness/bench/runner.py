@@ -11,6 +11,7 @@ fit are recorded as ``oom`` without running.
 from __future__ import annotations
 
 import itertools
+import json
 import shutil
 import sys
 import time
@@ -21,7 +22,7 @@ from typing import Any, TextIO
 from attrbench.api import CellJob, Launcher
 from attrbench.bench.estimate import predict_unfit
 from attrbench.bench.plan import Cell, plan_cells
-from attrbench.bench.results import CellRecord, ResultsDocument
+from attrbench.bench.results import CellRecord, ResultsDocument, ResultsWriteError
 from attrbench.bench.schedule import run_groups
 from attrbench.bench.scratch import ScratchFolder
 from attrbench.bench.settings import BenchSettings
@@ -86,6 +87,7 @@ class Runner:
                     yardsticks.record(cell.backend, status)
 
         try:
+            self.scratch.remove_stale(self.say)
             self.results.write()
             groups = [list(g) for _, g in itertools.groupby(plan, key=lambda cell: (cell.nodes, cell.repeat))]
             run_groups(groups, run_group, self.launcher)
@@ -94,9 +96,16 @@ class Runner:
             self.stopping = True
             self.say("interrupted; stopping (finished cells are kept)")
             raise
+        except ResultsWriteError as exc:  # disk full: the file keeps what it had, this cell goes to stderr
+            print(json.dumps(exc.cell, default=str), file=self.stream, flush=True)
+            self.say(f"{exc}; the file keeps the cells written before it, the cell above (JSON) was not "
+                     "written; stopping")
+            raise
         finally:
             try:
                 self.results.write()
+            except OSError:
+                pass  # already reported, or nothing new to write
             finally:
                 self.scratch.remove()
 

@@ -19,6 +19,7 @@ from attrbench.cli.options import err
 from attrbench.cli.report import gate_cmd, report_cmd
 from attrbench.cli.run import run_cmd
 from attrbench.errors import UsageError
+from attrbench.guard import check_environment
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: every usage problem is one line on stderr and exit code 2."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
+        check_environment()
         rv = cli.main(args=argv, prog_name="attrbench", standalone_mode=False)
     except click.exceptions.UsageError as exc:
         msg = exc.format_message().replace("\n", " ")

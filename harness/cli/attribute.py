@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import tempfile
 import time
 from pathlib import Path
 
 import click
 import torch
 
+from attrbench.bench.schema import MAX_NODES
 from attrbench.cli.options import (
     attribution_options,
     bench_settings,
@@ -16,6 +19,7 @@ from attrbench.cli.options import (
     check_writable,
     device_option,
     err,
+    interrupt_on_signals,
     output_option,
     parse_options,
     resolve_device,
@@ -51,13 +55,13 @@ def attribute_cmd(backend_name: str, nodes: int, model: str | None, workload_fil
                   update_interval: int, max_logits: int, logit_prob: float, options: tuple[str, ...], fmt: str,
                   node_threshold: float, edge_threshold: float, slug: str | None, output: str) -> int:
     """Attribute the workload's prompt once with one backend and write the graph (.pt or pruned JSON)."""
-    if nodes <= 0:
-        raise UsageError(f"--nodes must be a positive integer, got {nodes}")
+    if not 0 < nodes <= MAX_NODES:
+        raise UsageError(f"--nodes must be a positive integer of at most {MAX_NODES:,}, got {nodes}")
     settings = bench_settings(device=resolve_device(device), dtype=dtype, batch_size=batch_size,
                               update_interval=update_interval, max_logits=max_logits, logit_prob=logit_prob,
                               options=parse_options(options))
     for flag, value in (("--node-threshold", node_threshold), ("--edge-threshold", edge_threshold)):
-        if not 0 <= value <= 1:
+        if not (0 <= value <= 1 and math.isfinite(value)):
             raise UsageError(f"{flag} must be in [0, 1], got {value}")
     spec, preset_note = resolve_spec(model, workload_file, transcoders_dir, prompt_text, [nodes])
     known = get_backends()
@@ -72,24 +76,29 @@ def attribute_cmd(backend_name: str, nodes: int, model: str | None, workload_fil
 
     if preset_note:
         err(preset_note)
-    built = build_workload(spec)
-    progress = ProgressLine(lambda text: err(f"{backend_name}: {text}"))
-    try:
-        prepared = backend.prepare(built, settings.device, getattr(torch, dtype))
-        start = time.perf_counter()
-        result = backend.attribute(prepared, settings.attribute_settings(nodes, progress=progress.update))
-        if settings.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        wall = time.perf_counter() - start
-        result = to_cpu(result)
-    except Exception as exc:  # a failing backend: one line, no traceback
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        err(f"error: backend {backend_name!r} failed: {type(exc).__name__}: {first}")
-        return 1
-    extra = dict(node_threshold=node_threshold, edge_threshold=edge_threshold, slug=slug) if fmt == "json" else {}
-    save_graph(result, built, out_path, fmt, **extra)
-    n_active = int(result.active_features.shape[0])
-    err(f"{backend_name}: {int(result.selected_features.numel())} nodes selected of {n_active} active, "
-        f"{result.adjacency_matrix.shape[0]} graph nodes, attribution {wall:.2f} s; wrote {out_path} "
-        f"({fmt}, {fmt_bytes(out_path.stat().st_size)})")
+    interrupt_on_signals()
+    # the backend's scratch files (the lean store's adjacency-*.npy) live here and go on every exit path:
+    # success, a failing backend, Ctrl-C, SIGTERM, SIGHUP
+    with tempfile.TemporaryDirectory(prefix=".attrbench-attribute-", dir=out_path.resolve().parent) as scratch:
+        built = build_workload(spec)
+        progress = ProgressLine(lambda text: err(f"{backend_name}: {text}"))
+        try:
+            prepared = backend.prepare(built, settings.device, getattr(torch, dtype))
+            start = time.perf_counter()
+            result = backend.attribute(prepared, settings.attribute_settings(nodes, scratch_dir=scratch,
+                                                                             progress=progress.update))
+            if settings.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - start
+            result = to_cpu(result)
+        except Exception as exc:  # a failing backend: one line, no traceback
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            err(f"error: backend {backend_name!r} failed: {type(exc).__name__}: {first}")
+            return 1
+        extra = dict(node_threshold=node_threshold, edge_threshold=edge_threshold, slug=slug) if fmt == "json" else {}
+        save_graph(result, built, out_path, fmt, **extra)
+        n_active = int(result.active_features.shape[0])
+        err(f"{backend_name}: {int(result.selected_features.numel())} nodes selected of {n_active} active, "
+            f"{result.adjacency_matrix.shape[0]} graph nodes, attribution {wall:.2f} s; wrote {out_path} "
+            f"({fmt}, {fmt_bytes(out_path.stat().st_size)})")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,6 +20,7 @@ import click
 import torch
 
 from attrbench.api import Backend
+from attrbench.bench.schema import MAX_NODES, MAX_PLAN_CELLS, MAX_REPEATS
 from attrbench.bench.settings import BenchSettings, resolve_memory_limit
 from attrbench.errors import UsageError
 from attrbench.workload import spec as wl
@@ -102,6 +104,26 @@ def output_option(required: bool, help_text: str) -> Callable:
                         type=click.Path(dir_okay=False), help=help_text)
 
 
+# ------------------------------------------------------------------------------------------------ signals
+
+
+def interrupt_on_signals() -> None:
+    """Ctrl-C (SIGINT), SIGTERM and SIGHUP (the terminal closed) stop a run cleanly (children killed,
+    scratch files removed, finished cells kept, exit 130).
+
+    SIGINT is set explicitly: Python leaves it ignored when the process inherited it ignored, as every
+    command started in the background by a non-interactive shell does.
+    """
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, interrupt)
+
+
 # ------------------------------------------------------------------------------------------------ parsing
 
 
@@ -114,8 +136,8 @@ def parse_int_list(value: str, flag: str) -> list[int]:
             n = int(part)
         except ValueError:
             raise UsageError(f"{flag} takes positive integers separated by commas, got {part!r}") from None
-        if n <= 0:
-            raise UsageError(f"{flag} takes positive integers, got {n}")
+        if not 0 < n <= MAX_NODES:
+            raise UsageError(f"{flag} takes positive integers of at most {MAX_NODES:,}, got {_short(n)}")
         out.append(n)
     if not out:
         raise UsageError(f"{flag} needs at least one value")
@@ -198,9 +220,30 @@ def check_options(options: dict[str, Any], backends: list[Backend]) -> None:
                          f"(declared: {', '.join(sorted(declared)) or 'none'})")
 
 
-def _positive(flag: str, value: int | None) -> None:
-    if value is not None and value <= 0:
-        raise UsageError(f"{flag} must be a positive integer, got {value}")
+#: the largest value any integer option takes (a C int: batch sizes, intervals, logits)
+MAX_INT_OPTION = 2**31 - 1
+#: --timeout at most 30 days
+MAX_TIMEOUT_S = 30 * 86_400.0
+#: --memory-limit at most 1 PiB
+MAX_MEMORY_LIMIT_GIB = 2.0**20
+
+
+def _positive(flag: str, value: int | None, high: int = MAX_INT_OPTION) -> None:
+    if value is not None and not 0 < value <= high:
+        raise UsageError(f"{flag} must be a positive integer of at most {high:,}, got {_short(value)}")
+
+
+def _short(value: object) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else text[:20] + "..."
+
+
+def check_plan_size(n_backends: int, n_nodes: int, repeats: int) -> None:
+    """A run of more than :data:`MAX_PLAN_CELLS` cells is refused before anything is planned."""
+    cells = n_backends * n_nodes * repeats
+    if cells > MAX_PLAN_CELLS:
+        raise UsageError(f"the run would have {cells:,} cells ({n_backends} backends x {n_nodes} node counts x "
+                         f"{repeats} repeats); at most {MAX_PLAN_CELLS:,} per run: split it into several runs")
 
 
 def bench_settings(*, device: str, dtype: str, batch_size: int, update_interval: int, max_logits: int,
@@ -211,16 +254,19 @@ def bench_settings(*, device: str, dtype: str, batch_size: int, update_interval:
     if dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r} is not supported; use float32 or bfloat16")
     for flag, value in (("--batch-size", batch_size), ("--update-interval", update_interval),
-                        ("--max-logits", max_logits), ("--repeats", repeats)):
+                        ("--max-logits", max_logits)):
         _positive(flag, value)
+    _positive("--repeats", repeats, MAX_REPEATS)
     if retries < 0:
         raise UsageError(f"--retries must be an integer >= 0, got {retries}")
-    if not 0 < logit_prob <= 1:
+    if not (0 < logit_prob <= 1 and math.isfinite(logit_prob)):
         raise UsageError(f"--logit-prob must be in (0, 1], got {logit_prob}")
-    if timeout_s is not None and not (timeout_s > 0 and math.isfinite(timeout_s)):
-        raise UsageError(f"--timeout must be a positive number of seconds, got {timeout_s:g}")
-    if memory_limit is not None and not (memory_limit >= 0 and math.isfinite(memory_limit)):
-        raise UsageError(f"--memory-limit must be a number of GiB >= 0 (0 = no limit), got {memory_limit:g}")
+    if timeout_s is not None and not (0 < timeout_s <= MAX_TIMEOUT_S and math.isfinite(timeout_s)):
+        raise UsageError(f"--timeout must be a positive, finite number of seconds of at most {MAX_TIMEOUT_S:g}, "
+                         f"got {timeout_s:g}")
+    if memory_limit is not None and not (0 <= memory_limit <= MAX_MEMORY_LIMIT_GIB and math.isfinite(memory_limit)):
+        raise UsageError(f"--memory-limit must be a finite number of GiB in [0, {MAX_MEMORY_LIMIT_GIB:g}] "
+                         f"(0 = no limit), got {memory_limit:g}")
     return BenchSettings(
         device=device, dtype=dtype, batch_size=batch_size, update_interval=update_interval, max_n_logits=max_logits,
         desired_logit_prob=logit_prob, repeats=repeats, timeout_s=timeout_s, warmup=warmup,

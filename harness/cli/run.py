@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 from typing import Any
 
 import click
 
 from attrbench.api import Launcher
-from attrbench.bench.results import load_results
+from attrbench.bench.lock import output_lock
+from attrbench.bench.results import ResultsWriteError, load_results
 from attrbench.bench.runner import RunConfig, run
+from attrbench.bench.settings import BenchSettings
 from attrbench.bench.summary import render
 from attrbench.cli.options import (
     DEFAULT_NODES,
@@ -20,10 +21,12 @@ from attrbench.cli.options import (
     backends_option,
     bench_settings,
     check_options,
+    check_plan_size,
     check_supports,
     check_writable,
     device_option,
     err,
+    interrupt_on_signals,
     memory_limit_option,
     nodes_list_option,
     output_option,
@@ -36,6 +39,7 @@ from attrbench.cli.options import (
 )
 from attrbench.errors import UsageError
 from attrbench.plugin_manager import get_backends, get_launchers, report_plugin_warnings
+from attrbench.workload.spec import WorkloadSpec
 
 
 def render_doc(doc: dict[str, Any], fmt: str) -> str:
@@ -50,32 +54,21 @@ def render_doc(doc: dict[str, Any], fmt: str) -> str:
     return text.decode() if isinstance(text, bytes) else text
 
 
-def interrupt_on_signals() -> None:
-    """Ctrl-C (SIGINT) and SIGTERM stop a run cleanly (children killed, finished cells kept, exit 130).
-
-    SIGINT is set explicitly: Python leaves it ignored when the process inherited it ignored, as every
-    command started in the background by a non-interactive shell does.
-    """
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, interrupt)
-
-
 def choose_launcher(name: str, ray_address: str | None) -> Launcher:
-    """The registered launcher ``name``, configured with its command-line options."""
+    """The registered launcher ``name``, checked against its command-line options (not yet configured)."""
     launchers = get_launchers()
     if name not in launchers:
         raise UsageError(f"unknown launcher {name!r}; known launchers: {', '.join(launchers) or 'none'}")
-    launcher = launchers[name]
     if ray_address is not None and name != "ray":
         raise UsageError("--ray-address goes with --launcher ray")
+    return launchers[name]
+
+
+def configure_launcher(launcher: Launcher, ray_address: str | None) -> None:
+    """Hand a launcher its command-line options (``ray`` connects to its cluster here)."""
     configure = getattr(launcher, "configure", None)
     if callable(configure):
         configure(**({"address": ray_address} if ray_address is not None else {}))
-    return launcher
 
 
 @click.command("run")
@@ -134,24 +127,38 @@ def run_cmd(backends_opt: str, nodes_opt: str | None, model: str | None, workloa
     for name in names:
         check_supports(known[name], settings.device, dtype)
     check_options(opts, [known[n] for n in names])
+    check_plan_size(len(names), len(nodes), repeats)
+    launcher = choose_launcher(launcher_name, ray_address)
 
+    output = output or resume_file
+    if output is not None:
+        check_writable(Path(output), "--output")
+    # held from before --resume is read until the run has written its last cell
+    with output_lock(Path(output) if output else None):
+        config = _config(spec, names, nodes, settings, output, resume_file, scratch_dir)
+        configure_launcher(launcher, ray_address)
+        return _run_locked(config, fmt, launcher, preset_note)
+
+
+def _config(spec: WorkloadSpec, names: list[str], nodes: list[int], settings: BenchSettings, output: str | None,
+            resume_file: str | None, scratch_dir: str | None) -> RunConfig:
+    """The run's configuration, with the cells of ``--resume`` (checked against this workload and settings)."""
     resume = None
     if resume_file is not None:
         resume = load_results(resume_file)
-        output = output or resume_file
         if resume["workload"].get("hash") != spec.content_hash():
             raise UsageError(f"--resume {resume_file} was made with another workload "
                              f"(hash {resume['workload'].get('hash')}, this one {spec.content_hash()})")
         if not settings.resumable_from(resume["settings"]):
             raise UsageError(f"--resume {resume_file} was made with other settings (device, dtype, batch size, "
                              "update interval, logits or backend options differ)")
-    config = RunConfig(spec=spec, backends=names, nodes=nodes, settings=settings,
-                       output=Path(output) if output else None, resume=resume,
-                       scratch=Path(scratch_dir) if scratch_dir else None)
-    if config.output is not None:
-        check_writable(config.output, "--output")
+    return RunConfig(spec=spec, backends=names, nodes=nodes, settings=settings,
+                     output=Path(output) if output else None, resume=resume,
+                     scratch=Path(scratch_dir) if scratch_dir else None)
 
-    launcher = choose_launcher(launcher_name, ray_address)
+
+def _run_locked(config: RunConfig, fmt: str, launcher: Launcher, preset_note: str | None) -> int:
+    """Run ``config`` while this process holds the output file's lock."""
     if preset_note:
         err(preset_note)
     interrupt_on_signals()
@@ -161,5 +168,7 @@ def run_cmd(backends_opt: str, nodes_opt: str | None, model: str | None, workloa
         where = f"; finished cells are in {config.output}" if config.output else ""
         err(f"interrupted{where}")
         return 130
+    except ResultsWriteError:  # reported by the runner (one line + the unwritten cell as JSON)
+        return 1
     click.echo(render_doc(doc, fmt))
     return 1 if any(c.get("status") == "error" for c in doc["cells"]) else 0

@@ -6,6 +6,7 @@ A saved graph is a folder with ``adjacency.npy`` (the dense ``[target, source]``
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import warnings
@@ -46,16 +47,25 @@ def save_result(result: AttributionResult, directory: str | os.PathLike) -> Path
     return directory
 
 
+def _plain(obj: Any) -> Any:
+    """``obj`` as JSON-like plain data (numbers, strings, lists, dicts): what ``weights_only`` loading reads."""
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
 def _save_meta(result: AttributionResult, directory: Path) -> None:
     meta: dict[str, Any] = {name: getattr(result, name).detach().cpu() for name in _META_FIELDS}
-    meta.update(n_layers=int(result.n_layers), phases_s=dict(result.phases_s), info=dict(result.info))
+    meta.update(n_layers=int(result.n_layers), phases_s=_plain(dict(result.phases_s)), info=_plain(dict(result.info)))
     torch.save(meta, directory / META_FILE)
 
 
 def load_result(directory: str | os.PathLike, mmap: bool = True) -> AttributionResult:
-    """Load a saved graph; with ``mmap`` the adjacency is a tensor over a read-only ``np.memmap``."""
+    """Load a saved graph; with ``mmap`` the adjacency is a tensor over a read-only ``np.memmap``.
+
+    Nothing is unpickled: ``meta.pt`` is read with ``weights_only=True`` (tensors and plain data only) and the
+    adjacency with ``allow_pickle=False``, so a graph folder written by someone else cannot run code here.
+    """
     directory = Path(directory)
-    meta = torch.load(directory / META_FILE, map_location="cpu", weights_only=False)
+    meta = torch.load(directory / META_FILE, map_location="cpu", weights_only=True)
     arr = np.load(directory / ADJACENCY_FILE, mmap_mode="r" if mmap else None, allow_pickle=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "array is not writable": we never write to it

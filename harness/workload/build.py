@@ -8,12 +8,18 @@ per-layer threshold is calibrated on the prompt to give about ``target_l0`` acti
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from attrbench.errors import UsageError
 from attrbench.workload.spec import WorkloadSpec
 
 BOS_ID, EOS_ID, UNK_ID, PAD_ID = 1, 2, 0, 3
@@ -50,12 +56,102 @@ class BuiltWorkload:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("ATTRBENCH_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "attrbench"
-    )
-    path = Path(base)
-    path.mkdir(parents=True, exist_ok=True)
+    """``$ATTRBENCH_CACHE`` (checked: a writable folder, or one UsageError line naming the variable) or
+    ``$XDG_CACHE_HOME/attrbench``."""
+    from attrbench.guard import CACHE_ENV, env_folder
+
+    path = env_folder(CACHE_ENV)
+    if path is None:
+        path = Path(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache"))) / "attrbench"
+        path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# ------------------------------------------------------------------------------------- cache integrity
+
+#: written last into every cache entry: the spec it was built from and a sha256 per file
+MANIFEST = "attrbench-manifest.json"
+MANIFEST_FORMAT = 1
+
+
+def _say(text: str) -> None:
+    print(f"attrbench: {text}", file=sys.stderr, flush=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _entry_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def write_manifest(folder: Path, spec: dict[str, Any]) -> None:
+    """Record ``spec`` and (size, sha256) of every file under ``folder``; written last, atomically."""
+    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in _entry_files(folder)}
+    text = json.dumps({"format": MANIFEST_FORMAT, "spec": spec, "files": files}, indent=1, sort_keys=True)
+    tmp = folder / (MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / MANIFEST)
+
+
+def verify_manifest(folder: Path, spec: dict[str, Any]) -> str | None:
+    """None when ``folder`` holds exactly what its manifest records for ``spec``; else what is wrong, by path."""
+    manifest = folder / MANIFEST
+    try:
+        data = json.loads(manifest.read_text())
+        files = data["files"]
+        assert isinstance(files, dict) and data.get("format") == MANIFEST_FORMAT
+    except FileNotFoundError:
+        return f"{manifest} is missing (an unfinished or pre-manifest cache entry)"
+    except Exception:
+        return f"{manifest} is unreadable"
+    if data.get("spec") != spec:
+        return f"{manifest} records another spec than the one asked for"
+    present = {str(p.relative_to(folder)) for p in _entry_files(folder)}
+    for rel in sorted(present - set(files)):
+        return f"{folder / rel} is not in the manifest"
+    for rel, want in sorted(files.items()):
+        path = folder / rel
+        if not path.is_file():
+            return f"{path} is missing"
+        size = path.stat().st_size
+        if size != want.get("size"):
+            return f"{path} has {size:,} bytes, the manifest records {want.get('size'):,} (truncated or changed)"
+        if _sha256(path) != want.get("sha256"):
+            return f"{path} does not match its sha256 in the manifest (changed or corrupted)"
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temporaries(folder: Path) -> None:
+    """Remove ``*.tmp<pid>`` folders under ``folder`` whose writing process is gone."""
+    import re
+    import shutil
+
+    if not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        m = re.fullmatch(r".+\.tmp(\d+)", p.name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            _say(f"removing {p}, the temporary folder of a build that did not finish")
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def build_tokenizer(vocab_size: int):
@@ -63,8 +159,14 @@ def build_tokenizer(vocab_size: int):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    folder = cache_dir() / f"tokenizer-wordlevel-{vocab_size}"
-    if not (folder / "tokenizer.json").exists():
+    base = cache_dir()
+    clean_stale_temporaries(base)
+    folder = base / f"tokenizer-wordlevel-{vocab_size}"
+    key = {"tokenizer": "wordlevel", "vocab_size": vocab_size}
+    if folder.exists() and (problem := verify_manifest(folder, key)) is not None:
+        _say(f"cached tokenizer: {problem}; rebuilding it")
+        shutil.rmtree(folder, ignore_errors=True)
+    if not folder.exists():
         vocab = {f"t{i}": i for i in range(vocab_size)}
         tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token=f"t{UNK_ID}"))
         tk.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -73,10 +175,11 @@ def build_tokenizer(vocab_size: int):
             tokenizer_object=tk, bos_token=f"t{BOS_ID}", eos_token=f"t{EOS_ID}",
             unk_token=f"t{UNK_ID}", pad_token=f"t{PAD_ID}",
         ).save_pretrained(str(tmp))
+        write_manifest(tmp, key)
         try:
             tmp.rename(folder)
         except OSError:  # another process got there first
-            pass
+            shutil.rmtree(tmp, ignore_errors=True)
     return PreTrainedTokenizerFast.from_pretrained(str(folder)), str(folder)
 
 
@@ -207,8 +310,12 @@ def load_transcoders(folder: Path, n_layers: int) -> list[TranscoderWeights]:
         path = folder / f"layer_{layer}.safetensors"
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: a transcoder folder needs layer_0 .. layer_{n_layers - 1}")
-        d = {k: v.float() for k, v in load_file(str(path)).items()}
-        W_enc, W_dec = d["W_enc"], d["W_dec"]
+        try:
+            d = {k: v.float() for k, v in load_file(str(path)).items()}
+            W_enc, W_dec = d["W_enc"], d["W_dec"]
+        except Exception as exc:  # truncated or not safetensors: name the file
+            raise UsageError(f"transcoder file {path} cannot be read ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
         if W_enc.shape[0] != W_dec.shape[0]:  # some releases store W_enc as [d_model, F]
             W_enc = W_enc.T.contiguous()
         threshold = d.get("threshold", torch.zeros(W_enc.shape[0]))  # ReLU = JumpReLU at 0
@@ -217,19 +324,18 @@ def load_transcoders(folder: Path, n_layers: int) -> list[TranscoderWeights]:
 
 
 def save_workload(built: BuiltWorkload, folder: Path) -> None:
-    """A local folder with ``model/`` (HF model + tokenizer), ``transcoders/`` and ``prompt.json``."""
-    import json
-
+    """A local folder with ``model/`` (HF model + tokenizer), ``transcoders/``, ``prompt.json`` and, written
+    last, the manifest (:data:`MANIFEST`: the spec and a sha256 per file); built under ``NAME.tmp<pid>`` and
+    renamed into place, so a reader never sees a half-written entry."""
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    built.hf_model.save_pretrained(str(tmp / "model"), safe_serialization=True)
-    built.tokenizer.save_pretrained(str(tmp / "model"))
-    save_transcoders(built.transcoders, tmp / "transcoders")
-    (tmp / "prompt.json").write_text(json.dumps({"token_ids": built.token_ids.tolist()}))
     try:
+        built.hf_model.save_pretrained(str(tmp / "model"), safe_serialization=True)
+        built.tokenizer.save_pretrained(str(tmp / "model"))
+        save_transcoders(built.transcoders, tmp / "transcoders")
+        (tmp / "prompt.json").write_text(json.dumps({"token_ids": built.token_ids.tolist()}))
+        write_manifest(tmp, built.spec.to_dict())
         tmp.rename(folder)
-    except OSError:  # another process cached it first
-        import shutil
-
+    except OSError:  # another process cached it first, or the disk is full: the entry is simply not cached
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -242,14 +348,13 @@ def load_hf_model(folder: Path) -> torch.nn.Module:
 
 
 def _load_cached(spec: WorkloadSpec, folder: Path) -> BuiltWorkload:
-    import json
-
     from transformers import PreTrainedTokenizerFast
 
     token_ids = torch.tensor(json.loads((folder / "prompt.json").read_text())["token_ids"], dtype=torch.long)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder / "model"))
     transcoders = load_transcoders(folder / "transcoders", spec.model.num_hidden_layers)
-    return BuiltWorkload(spec, load_hf_model(folder / "model"), tokenizer, str(folder / "model"), transcoders, token_ids)
+    model_dir = folder / "model"
+    return BuiltWorkload(spec, load_hf_model(model_dir), tokenizer, str(model_dir), transcoders, token_ids)
 
 
 def build_local(spec: WorkloadSpec) -> BuiltWorkload:
@@ -276,8 +381,17 @@ def build_workload(spec: WorkloadSpec, use_cache: bool | None = None) -> BuiltWo
     if use_cache is None:
         use_cache = parameter_count(spec) > CACHE_MIN_PARAMS
     folder = cache_dir() / "workloads" / spec.content_hash()
+    if use_cache:
+        clean_stale_temporaries(folder.parent)
     if use_cache and folder.exists():
-        return _load_cached(spec, folder)
+        problem = verify_manifest(folder, spec.to_dict())
+        if problem is None:
+            try:
+                return _load_cached(spec, folder)
+            except Exception as exc:  # verified yet unloadable: treat like a corrupted entry
+                problem = f"{folder} cannot be loaded ({type(exc).__name__}: {str(exc)[:200]})"
+        _say(f"cached workload: {problem}; rebuilding the entry")
+        shutil.rmtree(folder, ignore_errors=True)
     hf_model = build_hf_model(spec)
     tokenizer, tok_dir = build_tokenizer(spec.model.vocab_size)
     token_ids = build_prompt(spec)

@@ -188,7 +188,8 @@ def validate(spec: WorkloadSpec) -> WorkloadSpec:
     """Raise :class:`UsageError` naming the first invalid field."""
     m = spec.model
     if m.model_type not in MODEL_TYPES:
-        raise UsageError(f"workload: model.model_type {m.model_type!r} is not supported; use one of {', '.join(MODEL_TYPES)}")
+        raise UsageError(f"workload: model.model_type {m.model_type!r} is not supported; "
+                         f"use one of {', '.join(MODEL_TYPES)}")
     for f in fields(ModelSpec):
         if f.name in ("model_type",):
             continue
@@ -212,7 +213,8 @@ def validate(spec: WorkloadSpec) -> WorkloadSpec:
             raise UsageError("workload: prompt.token_ids needs at least 2 tokens")
         bad = [t for t in p.token_ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < m.vocab_size]
         if bad:
-            raise UsageError(f"workload: prompt.token_ids must be integers in [0, vocab_size={m.vocab_size}); got {bad[:3]}")
+            raise UsageError(f"workload: prompt.token_ids must be integers in [0, vocab_size={m.vocab_size}); "
+                             f"got {bad[:3]}")
     else:
         _positive_int("prompt", "n_tokens", p.n_tokens)
         if p.n_tokens < 2:
@@ -242,7 +244,8 @@ def spec_from_dict(data: Any, path: str = "<dict>") -> WorkloadSpec:
         raise UsageError(f"workload file {path}: top level must be a JSON object with model/transcoders/prompt/seed")
     unknown = set(data) - {"name", "model", "transcoders", "prompt", "seed", "source"}
     if unknown:
-        raise UsageError(f"workload file {path}: unknown top-level keys {sorted(unknown)}; expected model, transcoders, prompt, seed")
+        raise UsageError(f"workload file {path}: unknown top-level keys {sorted(unknown)}; "
+                         "expected model, transcoders, prompt, seed")
     if "model" not in data:
         raise UsageError(f"workload file {path}: missing the 'model' section")
     spec = WorkloadSpec(
@@ -255,23 +258,23 @@ def spec_from_dict(data: Any, path: str = "<dict>") -> WorkloadSpec:
     source = data.get("source")
     if source is not None:
         if not isinstance(source, dict) or set(source) != {"model_dir", "transcoders_dir", "prompt"}:
-            raise UsageError(f"workload file {path}: 'source' must be an object with model_dir, transcoders_dir, prompt")
+            raise UsageError(f"workload file {path}: 'source' must be an object with model_dir, "
+                             "transcoders_dir, prompt")
         spec = replace(spec, source=LocalSource(**{k: str(v) for k, v in source.items()}))
     return validate(spec)
 
 
 def load_workload_file(path: str | Path) -> WorkloadSpec:
+    from attrbench.guard import read_text_bounded
+
     p = Path(path)
-    if not p.exists():
-        raise UsageError(f"workload file {p} does not exist")
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise UsageError(f"workload file {p} cannot be read: {exc.strerror}") from None
+    text = read_text_bounded(p, "workload file")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"workload file {p} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except (ValueError, RecursionError):  # a 5,000-digit integer, or nesting deeper than the parser goes
+        raise UsageError(f"workload file {p} has an integer too long or nesting too deep to read") from None
     return spec_from_dict(data, str(p))
 
 
@@ -285,25 +288,27 @@ def with_overrides(spec: WorkloadSpec, d_transcoder: int | None = None, n_tokens
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
+    from attrbench.guard import read_text_bounded
+
     try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise UsageError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
+        data = json.loads(read_text_bounded(path, what))
     except json.JSONDecodeError as exc:
         raise UsageError(f"{what} {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except (ValueError, RecursionError):
+        raise UsageError(f"{what} {path} has an integer too long or nesting too deep to read") from None
     if not isinstance(data, dict):
         raise UsageError(f"{what} {path} must hold a JSON object")
     return data
 
 
-def _transcoder_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+def _transcoder_shapes(path: Path, what: str = "transcoder file") -> dict[str, tuple[int, ...]]:
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as exc:
-        raise UsageError(f"transcoder file {path} cannot be read as safetensors: {exc}") from None
+        raise UsageError(f"{what} {path} cannot be read as safetensors: {exc}") from None
 
 
 def check_transcoder_folder(folder: Path, model: ModelSpec) -> TranscoderSpec:
@@ -383,6 +388,8 @@ def local_spec(model_dir: str | Path, transcoders_dir: str | Path, prompt: str) 
     if not any(mdir.glob("*.safetensors")):
         raise UsageError(f"--model {mdir} has no *.safetensors weights")
     model = model_spec_from_config(mdir)
+    for weights in sorted(mdir.glob("*.safetensors")):  # a truncated file is refused here, by name
+        _transcoder_shapes(weights, "model weights file")
     transcoders = check_transcoder_folder(tdir, model)
     if not prompt or not prompt.strip():
         raise UsageError("--prompt must be a non-empty text")

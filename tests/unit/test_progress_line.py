@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from attrbench.errors import UsageError
 from attrbench.progress import ProgressLine, progress_interval
 from attrbench.workload.build import build_workload
 from attrbench.workload.spec import preset
@@ -47,5 +48,9 @@ def test_progress_line_interval_zero_prints_nothing(monkeypatch):
     assert printed == [] and line.seconds_to_next() is None
     monkeypatch.setenv("ATTRBENCH_PROGRESS_INTERVAL", "2.5")
     assert progress_interval() == 2.5
-    monkeypatch.setenv("ATTRBENCH_PROGRESS_INTERVAL", "not a number")
+    monkeypatch.delenv("ATTRBENCH_PROGRESS_INTERVAL")
     assert progress_interval() == 30.0
+    for bad in ("not a number", "nan", "inf", "-1", "1e400"):
+        monkeypatch.setenv("ATTRBENCH_PROGRESS_INTERVAL", bad)
+        with pytest.raises(UsageError, match="ATTRBENCH_PROGRESS_INTERVAL"):
+            progress_interval()
