@@ -60,19 +60,10 @@ def _fresh_attribution_logger():
 
 
 def transformer_lens_config(workload: BuiltWorkload, device: str, dtype: torch.dtype):
-    from transformer_lens import HookedTransformerConfig
+    """A hand-built HookedTransformerConfig per family (:func:`attrbench.families.transformer_lens_config`)."""
+    from attrbench.families import transformer_lens_config as family_config
 
-    m = workload.spec.model
-    return HookedTransformerConfig(
-        n_layers=m.num_hidden_layers, d_model=m.hidden_size, n_heads=m.num_attention_heads,
-        n_key_value_heads=m.num_key_value_heads, d_head=m.head_dim, d_mlp=m.intermediate_size,
-        d_vocab=m.vocab_size, n_ctx=max(256, len(workload.token_ids)), act_fn="silu",
-        normalization_type="RMS", positional_embedding_type="rotary", gated_mlp=True, final_rms=True,
-        use_qk_norm=m.model_type == "qwen3", rotary_dim=m.head_dim, rotary_base=m.rope_theta,
-        eps=m.rms_norm_eps,
-        original_architecture="Qwen3ForCausalLM" if m.model_type == "qwen3" else "LlamaForCausalLM",
-        tokenizer_prepends_bos=False, default_prepend_bos=False, dtype=dtype, device=device,
-    )
+    return family_config(workload.spec.model, max(256, len(workload.token_ids)), device, dtype)
 
 
 def transcoder_set(workload: BuiltWorkload, device: str, dtype: torch.dtype):
@@ -93,7 +84,11 @@ def transcoder_set(workload: BuiltWorkload, device: str, dtype: torch.dtype):
                     getattr(tc, name).copy_(value)
         tc.activation_function.threshold.data = tc.activation_function.threshold.data.to(device, dtype)
         layers[layer] = tc
-    return TranscoderSet(layers, feature_input_hook="mlp.hook_in", feature_output_hook="mlp.hook_out",
+    from attrbench.families import family
+
+    hooks = family(workload.spec.model.model_type)  # where circuit-tracer's configs for the family read/write
+    return TranscoderSet(layers, feature_input_hook=hooks.feature_input_hook,
+                         feature_output_hook=hooks.feature_output_hook,
                          scan=f"attrbench-{workload.spec.content_hash()}")
 
 
@@ -102,20 +97,48 @@ def build_replacement_model(workload: BuiltWorkload, device: str, dtype: torch.d
     from circuit_tracer.replacement_model.replacement_model_transformerlens import (
         TransformerLensReplacementModel,
     )
-    from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
-    from transformer_lens.pretrained.weight_conversions.qwen3 import convert_qwen3_weights
+    from attrbench.families import convert_weights
 
     cfg = transformer_lens_config(workload, device, dtype)
     model = TransformerLensReplacementModel(cfg, tokenizer=workload.tokenizer)
-    convert = convert_qwen3_weights if workload.spec.model.model_type == "qwen3" else convert_llama_weights
-    state_dict = convert(workload.hf_model, cfg)
+    state_dict = convert_weights(workload.spec.model, workload.hf_model, cfg)
     # Order matters: a state-dict load after configuring transcoders would replace them with empty tensors.
     model.load_and_process_state_dict(
         state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False,
         fold_value_biases=False, refactor_factored_attn_matrices=False,
     )
+    rotary = _rotary_by_attention_type(model)
     model._configure_replacement_model(transcoder_set(workload, device, dtype))
+    if rotary:
+        # circuit-tracer 0.5.0 shares the *last* layer's RoPE sin/cos with every layer to save memory; with
+        # two RoPE bases (Gemma-3: local and global layers) that gives the wrong rotation to one kind. Each
+        # attention type gets its own back (one shared copy per type), which keeps HF and TL logits equal.
+        for block in model.blocks:
+            block.attn.rotary_sin, block.attn.rotary_cos = rotary[block.attn.attn_type]
     return model
+
+
+def _rotary_by_attention_type(model) -> dict[str, tuple]:
+    """RoPE buffers per attention type when the types differ in them (else empty: nothing to restore)."""
+    found: dict[str, tuple] = {}
+    for block in model.blocks:
+        if hasattr(block.attn, "rotary_sin"):
+            found.setdefault(block.attn.attn_type, (block.attn.rotary_sin, block.attn.rotary_cos))
+    if len(found) < 2 or all(torch.equal(found["local"][i], found["global"][i]) for i in range(2)):
+        return {}
+    return found
+
+
+def reference_path(model) -> str:
+    """How the yardstick was built, for the results: circuit-tracer backend, architecture, transcoder hooks."""
+    cfg = model.cfg
+    path = (f"circuit-tracer TransformerLensReplacementModel, hand-built HookedTransformerConfig "
+            f"({cfg.original_architecture}), weights by TransformerLens' converter, transcoders at "
+            f"{model.feature_input_hook} -> {model.original_feature_output_hook}")
+    blocks = list(model.blocks)
+    if any(b.attn.rotary_sin is not blocks[-1].attn.rotary_sin for b in blocks if hasattr(b.attn, "rotary_sin")):
+        path += "; local/global RoPE buffers kept per attention type (circuit-tracer 0.5.0 shares one)"
+    return path
 
 
 @dataclass
@@ -185,6 +208,7 @@ class ReferenceBackend(Backend):
             adjacency_matrix=graph.adjacency_matrix.float().cpu(),
             n_layers=prepared.n_layers,
             phases_s=phases,
+            info={"reference_path": reference_path(prepared.model)},
         )
 
 

@@ -2,7 +2,7 @@
 
 Every exact backend is compared with the reference (circuit-tracer's own ``attribute()``) on the tiny
 preset and on the workload files under ``workloads/`` (a llama model without skip connection, a plain
-multi-head model, and 8 query heads per KV head), at a node count below the active-feature count (so the
+multi-head model, 8 query heads per KV head, and one workload per model family: llama32, gemma2, gemma3), at a node count below the active-feature count (so the
 influence ranking decides the selection) and at all active features.
 """
 
@@ -26,6 +26,10 @@ WORKLOAD_SPECS = {
     "llama-noskip": lambda: load_workload_file(WORKLOADS / "llama-noskip.json"),
     "mha": lambda: load_workload_file(WORKLOADS / "mha.json"),
     "gqa8": lambda: load_workload_file(WORKLOADS / "gqa8.json"),
+    # issue 14: one per model family (Llama-3.x rope_scaling + tied embeddings, Gemma-2, Gemma-3 text)
+    "llama32": lambda: load_workload_file(WORKLOADS / "llama32.json"),
+    "gemma2": lambda: load_workload_file(WORKLOADS / "gemma2.json"),
+    "gemma3": lambda: load_workload_file(WORKLOADS / "gemma3.json"),
 }
 
 
