@@ -108,7 +108,19 @@ def build_replacement_model(workload: BuiltWorkload, device: str, dtype: torch.d
         fold_value_biases=False, refactor_factored_attn_matrices=False,
     )
     rotary = _rotary_by_attention_type(model)
-    model._configure_replacement_model(transcoder_set(workload, device, dtype))
+    tcs = transcoder_set(workload, device, dtype)
+    if tcs.feature_input_hook.endswith("hook_normalized") and dtype not in (torch.float32, torch.float64):
+        # TransformerLens' RMSNorm calls hook_normalized on its float32 value and casts to the model dtype only
+        # after the hook, so circuit-tracer would hand float32 inputs to bf16 transcoders (a dtype error).
+        # Cast at the hook first (registered before circuit-tracer's hooks, so they see the cast value):
+        # the forward pass is unchanged, the transcoders get what the next layer gets.
+        def to_model_dtype(acts, hook):
+            return acts.to(dtype)
+
+        for block in model.blocks:
+            block.get_submodule(tcs.feature_input_hook).add_hook(to_model_dtype, is_permanent=True)
+        model.cast_transcoder_input = True
+    model._configure_replacement_model(tcs)
     if rotary:
         # circuit-tracer 0.5.0 shares the *last* layer's RoPE sin/cos with every layer to save memory; with
         # two RoPE bases (Gemma-3: local and global layers) that gives the wrong rotation to one kind. Each
@@ -138,6 +150,8 @@ def reference_path(model) -> str:
     blocks = list(model.blocks)
     if any(b.attn.rotary_sin is not blocks[-1].attn.rotary_sin for b in blocks if hasattr(b.attn, "rotary_sin")):
         path += "; local/global RoPE buffers kept per attention type (circuit-tracer 0.5.0 shares one)"
+    if getattr(model, "cast_transcoder_input", False):
+        path += f"; {model.feature_input_hook} cast to the model dtype before the transcoders read it"
     return path
 
 

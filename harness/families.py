@@ -277,13 +277,15 @@ def hf_config(m, common: dict):
 @torch.no_grad()
 def seeded_model_fixups(m, model: torch.nn.Module, seed: int) -> None:
     """Gemma's RMSNorm weights start at 0 (gain 1 + 0): give them seeded values so that a wrong gain rule
-    (w instead of 1 + w, or a missing post-norm) shows in every comparison."""
+    (w instead of 1 + w, or a missing post-norm) shows in every comparison. They lie on a 1/64 grid, so
+    ``w`` and ``1 + w`` are exact in bfloat16 and HF (1 + w in float32) and TransformerLens (1 + w stored in
+    the model dtype) multiply by the same gain in bf16 runs."""
     if not family(m.model_type).is_gemma:
         return
     g = torch.Generator().manual_seed(seed * 1_000_003 + 17)
     for name, p in sorted(model.named_parameters()):
         if "norm" in name and p.ndim == 1:
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+            p.copy_(torch.round(torch.randn(p.shape, generator=g) * 0.2 * 64) / 64)
 
 
 def transformer_lens_config(m, n_ctx: int, device: str, dtype: torch.dtype):

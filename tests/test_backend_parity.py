@@ -69,16 +69,25 @@ def bf16_reference(request):
     # at least 250 nodes, so that one bf16 near-tie swap at a ranking-window boundary cannot alone push the
     # Jaccard below 0.99 (with 120 nodes it is 0.983)
     nodes = min(max(int(built.spec.estimated_active_features * 0.3), 250), built.spec.estimated_active_features // 2)
-    return request.param, built, nodes, run("reference", built, nodes, torch.bfloat16, batch_size=64)
+    truth = run("reference", built, nodes, torch.float32, batch_size=64)
+    return request.param, built, nodes, run("reference", built, nodes, torch.bfloat16, batch_size=64), truth
 
 
 @pytest.mark.parametrize("backend_name", EXACT)
 def test_exact_backend_matches_reference_bf16(bf16_reference, backend_name):
-    name, built, nodes, reference = bf16_reference
+    name, built, nodes, reference, truth = bf16_reference
     result = run(backend_name, built, nodes, torch.bfloat16, batch_size=64)
     parity = compare(result, reference, "reference")
-    assert parity["selected_jaccard"] >= 0.99, (name, parity)
+    to_truth, reference_to_truth = compare(result, truth, "reference"), compare(reference, truth, "reference")
     assert parity["rel_frobenius"] <= 2e-2, (name, parity)
+    assert to_truth["rel_frobenius"] <= 2e-2, (name, to_truth)
+    if reference_to_truth["selected_jaccard"] >= 0.99:
+        # circuit-tracer's own bf16 graph selects (almost) the fp32 features: select the same
+        assert parity["selected_jaccard"] >= 0.99, (name, parity)
+    else:
+        # circuit-tracer's own bf16 graph strays from the fp32 truth (TransformerLens' bf16 arithmetic differs
+        # from the HF model's): be at least as close to the truth as it is
+        assert to_truth["selected_jaccard"] >= reference_to_truth["selected_jaccard"], (name, to_truth, reference_to_truth)
 
 
 def test_autodiff_free_records_no_autograd_graph(monkeypatch):
