@@ -78,7 +78,11 @@ def transcoder_set(workload: BuiltWorkload, device: str, dtype: torch.dtype):
                     getattr(tc, name).copy_(value)
         tc.activation_function.threshold.data = tc.activation_function.threshold.data.to(device, dtype)
         layers[layer] = tc
-    return TranscoderSet(layers, feature_input_hook="mlp.hook_in", feature_output_hook="mlp.hook_out",
+    from attrbench.workload.families import family
+
+    hooks = family(workload.spec.model.model_type)  # where circuit-tracer's configs for the family read/write
+    return TranscoderSet(layers, feature_input_hook=hooks.feature_input_hook,
+                         feature_output_hook=hooks.feature_output_hook,
                          scan=f"attrbench-{workload.spec.content_hash()}")
 
 
@@ -87,20 +91,63 @@ def build_replacement_model(workload: BuiltWorkload, device: str, dtype: torch.d
     from circuit_tracer.replacement_model.replacement_model_transformerlens import (
         TransformerLensReplacementModel,
     )
-    from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
-    from transformer_lens.pretrained.weight_conversions.qwen3 import convert_qwen3_weights
+
+    from attrbench.workload.families import convert_weights
 
     cfg = transformer_lens_config(workload, device, dtype)
     model = TransformerLensReplacementModel(cfg, tokenizer=workload.tokenizer)
-    convert = convert_qwen3_weights if workload.spec.model.model_type == "qwen3" else convert_llama_weights
-    state_dict = convert(workload.hf_model, cfg)
+    state_dict = convert_weights(workload.spec.model, workload.hf_model, cfg)
     # Order matters: a state-dict load after configuring transcoders would replace them with empty tensors.
     model.load_and_process_state_dict(
         state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False,
         fold_value_biases=False, refactor_factored_attn_matrices=False,
     )
-    model._configure_replacement_model(transcoder_set(workload, device, dtype))
+    rotary = _rotary_by_attention_type(model)
+    tcs = transcoder_set(workload, device, dtype)
+    if tcs.feature_input_hook.endswith("hook_normalized") and dtype not in (torch.float32, torch.float64):
+        # TransformerLens' RMSNorm calls hook_normalized on its float32 value and casts to the model dtype only
+        # after the hook, so circuit-tracer would hand float32 inputs to bf16 transcoders (a dtype error).
+        # Cast at the hook first (registered before circuit-tracer's hooks, so they see the cast value):
+        # the forward pass is unchanged, the transcoders get what the next layer gets.
+        def to_model_dtype(acts, hook):
+            return acts.to(dtype)
+
+        for block in model.blocks:
+            block.get_submodule(tcs.feature_input_hook).add_hook(to_model_dtype, is_permanent=True)
+        model.cast_transcoder_input = True
+    model._configure_replacement_model(tcs)
+    if rotary:
+        # circuit-tracer 0.5.0 shares the *last* layer's RoPE sin/cos with every layer to save memory; with
+        # two RoPE bases (Gemma-3: local and global layers) that gives the wrong rotation to one kind. Each
+        # attention type gets its own back (one shared copy per type), which keeps HF and TL logits equal.
+        for block in model.blocks:
+            block.attn.rotary_sin, block.attn.rotary_cos = rotary[block.attn.attn_type]
     return model
+
+
+def _rotary_by_attention_type(model) -> dict[str, tuple]:
+    """RoPE buffers per attention type when the types differ in them (else empty: nothing to restore)."""
+    found: dict[str, tuple] = {}
+    for block in model.blocks:
+        if hasattr(block.attn, "rotary_sin"):
+            found.setdefault(block.attn.attn_type, (block.attn.rotary_sin, block.attn.rotary_cos))
+    if len(found) < 2 or all(torch.equal(found["local"][i], found["global"][i]) for i in range(2)):
+        return {}
+    return found
+
+
+def reference_path(model) -> str:
+    """How the yardstick was built, for the results: circuit-tracer backend, architecture, transcoder hooks."""
+    cfg = model.cfg
+    path = (f"circuit-tracer TransformerLensReplacementModel, hand-built HookedTransformerConfig "
+            f"({cfg.original_architecture}), weights by TransformerLens' converter, transcoders at "
+            f"{model.feature_input_hook} -> {model.original_feature_output_hook}")
+    blocks = list(model.blocks)
+    if any(b.attn.rotary_sin is not blocks[-1].attn.rotary_sin for b in blocks if hasattr(b.attn, "rotary_sin")):
+        path += "; local/global RoPE buffers kept per attention type (circuit-tracer 0.5.0 shares one)"
+    if getattr(model, "cast_transcoder_input", False):
+        path += f"; {model.feature_input_hook} cast to the model dtype before the transcoders read it"
+    return path
 
 
 @dataclass
@@ -174,6 +221,7 @@ class ReferenceBackend(Backend):
             adjacency_matrix=graph.adjacency_matrix.float().cpu(),
             n_layers=prepared.n_layers,
             phases_s=phases,
+            info={"reference_path": reference_path(prepared.model)},
         )
 
 

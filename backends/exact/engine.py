@@ -202,7 +202,9 @@ class ExactBackend(Backend):
                 grad_x.index_put_((batch_index[:live][here], batch.positions[:live][here]),
                                   batch.vectors[:live][here], accumulate=True)
             grad_mid = g + grad_x * model.ln2_gain[layer, :P]
-            grad_ln1 = self.attention_vjp(model, prepared, layout, layer, grad_mid)
+            # Gemma: the frozen post-attention norm sits between attention and the residual
+            grad_attn = grad_mid if model.post_attn_gain is None else grad_mid * model.post_attn_gain[layer, :P]
+            grad_ln1 = self.attention_vjp(model, prepared, layout, layer, grad_attn)
             grad[:live] = grad_mid + grad_ln1 * model.ln1_gain[layer, :P]
         t0 = model.token_offset
         out[:, t0:t0 + P] = torch.einsum("bpd,pd->bp", grad, model.token_vecs[:P])

@@ -14,6 +14,13 @@ Notation: ``r_l`` is the residual stream entering layer ``l`` (``r_0`` = token e
 residual after attention, ``x_l = RMSNorm2(m_l)`` the MLP (transcoder) input, and
 ``r_{l+1} = m_l + mlp_out_l``. Gradients flow back through the residual identity, the skip connection
 (``mlp_out = x W_skip^T + const``), the two frozen RMSNorms and the value/output path of attention.
+
+Per family (:mod:`attrbench.workload.families` has the full table): Gemma-2/3 add a frozen post-attention RMSNorm
+between attention and ``m_l`` (``post_attn_gain``), read ``x_l`` before the pre-feedforward norm's
+``(1 + w)`` gain (so ``ln2_gain`` is the frozen ``1/rms`` alone), write the transcoder output after the
+post-feedforward norm (which is inside the replaced, frozen MLP), scale token embeddings by
+``sqrt(d_model)``, and softcap attention scores and final logits on the forward pass only (the softcapped
+patterns are frozen; logit targets are injected before the final softcap).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from functools import cached_property
 import torch
 
 from attrbench.workload.build import BuiltWorkload
+from attrbench.workload.families import LinearisationLayout, linearisation_layout
 
 
 @dataclass
@@ -55,6 +63,9 @@ class ModelWeights:
     eps: float
     device: torch.device
     dtype: torch.dtype
+    #: [L, d] gain of the post-attention norm (Gemma), None where attention writes to the residual directly
+    post_attn_w: torch.Tensor | None = None
+    layout: LinearisationLayout | None = None
 
     @property
     def n_layers(self) -> int:
@@ -82,19 +93,33 @@ def prepare_weights(workload: BuiltWorkload, device: str, dtype: torch.dtype) ->
         return [getattr(t, name).to(device=device, dtype=dtype) for t in workload.transcoders]
 
     has_skip = workload.transcoders[0].W_skip is not None
+    layout = linearisation_layout(spec)
+    off = layout.norm_offset  # Gemma's RMSNorms multiply by (1 + w), computed in float32 as HF does
+
+    def gain(norm: torch.nn.Module) -> torch.Tensor:
+        return norm.weight.detach().float() + off if off else norm.weight.detach()
+
+    ln2_w = (torch.stack([gain(getattr(m, layout.pre_mlp_norm)) for m in layers]) if layout.input_has_gain
+             else torch.ones(len(layers), spec.hidden_size, device=device))  # transcoder reads before the gain
+    W_E = hf.model.embed_tokens.weight.detach()
+    if layout.embed_scale != 1.0:  # Gemma scales embeddings by sqrt(d_model) in the hidden dtype
+        W_E = W_E * torch.tensor(layout.embed_scale, dtype=dtype)
     return ModelWeights(
         hf_model=hf,
         W_V=stack(lambda m: m.self_attn.v_proj.weight.view(KV, dh, -1)),
         W_O=stack(lambda m: m.self_attn.o_proj.weight),
         W_skip=torch.stack(tc("W_skip")) if has_skip else None,
-        ln1_w=stack(lambda m: m.input_layernorm.weight),
-        ln2_w=stack(lambda m: m.post_attention_layernorm.weight),
-        final_w=hf.model.norm.weight.detach(),
+        ln1_w=torch.stack([gain(m.input_layernorm) for m in layers]),
+        ln2_w=ln2_w,
+        final_w=gain(hf.model.norm),
         W_enc=tc("W_enc"), W_dec=tc("W_dec"), b_enc=tc("b_enc"), b_dec=tc("b_dec"),
         threshold=tc("threshold"),
-        W_U=hf.lm_head.weight.detach(), W_E=hf.model.embed_tokens.weight.detach(),
+        W_U=hf.lm_head.weight.detach(), W_E=W_E,
         n_heads=H, n_kv_heads=KV, d_head=dh, eps=spec.rms_norm_eps,
         device=torch.device(device), dtype=dtype,
+        post_attn_w=(torch.stack([gain(getattr(m, layout.post_attn_norm)) for m in layers])
+                     if layout.post_attn_norm else None),
+        layout=layout,
     )
 
 
@@ -125,6 +150,8 @@ class LinearisedModel:
     error_vecs: torch.Tensor  # [L, n, d]
     token_vecs: torch.Tensor  # [n, d]
     layer_offsets: list[int]  # first feature index of each layer, plus n_active at the end
+    #: [L, n, d] post-attention norm's frozen Jacobian (Gemma), None where the family has no such norm
+    post_attn_gain: torch.Tensor | None = None
 
     @property
     def n_layers(self) -> int:
@@ -168,7 +195,8 @@ def linearise(weights: ModelWeights, token_ids: torch.Tensor) -> LinearisedModel
     """Run the prompt forward once, freeze what circuit-tracer freezes and collect every node's vectors."""
     hf = weights.hf_model
     layers = hf.model.layers
-    cache: dict[str, list[torch.Tensor]] = {k: [] for k in ("r", "m", "x", "mlp_out", "pattern", "final_in")}
+    layout = weights.layout or linearisation_layout(None)
+    cache: dict[str, list[torch.Tensor]] = {k: [] for k in ("r", "m", "x", "mlp_out", "pattern", "final_in", "attn_out")}
 
     def keep(key: str, index: int = 0):
         def hook(_module, args, output=None):
@@ -179,9 +207,12 @@ def linearise(weights: ModelWeights, token_ids: torch.Tensor) -> LinearisedModel
     handles = []
     for layer in layers:
         handles.append(layer.input_layernorm.register_forward_pre_hook(keep("r")))
-        handles.append(layer.post_attention_layernorm.register_forward_pre_hook(keep("m")))
-        handles.append(layer.mlp.register_forward_pre_hook(keep("x")))
-        handles.append(layer.mlp.register_forward_hook(keep("mlp_out")))
+        handles.append(getattr(layer, layout.pre_mlp_norm).register_forward_pre_hook(keep("m")))
+        if layout.input_has_gain:
+            handles.append(layer.mlp.register_forward_pre_hook(keep("x")))
+        handles.append(getattr(layer, layout.mlp_out_module).register_forward_hook(keep("mlp_out")))
+        if layout.post_attn_norm:
+            handles.append(getattr(layer, layout.post_attn_norm).register_forward_pre_hook(keep("attn_out")))
         handles.append(layer.self_attn.register_forward_hook(keep("pattern", index=1)))
     handles.append(hf.model.norm.register_forward_pre_hook(keep("final_in")))
     try:
@@ -193,6 +224,14 @@ def linearise(weights: ModelWeights, token_ids: torch.Tensor) -> LinearisedModel
         raise RuntimeError("attention weights were not returned; the HF model must use eager attention")
 
     dtype = weights.dtype
+    if not layout.input_has_gain:  # ln2.hook_normalized: the pre-feedforward norm before its (1 + w) gain
+        cache["x"] = [(m.float() * _rms_inverse_scale(m, weights.eps)[:, None]).to(dtype) for m in cache["m"]]
+    post_attn_gain = None
+    if layout.post_attn_norm:
+        post_attn_gain = torch.stack([
+            (weights.post_attn_w[i] * _rms_inverse_scale(a, weights.eps)[:, None]).to(dtype)
+            for i, a in enumerate(cache["attn_out"])
+        ])
     ln1_gain = torch.stack([
         (weights.ln1_w[i] * _rms_inverse_scale(r, weights.eps)[:, None]).to(dtype) for i, r in enumerate(cache["r"])
     ])
@@ -238,6 +277,7 @@ def linearise(weights: ModelWeights, token_ids: torch.Tensor) -> LinearisedModel
         error_vecs=torch.stack(errors),
         token_vecs=weights.W_E[token_ids.to(weights.device)],
         layer_offsets=offsets,
+        post_attn_gain=post_attn_gain,
     )
 
 

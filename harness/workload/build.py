@@ -20,6 +20,8 @@ from typing import Any
 import torch
 
 from attrbench.errors import UsageError
+from attrbench.guard import CACHE_ENV, env_folder
+from attrbench.workload import families
 from attrbench.workload.spec import WorkloadSpec
 
 BOS_ID, EOS_ID, UNK_ID, PAD_ID = 1, 2, 0, 3
@@ -58,8 +60,6 @@ class BuiltWorkload:
 def cache_dir() -> Path:
     """``$ATTRBENCH_CACHE`` (checked: a writable folder, or one UsageError line naming the variable) or
     ``$XDG_CACHE_HOME/attrbench``."""
-    from attrbench.guard import CACHE_ENV, env_folder
-
     path = env_folder(CACHE_ENV)
     if path is None:
         path = Path(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache"))) / "attrbench"
@@ -185,20 +185,17 @@ def build_tokenizer(vocab_size: int):
 
 def hf_config(spec: WorkloadSpec):
     """The transformers config of the workload's model (eager attention, so patterns can be read)."""
-    from transformers import LlamaConfig, Qwen3Config
-
     m = spec.model
     common = dict(
         vocab_size=m.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
         num_hidden_layers=m.num_hidden_layers, num_attention_heads=m.num_attention_heads,
         num_key_value_heads=m.num_key_value_heads, head_dim=m.head_dim,
         max_position_embeddings=max(256, spec.prompt.length), rms_norm_eps=m.rms_norm_eps,
-        rope_theta=m.rope_theta, tie_word_embeddings=False, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
+        rope_theta=m.rope_theta, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
         attn_implementation="eager",
     )
-    if m.model_type == "qwen3":
-        return Qwen3Config(**common)
-    return LlamaConfig(attention_bias=False, mlp_bias=False, **common)
+    # tie_word_embeddings, rope_scaling and the Gemma fields come from the family (attrbench.workload.families)
+    return families.hf_config(m, common)
 
 
 def build_hf_model(spec: WorkloadSpec) -> torch.nn.Module:
@@ -208,6 +205,7 @@ def build_hf_model(spec: WorkloadSpec) -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    families.seeded_model_fixups(spec.model, model, spec.seed)
     return model.eval().requires_grad_(False)
 
 
@@ -222,12 +220,24 @@ def build_prompt(spec: WorkloadSpec) -> torch.Tensor:
 
 @torch.no_grad()
 def mlp_inputs(hf_model: torch.nn.Module, token_ids: torch.Tensor) -> list[torch.Tensor]:
-    """Each layer's MLP input (the post-attention RMSNorm output) for the prompt, ``[n_pos, d_model]``."""
+    """Each layer's transcoder input for the prompt, ``[n_pos, d_model]``: the MLP input (the post-attention
+    RMSNorm output) for Qwen3/Llama, ``ln2.hook_normalized`` (the pre-feedforward norm before its gain) for
+    Gemma (see :mod:`attrbench.workload.families`)."""
     captured: list[torch.Tensor] = []
-    handles = [
-        layer.mlp.register_forward_pre_hook(lambda _m, args: captured.append(args[0][0].float()))
-        for layer in hf_model.model.layers
-    ]
+    if getattr(hf_model.config, "model_type", "") in ("gemma2", "gemma3_text"):
+        eps = hf_model.config.rms_norm_eps
+
+        def normalised(_m, args):
+            x = args[0][0].float()
+            captured.append(x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+        handles = [layer.pre_feedforward_layernorm.register_forward_pre_hook(normalised)
+                   for layer in hf_model.model.layers]
+    else:
+        handles = [
+            layer.mlp.register_forward_pre_hook(lambda _m, args: captured.append(args[0][0].float()))
+            for layer in hf_model.model.layers
+        ]
     try:
         hf_model(token_ids[None])
     finally:
@@ -286,7 +296,8 @@ def parameter_count(spec: WorkloadSpec) -> int:
     attn = m.hidden_size * m.head_dim * (2 * m.num_attention_heads + 2 * m.num_key_value_heads)
     mlp = 3 * m.hidden_size * m.intermediate_size
     tc = 2 * t.d_transcoder * m.hidden_size + (m.hidden_size**2 if t.skip_connection else 0)
-    return m.num_hidden_layers * (attn + mlp + tc) + 2 * m.vocab_size * m.hidden_size
+    embeddings = (1 if families.value(m, "tie_word_embeddings") else 2) * m.vocab_size * m.hidden_size
+    return m.num_hidden_layers * (attn + mlp + tc) + embeddings
 
 
 def save_transcoders(transcoders: list[TranscoderWeights], folder: Path) -> None:

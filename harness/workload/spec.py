@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from attrbench.errors import UsageError
+from attrbench.workload.families import OPTIONAL_FIELDS, check_config_fields, validate_model
 
-MODEL_TYPES = ("qwen3", "llama")
+MODEL_TYPES = ("qwen3", "llama", "gemma2", "gemma3")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,16 @@ class ModelSpec:
     vocab_size: int = 512
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
+    # Optional, family-specific fields (see attrbench.workload.families): None = the family's default. They are left
+    # out of the content hash while None, so workloads that do not set them keep their hashes.
+    tie_word_embeddings: bool | None = None
+    rope_scaling: dict | None = None
+    attn_logit_softcapping: float | None = None
+    final_logit_softcapping: float | None = None
+    query_pre_attn_scalar: float | None = None
+    sliding_window: int | None = None
+    rope_local_base_freq: float | None = None
+    sliding_window_pattern: int | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,9 @@ class WorkloadSpec:
         d = asdict(self)
         if d["source"] is None:
             del d["source"]  # seeded workloads keep the hashes they always had
+        for key in OPTIONAL_FIELDS:
+            if d["model"][key] is None:
+                del d["model"][key]
         if d["prompt"]["token_ids"] is None:
             del d["prompt"]["token_ids"]
         else:
@@ -145,6 +159,34 @@ PRESETS: dict[str, tuple[WorkloadSpec, str]] = dict(
             TranscoderSpec(d_transcoder=8192, target_l0=80), 32,
             "real Qwen3-4B shapes (36 layers, d 2560, 32/8 heads); for GPU runs",
         ),
+        _preset(
+            "llama-3.2-1b",
+            ModelSpec(model_type="llama", num_hidden_layers=16, hidden_size=2048, num_attention_heads=32,
+                      num_key_value_heads=8, head_dim=64, intermediate_size=8192, vocab_size=128256,
+                      rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=True,
+                      rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                    "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+            TranscoderSpec(d_transcoder=16384, target_l0=80), 32,
+            "real Llama-3.2-1B shapes (16 layers, d 2048, 32/8 heads, llama3 RoPE scaling, tied); for GPU runs",
+        ),
+        _preset(
+            "gemma-2-2b",
+            ModelSpec(model_type="gemma2", num_hidden_layers=26, hidden_size=2304, num_attention_heads=8,
+                      num_key_value_heads=4, head_dim=256, intermediate_size=9216, vocab_size=256000,
+                      rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=True, query_pre_attn_scalar=256,
+                      attn_logit_softcapping=50.0, final_logit_softcapping=30.0, sliding_window=4096),
+            TranscoderSpec(d_transcoder=16384, target_l0=80), 32,
+            "real Gemma-2-2B shapes (26 layers, d 2304, 8/4 heads of 256, softcaps 50/30); for GPU runs",
+        ),
+        _preset(
+            "gemma-3-1b",
+            ModelSpec(model_type="gemma3", num_hidden_layers=26, hidden_size=1152, num_attention_heads=4,
+                      num_key_value_heads=1, head_dim=256, intermediate_size=6912, vocab_size=262144,
+                      rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True, query_pre_attn_scalar=256,
+                      sliding_window=512, rope_local_base_freq=10000.0, sliding_window_pattern=6),
+            TranscoderSpec(d_transcoder=16384, target_l0=80), 32,
+            "real Gemma-3-1B shapes (26 layers, d 1152, 4/1 heads of 256, local/global RoPE); for GPU runs",
+        ),
     ]
 )
 #: presets considered when --model is not given, smallest first
@@ -191,7 +233,7 @@ def validate(spec: WorkloadSpec) -> WorkloadSpec:
         raise UsageError(f"workload: model.model_type {m.model_type!r} is not supported; "
                          f"use one of {', '.join(MODEL_TYPES)}")
     for f in fields(ModelSpec):
-        if f.name in ("model_type",):
+        if f.name in ("model_type",) or f.name in OPTIONAL_FIELDS:
             continue
         value = getattr(m, f.name)
         (_positive_float if f.type == "float" else _positive_int)("model", f.name, value)
@@ -200,6 +242,7 @@ def validate(spec: WorkloadSpec) -> WorkloadSpec:
             f"workload: model.num_attention_heads ({m.num_attention_heads}) must be divisible by "
             f"model.num_key_value_heads ({m.num_key_value_heads})"
         )
+    validate_model(m)
     t = spec.transcoders
     _positive_int("transcoders", "d_transcoder", t.d_transcoder)
     _positive_float("transcoders", "target_l0", t.target_l0)
@@ -229,7 +272,10 @@ def _section(data: dict, key: str, cls: type, path: str) -> Any:
     if not isinstance(raw, dict):
         raise UsageError(f"workload file {path}: {key!r} must be an object")
     known = {f.name for f in fields(cls)}
-    # A pasted Hugging Face config.json has many more fields; only the ones we model are read.
+    if cls is ModelSpec:
+        # A pasted Hugging Face config.json has many more fields: a field that changes the computation and
+        # is not modelled is refused; fields that cannot change it (token ids, dtype, ...) are not read.
+        raw = check_config_fields(raw, f"workload file {path}: model")
     kwargs = {k: v for k, v in raw.items() if k in known}
     if cls is PromptSpec and "token_ids" in kwargs:
         if not isinstance(kwargs["token_ids"], list):
@@ -352,6 +398,7 @@ def model_spec_from_config(folder: Path) -> ModelSpec:
     if not config.exists():
         raise UsageError(f"--model {folder} has no config.json (a local Hugging Face model folder is needed)")
     data = _read_json(config, "model config")
+    data = check_config_fields(data, f"--model {folder}: config.json")
     mt = data.get("model_type")
     if mt not in MODEL_TYPES:
         raise UsageError(f"--model {folder}: model_type {mt!r} is not supported; use one of {', '.join(MODEL_TYPES)}")

