@@ -114,8 +114,22 @@ def build_replacement_model(workload: BuiltWorkload, device: str, dtype: torch.d
         state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False,
         fold_value_biases=False, refactor_factored_attn_matrices=False,
     )
-    model._configure_replacement_model(transcoder_set(workload, device, dtype))
+    model._configure_replacement_model(circuit_tracer_transcoders(workload, device, dtype))
     return model
+
+
+def circuit_tracer_transcoders(workload: BuiltWorkload, device: str, dtype: torch.dtype):
+    """The very object circuit-tracer's loaders returned for the workload's files (a TranscoderSet or a
+    CrossLayerTranscoder); copied when the replacement model is to move it to another device or dtype,
+    so that the workload's own stays as read. Workloads built in memory only get one built here."""
+    import copy
+
+    ct = workload.ct_transcoders
+    if ct is None:
+        return transcoder_set(workload, device, dtype)
+    if dtype != torch.float32 or str(device) != "cpu":
+        ct = copy.deepcopy(ct)
+    return ct
 
 
 @dataclass

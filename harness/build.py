@@ -31,6 +31,9 @@ class TranscoderWeights:
     b_dec: torch.Tensor
     threshold: torch.Tensor
     W_skip: torch.Tensor | None
+    #: "jumprelu" | "relu" | "topk" (with ``k``); a cross-layer transcoder's ``W_dec`` is ``[F, L - layer, d]``
+    activation: str = "jumprelu"
+    k: int | None = None
 
 
 @dataclass
@@ -43,6 +46,10 @@ class BuiltWorkload:
     tokenizer_dir: str
     transcoders: list[TranscoderWeights]
     token_ids: torch.Tensor  # [n_pos], int64, starts with BOS
+    #: the circuit-tracer TranscoderSet / CrossLayerTranscoder the transcoders were read from (its loaders)
+    ct_transcoders: object = None
+    #: "plt" (per-layer, reads mlp.hook_in) or "clt" (cross-layer, reads hook_resid_mid)
+    transcoder_kind: str = "plt"
 
     @property
     def n_layers(self) -> int:
@@ -183,37 +190,9 @@ def parameter_count(spec: WorkloadSpec) -> int:
     attn = m.hidden_size * m.head_dim * (2 * m.num_attention_heads + 2 * m.num_key_value_heads)
     mlp = 3 * m.hidden_size * m.intermediate_size
     tc = 2 * t.d_transcoder * m.hidden_size + (m.hidden_size**2 if t.skip_connection else 0)
-    return m.num_hidden_layers * (attn + mlp + tc) + 2 * m.vocab_size * m.hidden_size
-
-
-def save_transcoders(transcoders: list[TranscoderWeights], folder: Path) -> None:
-    """Per-layer ``layer_{i}.safetensors`` in the layout of the public per-layer transcoder releases."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for layer, t in enumerate(transcoders):
-        tensors = {"W_enc": t.W_enc, "W_dec": t.W_dec, "b_enc": t.b_enc, "b_dec": t.b_dec, "threshold": t.threshold}
-        if t.W_skip is not None:
-            tensors["W_skip"] = t.W_skip
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / f"layer_{layer}.safetensors"))
-
-
-def load_transcoders(folder: Path, n_layers: int) -> list[TranscoderWeights]:
-    """Read ``layer_{i}.safetensors`` files (W_enc, W_dec, b_enc, b_dec, optional threshold and W_skip)."""
-    from safetensors.torch import load_file
-
-    out = []
-    for layer in range(n_layers):
-        path = folder / f"layer_{layer}.safetensors"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: a transcoder folder needs layer_0 .. layer_{n_layers - 1}")
-        d = {k: v.float() for k, v in load_file(str(path)).items()}
-        W_enc, W_dec = d["W_enc"], d["W_dec"]
-        if W_enc.shape[0] != W_dec.shape[0]:  # some releases store W_enc as [d_model, F]
-            W_enc = W_enc.T.contiguous()
-        threshold = d.get("threshold", torch.zeros(W_enc.shape[0]))  # ReLU = JumpReLU at 0
-        out.append(TranscoderWeights(W_enc, W_dec, d["b_enc"], d["b_dec"], threshold, d.get("W_skip")))
-    return out
+    if t.kind == "clt":  # layer l's features decode into the L - l layers from l on: (L + 1) / 2 on average
+        tc += t.d_transcoder * m.hidden_size * (m.num_hidden_layers - 1) / 2
+    return int(m.num_hidden_layers * (attn + mlp + tc) + 2 * m.vocab_size * m.hidden_size)
 
 
 def save_workload(built: BuiltWorkload, folder: Path) -> None:
@@ -223,7 +202,11 @@ def save_workload(built: BuiltWorkload, folder: Path) -> None:
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     built.hf_model.save_pretrained(str(tmp / "model"), safe_serialization=True)
     built.tokenizer.save_pretrained(str(tmp / "model"))
-    save_transcoders(built.transcoders, tmp / "transcoders")
+    from attrbench import transcoder_files
+
+    # circuit-tracer's own layout and a config.yaml, so that circuit-tracer can load the cache too
+    transcoder_files.write_transcoders(built.transcoders, built.transcoder_kind, built.spec.model.hidden_size,
+                                       tmp / "transcoders", scan=f"attrbench-{built.spec.content_hash()}")
     (tmp / "prompt.json").write_text(json.dumps({"token_ids": built.token_ids.tolist()}))
     try:
         tmp.rename(folder)
@@ -247,21 +230,32 @@ def _load_cached(spec: WorkloadSpec, folder: Path) -> BuiltWorkload:
 
     token_ids = torch.tensor(json.loads((folder / "prompt.json").read_text())["token_ids"], dtype=torch.long)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder / "model"))
-    transcoders = load_transcoders(folder / "transcoders", spec.model.num_hidden_layers)
-    return BuiltWorkload(spec, load_hf_model(folder / "model"), tokenizer, str(folder / "model"), transcoders, token_ids)
+    from attrbench.seeded_transcoders import check_read_back, load_folder
+
+    ct, transcoders = load_folder(folder / "transcoders", spec.model.num_hidden_layers, spec.model.hidden_size)
+    check_read_back(spec, transcoders)
+    return BuiltWorkload(spec, load_hf_model(folder / "model"), tokenizer, str(folder / "model"), transcoders, token_ids,
+                         ct, spec.transcoders.kind)
 
 
 def build_local(spec: WorkloadSpec) -> BuiltWorkload:
     """Load a workload of real weights from its local folders (``spec.source``); never contacts a hub."""
     from transformers import AutoTokenizer
 
+    from attrbench import transcoder_files
+
     src = spec.source
     os.environ["HF_HUB_OFFLINE"] = "1"
     model_dir = Path(src.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    transcoders = load_transcoders(Path(src.transcoders_dir), spec.model.num_hidden_layers)
+    # read by circuit-tracer's own loaders; the engine's weights come from the object they return
+    tsrc = transcoder_files.resolve(src.transcoders_dir)
+    ct = transcoder_files.load(tsrc, lazy=True)
+    transcoder_files.check_against_model(ct, tsrc, spec.model.num_hidden_layers, spec.model.hidden_size)
+    transcoders = transcoder_files.engine_weights(ct, spec.model.num_hidden_layers)
     token_ids = torch.tensor(spec.prompt.token_ids, dtype=torch.long)
-    return BuiltWorkload(spec, load_hf_model(model_dir), tokenizer, str(model_dir), transcoders, token_ids)
+    return BuiltWorkload(spec, load_hf_model(model_dir), tokenizer, str(model_dir), transcoders, token_ids,
+                         ct, tsrc.kind)
 
 
 def build_workload(spec: WorkloadSpec, use_cache: bool | None = None) -> BuiltWorkload:
@@ -274,15 +268,26 @@ def build_workload(spec: WorkloadSpec, use_cache: bool | None = None) -> BuiltWo
         return build_local(spec)
     if use_cache is None:
         use_cache = parameter_count(spec) > CACHE_MIN_PARAMS
-    folder = cache_dir() / "workloads" / spec.content_hash()
+    from attrbench.seeded_transcoders import build_seeded, check_read_back, through_files
+
+    # "workloads-ct": caches in circuit-tracer's transcoder layout (older caches under "workloads" stored the
+    # JumpReLU threshold under a key circuit-tracer does not read)
+    folder = cache_dir() / "workloads-ct" / spec.content_hash()
     if use_cache and folder.exists():
         return _load_cached(spec, folder)
     hf_model = build_hf_model(spec)
     tokenizer, tok_dir = build_tokenizer(spec.model.vocab_size)
     token_ids = build_prompt(spec)
-    transcoders = build_transcoders(spec, mlp_inputs(hf_model, token_ids))
-    built = BuiltWorkload(spec, hf_model, tokenizer, tok_dir, transcoders, token_ids)
+    transcoders = build_seeded(spec, hf_model, token_ids)
+    built = BuiltWorkload(spec, hf_model, tokenizer, tok_dir, transcoders, token_ids, None, spec.transcoders.kind)
     if use_cache:
         folder.parent.mkdir(parents=True, exist_ok=True)
         save_workload(built, folder)
+        return _load_cached(spec, folder)
+    # written with circuit-tracer's to_safetensors and read back with its loaders: the reference and the
+    # exact backends both use what circuit-tracer read
+    built.ct_transcoders, built.transcoders = through_files(
+        transcoders, spec.transcoders.kind, spec.model.hidden_size,
+        cache_dir() / "transcoders-ct" / spec.content_hash(), scan=f"attrbench-{spec.content_hash()}")
+    check_read_back(spec, built.transcoders)
     return built
