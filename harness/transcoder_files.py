@@ -243,6 +243,9 @@ def load(src: TranscoderSource, device: str | torch.device = "cpu", dtype: torch
     """The transcoders as circuit-tracer's own loaders return them (TranscoderSet or CrossLayerTranscoder)."""
     device = torch.device(device)
     scan = src.scan or src.root
+    for path in src.paths.values():
+        if path.endswith(".safetensors"):
+            _check_threshold_key(Path(path))
     try:
         if src.model_kind == "transcoder_set":
             from circuit_tracer.transcoder.single_layer_transcoder import load_transcoder_set
@@ -383,9 +386,19 @@ def _check_plt_file(path: Path, F: int, d: int) -> None:
         if key in shapes and shapes[key] != shape:
             raise UsageError(f"transcoder file {path}: {key} has shape {list(shapes[key])}, expected {list(shape)} "
                              f"(d_model={d}, d_transcoder={F})")
-    if "threshold" in shapes and "activation_function.threshold" not in shapes:
+
+
+def _check_threshold_key(path: Path) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.keys())
+    except Exception as exc:
+        raise UsageError(f"transcoder file {path} cannot be read as safetensors: {exc}") from None
+    if "threshold" in keys and "activation_function.threshold" not in keys:
         raise UsageError(f"transcoder file {path} has a 'threshold' key, which circuit-tracer's load_relu_transcoder "
-                         "ignores (it would read a plain ReLU); rename it to 'activation_function.threshold'")
+                         "does not read (it wants 'activation_function.threshold', as to_safetensors writes)")
 
 
 # ------------------------------------------------------------------------------------- to engine weights
