@@ -167,6 +167,13 @@ PRESETS: dict[str, tuple[WorkloadSpec, str]] = dict(
             ">= 90,000 active features, for 70,000-node runs",
         ),
         _preset(
+            "small-clt",
+            ModelSpec(num_hidden_layers=8, hidden_size=256, num_attention_heads=8, num_key_value_heads=2,
+                      head_dim=32, intermediate_size=768, vocab_size=2048),
+            TranscoderSpec(d_transcoder=4096, target_l0=176, kind="clt"), 32,
+            "small with a cross-layer JumpReLU transcoder (>= 40,000 active features, decoders 4.5x larger)",
+        ),
+        _preset(
             "qwen3-4b",
             ModelSpec(num_hidden_layers=36, hidden_size=2560, num_attention_heads=32, num_key_value_heads=8,
                       head_dim=128, intermediate_size=9728, vocab_size=151936, rope_theta=1000000.0),

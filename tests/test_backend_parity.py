@@ -26,6 +26,7 @@ WORKLOAD_SPECS = {
     "llama-noskip": lambda: load_workload_file(WORKLOADS / "llama-noskip.json"),
     "mha": lambda: load_workload_file(WORKLOADS / "mha.json"),
     "gqa8": lambda: load_workload_file(WORKLOADS / "gqa8.json"),
+    "clt": lambda: load_workload_file(WORKLOADS / "clt.json"),
 }
 
 
