@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -34,6 +34,8 @@ class NodeLayout:
     slots: list[torch.Tensor]  # [n_features_in_layer] index into the flattened [n_pos, max_count]
     position_ends: list[torch.Tensor]  # features of the layer at positions < p: position_ends[p]
     patterns_grouped: torch.Tensor  # [L, KV, key, G, query]
+    #: cross-layer transcoders: (source, output layer) -> the source layer's padded decoders into that layer
+    cross: dict = field(default_factory=dict)
 
 
 class GqaSharedBackend(CausalTrickBackend):
@@ -64,10 +66,16 @@ class GqaSharedBackend(CausalTrickBackend):
             decoders.append(padded.view(n, width, w.d_model).transpose(1, 2).contiguous())
             slots.append(slot)
             ends.append(torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)]).tolist())
+        cross = {}
+        for (source, out_layer), vecs in model.cross_decoders.items():
+            width = decoders[source].shape[-1]
+            padded = torch.zeros(n * width, w.d_model, dtype=w.dtype, device=w.device)
+            padded[slots[source]] = vecs
+            cross[(source, out_layer)] = padded.view(n, width, w.d_model).transpose(1, 2).contiguous()
         G = w.n_heads // w.n_kv_heads
         # [L, H, query, key] -> [L, KV, key, G, query]: a group's transposed patterns side by side
         grouped = model.patterns.view(model.n_layers, w.n_kv_heads, G, n, n).permute(0, 1, 4, 2, 3).contiguous()
-        return NodeLayout(decoders, slots, ends, grouped)
+        return NodeLayout(decoders, slots, ends, grouped, cross)
 
     def attention_vjp(self, model, prepared, layout: NodeLayout, layer, grad_out):
         w = model.weights
@@ -90,7 +98,19 @@ class GqaSharedBackend(CausalTrickBackend):
         decoders = layout.decoders[layer][:P]  # [P, d, width]
         scores = torch.bmm(grad.transpose(0, 1), decoders)  # [P, B, width]
         flat = scores.transpose(0, 1).reshape(grad.shape[0], -1)  # [B, P * width]
-        out[:, start:start + n_here] = flat[:, layout.slots[layer][:n_here]]
+        out[:, start:start + n_here] += flat[:, layout.slots[layer][:n_here]]
+
+    def contract_cross_features(self, model, prepared, layout: NodeLayout, layer, grad, out):
+        P = grad.shape[1]
+        for source in range(layer):
+            decoders = layout.cross.get((source, layer))
+            n_here = layout.position_ends[source][P]
+            if decoders is None or n_here == 0:
+                continue
+            start = model.layer_offsets[source]
+            scores = torch.bmm(grad.transpose(0, 1), decoders[:P])  # [P, B, width]
+            flat = scores.transpose(0, 1).reshape(grad.shape[0], -1)
+            out[:, start:start + n_here] += flat[:, layout.slots[source][:n_here]]
 
 
 @hookimpl

@@ -103,7 +103,7 @@ def build_replacement_model(workload: BuiltWorkload, device: str, dtype: torch.d
         fold_value_biases=False, refactor_factored_attn_matrices=False,
     )
     rotary = _rotary_by_attention_type(model)
-    tcs = transcoder_set(workload, device, dtype)
+    tcs = circuit_tracer_transcoders(workload, device, dtype)
     if tcs.feature_input_hook.endswith("hook_normalized") and dtype not in (torch.float32, torch.float64):
         # TransformerLens' RMSNorm calls hook_normalized on its float32 value and casts to the model dtype only
         # after the hook, so circuit-tracer would hand float32 inputs to bf16 transcoders (a dtype error).
@@ -148,6 +148,20 @@ def reference_path(model) -> str:
     if getattr(model, "cast_transcoder_input", False):
         path += f"; {model.feature_input_hook} cast to the model dtype before the transcoders read it"
     return path
+
+
+def circuit_tracer_transcoders(workload: BuiltWorkload, device: str, dtype: torch.dtype):
+    """The very object circuit-tracer's loaders returned for the workload's files (a TranscoderSet or a
+    CrossLayerTranscoder); copied when the replacement model is to move it to another device or dtype,
+    so that the workload's own stays as read. Workloads built in memory only get one built here."""
+    import copy
+
+    ct = workload.ct_transcoders
+    if ct is None:
+        return transcoder_set(workload, device, dtype)
+    if dtype != torch.float32 or str(device) != "cpu":
+        ct = copy.deepcopy(ct)
+    return ct
 
 
 @dataclass

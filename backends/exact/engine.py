@@ -150,7 +150,21 @@ class ExactBackend(Backend):
         for p in range(grad.shape[1]):
             s, e = bounds[p], bounds[p + 1]
             if e > s:
-                out[:, s:e] = grad[:, p] @ model.decoder_vecs[s:e].T
+                out[:, s:e] += grad[:, p] @ model.decoder_vecs[s:e].T
+
+    def contract_cross_features(self, model: LinearisedModel, prepared: Prepared, layout: Any, layer: int,
+                                grad: torch.Tensor, out: torch.Tensor) -> None:
+        """Cross-layer transcoders: add ``<grad at mlp_out_layer[pos_s], decoder_{s -> layer}>`` for the
+        features of every source layer ``s < layer`` (a feature's edge sums over all its decoders)."""
+        for source in range(layer):
+            vecs = model.cross_decoders.get((source, layer))
+            if vecs is None:
+                continue
+            bounds, first = model.position_bounds[source], model.layer_offsets[source]
+            for p in range(grad.shape[1]):
+                s, e = bounds[p], bounds[p + 1]
+                if e > s:
+                    out[:, s:e] += grad[:, p] @ vecs[s - first:e - first].T
 
     def edge_storage(self, model: LinearisedModel, n_rows: int, n_nodes: int, settings: AttributeSettings) -> str:
         """``"dense"`` (circuit-tracer's float32 rows) or ``"lean"`` (the layered store).
@@ -192,16 +206,24 @@ class ExactBackend(Backend):
             reached = self.live_rows(batch, layer + 1)  # rows whose gradient can be non-zero above the MLP
             if layer < top and reached:
                 self.contract_features(model, prepared, layout, layer, grad[:reached], out[:reached])
+                if model.cross_decoders:
+                    self.contract_cross_features(model, prepared, layout, layer, grad[:reached], out[:reached])
                 e0 = model.error_offset + layer * n_pos
                 out[:reached, e0:e0 + P] = torch.einsum("bpd,pd->bp", grad[:reached], model.error_vecs[layer, :P])
             live = self.live_rows(batch, layer)
             g = grad[:live]
-            grad_x = g @ w.W_skip[layer] if w.W_skip is not None else torch.zeros_like(g)
             here = batch.layers[:live] == layer
-            if here.any():
-                grad_x.index_put_((batch_index[:live][here], batch.positions[:live][here]),
-                                  batch.vectors[:live][here], accumulate=True)
-            grad_mid = g + grad_x * model.ln2_gain[layer, :P]
+            if model.reads_resid_mid:  # cross-layer: skip and features read the residual after attention
+                grad_mid = g + g @ w.W_skip[layer] if w.W_skip is not None else g.clone()
+                if here.any():
+                    grad_mid.index_put_((batch_index[:live][here], batch.positions[:live][here]),
+                                        batch.vectors[:live][here], accumulate=True)
+            else:
+                grad_x = g @ w.W_skip[layer] if w.W_skip is not None else torch.zeros_like(g)
+                if here.any():
+                    grad_x.index_put_((batch_index[:live][here], batch.positions[:live][here]),
+                                      batch.vectors[:live][here], accumulate=True)
+                grad_mid = g + grad_x * model.ln2_gain[layer, :P]
             # Gemma: the frozen post-attention norm sits between attention and the residual
             grad_attn = grad_mid if model.post_attn_gain is None else grad_mid * model.post_attn_gain[layer, :P]
             grad_ln1 = self.attention_vjp(model, prepared, layout, layer, grad_attn)

@@ -26,7 +26,7 @@ patterns are frozen; logit targets are injected before the final softcap).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
@@ -66,6 +66,10 @@ class ModelWeights:
     #: [L, d] gain of the post-attention norm (Gemma), None where attention writes to the residual directly
     post_attn_w: torch.Tensor | None = None
     layout: LinearisationLayout | None = None
+    #: per layer ("jumprelu" | "relu" | "topk", k) (see :mod:`attrbench.backends.transcoder_kinds`)
+    activations: list = field(default_factory=list)
+    #: cross-layer transcoder: features read hook_resid_mid and W_dec[l] is [F, L - l, d]
+    cross_layer: bool = False
 
     @property
     def n_layers(self) -> int:
@@ -120,6 +124,8 @@ def prepare_weights(workload: BuiltWorkload, device: str, dtype: torch.dtype) ->
         post_attn_w=(torch.stack([gain(getattr(m, layout.post_attn_norm)) for m in layers])
                      if layout.post_attn_norm else None),
         layout=layout,
+        activations=[(t.activation, t.k) for t in workload.transcoders],
+        cross_layer=workload.transcoder_kind == "clt",
     )
 
 
@@ -152,6 +158,11 @@ class LinearisedModel:
     layer_offsets: list[int]  # first feature index of each layer, plus n_active at the end
     #: [L, n, d] post-attention norm's frozen Jacobian (Gemma), None where the family has no such norm
     post_attn_gain: torch.Tensor | None = None
+    #: cross-layer transcoders: (source layer s, output layer l > s) -> scaled decoders [n_s, d] of the
+    #: features read at s into MLP output l (``decoder_vecs`` holds each feature's own-layer decoder)
+    cross_decoders: dict = field(default_factory=dict)
+    #: features read the residual stream after attention (hook_resid_mid), not the MLP input
+    reads_resid_mid: bool = False
 
     @property
     def n_layers(self) -> int:
@@ -242,25 +253,38 @@ def linearise(weights: ModelWeights, token_ids: torch.Tensor) -> LinearisedModel
     final_gain = (weights.final_w * _rms_inverse_scale(final_in, weights.eps)[:, None]).to(dtype)
 
     features, values, encoders, decoders, errors, offsets = [], [], [], [], [], [0]
-    for layer, (x, mlp_out) in enumerate(zip(cache["x"], cache["mlp_out"])):
+    inputs = cache["m"] if weights.cross_layer else cache["x"]  # hook_resid_mid or mlp.hook_in
+    decoded = [torch.zeros_like(out) for out in cache["mlp_out"]]  # sum of decoders into each MLP output
+    cross: dict = {}
+    for layer, x in enumerate(inputs):
         W_enc, W_dec = weights.W_enc[layer], weights.W_dec[layer]
         pre = torch.nn.functional.linear(x, W_enc, weights.b_enc[layer])
-        acts = pre * (pre > weights.threshold[layer])
+        acts = activate(pre, weights.threshold[layer], *(weights.activations[layer] if weights.activations
+                                                         else ("jumprelu", None)))
         acts[0] = 0  # circuit-tracer zeroes the BOS position
         pos, feat = acts.nonzero(as_tuple=True)  # row-major: position, then feature
         act = acts[pos, feat]
-        scaled_dec = W_dec[feat] * act[:, None]
-        reconstruction = torch.zeros_like(mlp_out).index_add_(0, pos, scaled_dec) + weights.b_dec[layer]
-        if weights.W_skip is not None:
-            reconstruction = reconstruction + x @ weights.W_skip[layer].T
-        error = mlp_out - reconstruction
-        error[0] = 0
+        if weights.cross_layer:  # W_dec [F, L - layer, d]: one decoder per MLP output from this layer on
+            scaled_all = W_dec[feat] * act[:, None, None]
+            scaled_dec = scaled_all[:, 0].contiguous()
+            for j in range(1, scaled_all.shape[1]):
+                cross[(layer, layer + j)] = scaled_all[:, j].contiguous()
+                decoded[layer + j].index_add_(0, pos, cross[(layer, layer + j)])
+        else:
+            scaled_dec = W_dec[feat] * act[:, None]
+        decoded[layer].index_add_(0, pos, scaled_dec)
         features.append(torch.stack([torch.full_like(pos, layer), pos, feat], dim=1))
         values.append(act)
         encoders.append(W_enc[feat])
         decoders.append(scaled_dec)
-        errors.append(error)
         offsets.append(offsets[-1] + pos.numel())
+    for layer, (x, mlp_out) in enumerate(zip(inputs, cache["mlp_out"])):
+        reconstruction = decoded[layer] + weights.b_dec[layer]
+        if weights.W_skip is not None:
+            reconstruction = reconstruction + x @ weights.W_skip[layer].T
+        error = mlp_out - reconstruction
+        error[0] = 0
+        errors.append(error)
 
     return LinearisedModel(
         weights=weights,
@@ -278,7 +302,21 @@ def linearise(weights: ModelWeights, token_ids: torch.Tensor) -> LinearisedModel
         token_vecs=weights.W_E[token_ids.to(weights.device)],
         layer_offsets=offsets,
         post_attn_gain=post_attn_gain,
+        cross_decoders=cross,
+        reads_resid_mid=weights.cross_layer,
     )
+
+
+def activate(pre: torch.Tensor, threshold: torch.Tensor, kind: str, k: int | None) -> torch.Tensor:
+    """circuit-tracer's activation functions: JumpReLU ``x * (x > threshold)``, ReLU, TopK(k) (the k largest
+    pre-activations of each position kept, whatever their sign, as its ``TopK`` does)."""
+    if kind == "relu":
+        return torch.relu(pre)
+    if kind == "topk":
+        _, idx = torch.topk(pre, k=k, dim=-1)
+        gate = torch.zeros_like(pre).scatter_(-1, idx, 1)
+        return pre * gate
+    return pre * (pre > threshold)
 
 
 @dataclass

@@ -160,6 +160,13 @@ class Shape:
     n_active: int
     n_logits: int
     nodes: int  # selected feature nodes = min(max_feature_nodes, n_active)
+    #: cross-layer transcoder: layer l's features decode into the L - l layers from l on
+    cross_layer: bool = False
+
+    @property
+    def decoder_factor(self) -> float:
+        """Decoders per feature on average: 1 per-layer, (L + 1) / 2 cross-layer."""
+        return (self.L + 1) / 2 if self.cross_layer else 1.0
 
     @classmethod
     def of(cls, spec: WorkloadSpec, nodes: int, max_n_logits: int = 10) -> Shape:
@@ -167,7 +174,8 @@ class Shape:
         n_active = max(int(spec.estimated_active_features), 1)
         return cls(m.num_hidden_layers, m.hidden_size, m.num_attention_heads, m.num_key_value_heads, m.head_dim,
                    m.intermediate_size, m.vocab_size, t.d_transcoder, bool(t.skip_connection),
-                   spec.prompt.length, n_active, max_n_logits, min(nodes, n_active))
+                   spec.prompt.length, n_active, max_n_logits, min(nodes, n_active),
+                   getattr(t, "kind", "plt") == "clt")
 
     @property
     def row_size(self) -> int:
@@ -190,7 +198,7 @@ class Shape:
         return self.L * (attn + 3 * self.d * self.d_mlp) + 2 * self.vocab * self.d
 
     def transcoder_params(self) -> int:
-        return self.L * (2 * self.F * self.d + (self.d * self.d if self.skip else 0))
+        return int(self.L * ((1 + self.decoder_factor) * self.F * self.d + (self.d * self.d if self.skip else 0)))
 
 
 @dataclass
@@ -316,7 +324,8 @@ def estimate_cell(spec: WorkloadSpec, model: str, nodes: int, device: str = "cpu
         store = _choose_store(kind, s, device, options)
         weights = model_b + tc_b + 4 * s.L * (s.KV * s.dh * s.d + s.d * s.H * s.dh + (s.d * s.d if s.skip else 0))
         if kind in ("vjp-causal-gqa", "vjp-causal-gqa-pruned"):
-            weights += 4 * s.L * (s.n_pos * s.d * max(1, math.ceil(s.n_active / s.L / max(1, s.n_pos - 1))) * 2)
+            weights += int(4 * s.L * (s.n_pos * s.d * max(1, math.ceil(s.n_active / s.L / max(1, s.n_pos - 1))) * 2)
+                           * s.decoder_factor)
         buffers = 4 * B * s.row_size + 6 * 4 * B * s.n_pos * s.d
         terms["weights"], terms["buffers"] = weights, buffers
         if store == "pruned":

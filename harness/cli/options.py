@@ -54,8 +54,10 @@ workload_options = stack(
                       "features for the largest --nodes."),
     click.option("--workload", "workload_file", default=None, type=click.Path(dir_okay=False),
                  help="Workload JSON file (model/transcoders/prompt/seed); excludes --model."),
-    click.option("--transcoders", "transcoders_dir", default=None, type=click.Path(file_okay=False),
-                 help="Folder of per-layer transcoders (layer_{i}.safetensors); with --model DIR."),
+    click.option("--transcoders", "transcoders_dir", default=None,
+                 help="circuit-tracer transcoders: a config.yaml, a folder holding one, a folder of layer_{i}.safetensors "
+                      "/ layer_{i}.npz / W_enc_{i}+W_dec_{i}.safetensors (cross-layer), or a repo id in the local "
+                      "Hugging Face cache; with --model DIR|REPO_ID."),
     click.option("--prompt", "prompt_text", default=None, help="Prompt text; with --model DIR --transcoders DIR."),
 )
 

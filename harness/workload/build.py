@@ -19,26 +19,15 @@ from typing import Any
 
 import torch
 
-from attrbench.errors import UsageError
 from attrbench.guard import CACHE_ENV, env_folder
-from attrbench.workload import families
+from attrbench.workload import families, transcoder_files
+from attrbench.workload.seeded_transcoders import build_seeded, check_read_back, load_folder, through_files
 from attrbench.workload.spec import WorkloadSpec
+from attrbench.workload.transcoder_files import TranscoderWeights
 
 BOS_ID, EOS_ID, UNK_ID, PAD_ID = 1, 2, 0, 3
 #: first token id a seeded prompt draws from (0-3 are special)
 FIRST_ORDINARY_ID = 4
-
-
-@dataclass
-class TranscoderWeights:
-    """One layer's transcoder, in circuit-tracer's layout: ``W_enc``/``W_dec`` are ``[F, d_model]``."""
-
-    W_enc: torch.Tensor
-    W_dec: torch.Tensor
-    b_enc: torch.Tensor
-    b_dec: torch.Tensor
-    threshold: torch.Tensor
-    W_skip: torch.Tensor | None
 
 
 @dataclass
@@ -51,6 +40,10 @@ class BuiltWorkload:
     tokenizer_dir: str
     transcoders: list[TranscoderWeights]
     token_ids: torch.Tensor  # [n_pos], int64, starts with BOS
+    #: the circuit-tracer TranscoderSet / CrossLayerTranscoder the transcoders were read from (its loaders)
+    ct_transcoders: object = None
+    #: "plt" (per-layer, reads mlp.hook_in) or "clt" (cross-layer, reads hook_resid_mid)
+    transcoder_kind: str = "plt"
 
     @property
     def n_layers(self) -> int:
@@ -218,74 +211,6 @@ def build_prompt(spec: WorkloadSpec) -> torch.Tensor:
     return tokens
 
 
-@torch.no_grad()
-def mlp_inputs(hf_model: torch.nn.Module, token_ids: torch.Tensor) -> list[torch.Tensor]:
-    """Each layer's transcoder input for the prompt, ``[n_pos, d_model]``: the MLP input (the post-attention
-    RMSNorm output) for Qwen3/Llama, ``ln2.hook_normalized`` (the pre-feedforward norm before its gain) for
-    Gemma (see :mod:`attrbench.workload.families`)."""
-    captured: list[torch.Tensor] = []
-    if getattr(hf_model.config, "model_type", "") in ("gemma2", "gemma3_text"):
-        eps = hf_model.config.rms_norm_eps
-
-        def normalised(_m, args):
-            x = args[0][0].float()
-            captured.append(x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
-
-        handles = [layer.pre_feedforward_layernorm.register_forward_pre_hook(normalised)
-                   for layer in hf_model.model.layers]
-    else:
-        handles = [
-            layer.mlp.register_forward_pre_hook(lambda _m, args: captured.append(args[0][0].float()))
-            for layer in hf_model.model.layers
-        ]
-    try:
-        hf_model(token_ids[None])
-    finally:
-        for h in handles:
-            h.remove()
-    return captured
-
-
-#: no pre-activation of the prompt lies closer than this to its feature's threshold (pre-activations are
-#: about unit scale). bf16 forward passes of HF and TransformerLens differ by about 0.01 there.
-THRESHOLD_MARGIN = 0.05
-
-
-def calibrated_thresholds(pre_acts: torch.Tensor, target_l0: float, margin: float = THRESHOLD_MARGIN) -> torch.Tensor:
-    """Per-feature JumpReLU thresholds leaving about ``target_l0`` active features per position.
-
-    ``pre_acts`` is ``[n_pos, F]``. A layer-wide threshold is set at the quantile that gives ``target_l0``;
-    a feature whose pre-activations come within ``margin`` of it gets the nearest threshold that keeps that
-    margin instead. So rounding differences between implementations and dtypes (HF vs TransformerLens,
-    float32 vs bfloat16) cannot switch a feature on or off, and the active set is the same for all of them.
-    """
-    flat = pre_acts.flatten().sort(descending=True).values
-    k = max(1, min(flat.numel() - 1, int(round(target_l0 * pre_acts.shape[0]))))
-    layer_threshold = (flat[k - 1] + flat[k]) / 2
-    values = pre_acts.T  # [F, n_pos]
-    step = margin * 1.001
-    candidates = torch.cat([layer_threshold.expand(values.shape[0], 1), values - step, values + step], dim=1)
-    clear = ((values[:, None, :] - candidates[:, :, None]).abs() >= margin).all(-1)  # [F, candidates]
-    distance = (candidates - layer_threshold).abs().masked_fill(~clear, float("inf"))
-    return candidates.gather(1, distance.argmin(1, keepdim=True))[:, 0]
-
-
-def build_transcoders(spec: WorkloadSpec, inputs: list[torch.Tensor]) -> list[TranscoderWeights]:
-    d, F = spec.model.hidden_size, spec.transcoders.d_transcoder
-    out = []
-    for layer, x in enumerate(inputs):
-        g = torch.Generator().manual_seed(spec.seed * 1_000_003 + 100 + layer)
-        W_enc = torch.randn(F, d, generator=g) / d**0.5
-        W_dec = torch.randn(F, d, generator=g) * (0.5 / F**0.5)
-        b_enc = torch.zeros(F)
-        b_dec = torch.zeros(d)
-        W_skip = torch.randn(d, d, generator=g) * (0.1 / d**0.5) if spec.transcoders.skip_connection else None
-        pre = (x[1:] @ W_enc.T + b_enc)  # position 0 (BOS) never has active features
-        thresholds = calibrated_thresholds(pre, spec.transcoders.target_l0)
-        out.append(TranscoderWeights(W_enc, W_dec, b_enc, b_dec, thresholds, W_skip))
-    return out
-
-
 #: workloads with more parameters than this are cached on disk after their first build
 CACHE_MIN_PARAMS = 50_000_000
 
@@ -296,42 +221,10 @@ def parameter_count(spec: WorkloadSpec) -> int:
     attn = m.hidden_size * m.head_dim * (2 * m.num_attention_heads + 2 * m.num_key_value_heads)
     mlp = 3 * m.hidden_size * m.intermediate_size
     tc = 2 * t.d_transcoder * m.hidden_size + (m.hidden_size**2 if t.skip_connection else 0)
+    if t.kind == "clt":  # layer l's features decode into the L - l layers from l on: (L + 1) / 2 on average
+        tc += t.d_transcoder * m.hidden_size * (m.num_hidden_layers - 1) / 2
     embeddings = (1 if families.value(m, "tie_word_embeddings") else 2) * m.vocab_size * m.hidden_size
-    return m.num_hidden_layers * (attn + mlp + tc) + embeddings
-
-
-def save_transcoders(transcoders: list[TranscoderWeights], folder: Path) -> None:
-    """Per-layer ``layer_{i}.safetensors`` in the layout of the public per-layer transcoder releases."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for layer, t in enumerate(transcoders):
-        tensors = {"W_enc": t.W_enc, "W_dec": t.W_dec, "b_enc": t.b_enc, "b_dec": t.b_dec, "threshold": t.threshold}
-        if t.W_skip is not None:
-            tensors["W_skip"] = t.W_skip
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / f"layer_{layer}.safetensors"))
-
-
-def load_transcoders(folder: Path, n_layers: int) -> list[TranscoderWeights]:
-    """Read ``layer_{i}.safetensors`` files (W_enc, W_dec, b_enc, b_dec, optional threshold and W_skip)."""
-    from safetensors.torch import load_file
-
-    out = []
-    for layer in range(n_layers):
-        path = folder / f"layer_{layer}.safetensors"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: a transcoder folder needs layer_0 .. layer_{n_layers - 1}")
-        try:
-            d = {k: v.float() for k, v in load_file(str(path)).items()}
-            W_enc, W_dec = d["W_enc"], d["W_dec"]
-        except Exception as exc:  # truncated or not safetensors: name the file
-            raise UsageError(f"transcoder file {path} cannot be read ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
-        if W_enc.shape[0] != W_dec.shape[0]:  # some releases store W_enc as [d_model, F]
-            W_enc = W_enc.T.contiguous()
-        threshold = d.get("threshold", torch.zeros(W_enc.shape[0]))  # ReLU = JumpReLU at 0
-        out.append(TranscoderWeights(W_enc, W_dec, d["b_enc"], d["b_dec"], threshold, d.get("W_skip")))
-    return out
+    return int(m.num_hidden_layers * (attn + mlp + tc) + embeddings)
 
 
 def save_workload(built: BuiltWorkload, folder: Path) -> None:
@@ -342,7 +235,10 @@ def save_workload(built: BuiltWorkload, folder: Path) -> None:
     try:
         built.hf_model.save_pretrained(str(tmp / "model"), safe_serialization=True)
         built.tokenizer.save_pretrained(str(tmp / "model"))
-        save_transcoders(built.transcoders, tmp / "transcoders")
+        # circuit-tracer's own layout and a config.yaml, so that circuit-tracer can load the cache too
+        transcoder_files.write_transcoders(built.transcoders, built.transcoder_kind, built.spec.model.hidden_size,
+                                           tmp / "transcoders", scan=f"attrbench-{built.spec.content_hash()}",
+                                           hooks=family_hooks(built.spec))
         (tmp / "prompt.json").write_text(json.dumps({"token_ids": built.token_ids.tolist()}))
         write_manifest(tmp, built.spec.to_dict())
         tmp.rename(folder)
@@ -363,22 +259,36 @@ def _load_cached(spec: WorkloadSpec, folder: Path) -> BuiltWorkload:
 
     token_ids = torch.tensor(json.loads((folder / "prompt.json").read_text())["token_ids"], dtype=torch.long)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder / "model"))
-    transcoders = load_transcoders(folder / "transcoders", spec.model.num_hidden_layers)
-    model_dir = folder / "model"
-    return BuiltWorkload(spec, load_hf_model(model_dir), tokenizer, str(model_dir), transcoders, token_ids)
+    ct, transcoders = load_folder(folder / "transcoders", spec.model.num_hidden_layers, spec.model.hidden_size)
+    check_read_back(spec, transcoders)
+    return BuiltWorkload(spec, load_hf_model(folder / "model"), tokenizer, str(folder / "model"), transcoders, token_ids,
+                         ct, spec.transcoders.kind)
 
 
 def build_local(spec: WorkloadSpec) -> BuiltWorkload:
     """Load a workload of real weights from its local folders (``spec.source``); never contacts a hub."""
     from transformers import AutoTokenizer
 
+    from attrbench.workload import transcoder_files
+
     src = spec.source
     os.environ["HF_HUB_OFFLINE"] = "1"
     model_dir = Path(src.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    transcoders = load_transcoders(Path(src.transcoders_dir), spec.model.num_hidden_layers)
+    # read by circuit-tracer's own loaders; the engine's weights come from the object they return
+    tsrc = transcoder_files.resolve(src.transcoders_dir)
+    ct = transcoder_files.load(tsrc, lazy=True)
+    transcoder_files.check_against_model(ct, tsrc, spec.model.num_hidden_layers, spec.model.hidden_size)
+    transcoders = transcoder_files.engine_weights(ct, spec.model.num_hidden_layers)
     token_ids = torch.tensor(spec.prompt.token_ids, dtype=torch.long)
-    return BuiltWorkload(spec, load_hf_model(model_dir), tokenizer, str(model_dir), transcoders, token_ids)
+    return BuiltWorkload(spec, load_hf_model(model_dir), tokenizer, str(model_dir), transcoders, token_ids,
+                         ct, tsrc.kind)
+
+
+def family_hooks(spec: WorkloadSpec) -> tuple[str, str]:
+    """Where the model family's per-layer transcoders read and write (circuit-tracer's configs for it)."""
+    f = families.family(spec.model.model_type)
+    return f.feature_input_hook, f.feature_output_hook
 
 
 def build_workload(spec: WorkloadSpec, use_cache: bool | None = None) -> BuiltWorkload:
@@ -391,7 +301,9 @@ def build_workload(spec: WorkloadSpec, use_cache: bool | None = None) -> BuiltWo
         return build_local(spec)
     if use_cache is None:
         use_cache = parameter_count(spec) > CACHE_MIN_PARAMS
-    folder = cache_dir() / "workloads" / spec.content_hash()
+    # "workloads-ct": caches in circuit-tracer's transcoder layout (older caches under "workloads" stored the
+    # JumpReLU threshold under a key circuit-tracer does not read)
+    folder = cache_dir() / "workloads-ct" / spec.content_hash()
     if use_cache:
         clean_stale_temporaries(folder.parent)
     if use_cache and folder.exists():
@@ -406,9 +318,17 @@ def build_workload(spec: WorkloadSpec, use_cache: bool | None = None) -> BuiltWo
     hf_model = build_hf_model(spec)
     tokenizer, tok_dir = build_tokenizer(spec.model.vocab_size)
     token_ids = build_prompt(spec)
-    transcoders = build_transcoders(spec, mlp_inputs(hf_model, token_ids))
-    built = BuiltWorkload(spec, hf_model, tokenizer, tok_dir, transcoders, token_ids)
+    transcoders = build_seeded(spec, hf_model, token_ids)
+    built = BuiltWorkload(spec, hf_model, tokenizer, tok_dir, transcoders, token_ids, None, spec.transcoders.kind)
     if use_cache:
         folder.parent.mkdir(parents=True, exist_ok=True)
         save_workload(built, folder)
+        return _load_cached(spec, folder)
+    # written with circuit-tracer's to_safetensors and read back with its loaders: the reference and the
+    # exact backends both use what circuit-tracer read
+    built.ct_transcoders, built.transcoders = through_files(
+        transcoders, spec.transcoders.kind, spec.model.hidden_size,
+        cache_dir() / "transcoders-ct" / spec.content_hash(), scan=f"attrbench-{spec.content_hash()}",
+        hooks=family_hooks(spec))
+    check_read_back(spec, built.transcoders)
     return built

@@ -16,6 +16,8 @@ from attrbench.errors import UsageError
 from attrbench.workload.families import OPTIONAL_FIELDS, check_config_fields, validate_model
 
 MODEL_TYPES = ("qwen3", "llama", "gemma2", "gemma3")
+TRANSCODER_KINDS = ("plt", "clt")
+ACTIVATIONS = ("jumprelu", "relu", "topk")
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,16 @@ class TranscoderSpec:
     d_transcoder: int = 1024
     skip_connection: bool = True
     target_l0: float = 20.0
+    #: "plt" (per-layer) or "clt" (cross-layer: reads hook_resid_mid, writes every MLP output from its layer on)
+    kind: str = "plt"
+    #: "jumprelu" | "relu" | "topk"; TopK keeps the ``k`` largest pre-activations per position
+    activation: str = "jumprelu"
+    k: int | None = None
+
+    @property
+    def per_position_l0(self) -> float:
+        """Active features per (layer, position) the build aims at (``k`` for TopK)."""
+        return float(self.k) if self.activation == "topk" and self.k else self.target_l0
 
 
 @dataclass(frozen=True)
@@ -77,13 +89,22 @@ class LocalSource:
 
     def fingerprint(self) -> list[list[Any]]:
         """(relative path, size, mtime_ns) of every file in both folders: part of the content hash."""
+        from attrbench.workload import transcoder_files
+
         out = []
-        for key, folder in (("model", self.model_dir), ("transcoders", self.transcoders_dir)):
-            root = Path(folder)
-            for f in sorted(root.rglob("*")) if root.is_dir() else ():
-                if f.is_file():
-                    st = f.stat()
-                    out.append([f"{key}/{f.relative_to(root)}", st.st_size, st.st_mtime_ns])
+        root = Path(self.model_dir)
+        for f in sorted(root.rglob("*")) if root.is_dir() else ():
+            if f.is_file():
+                st = f.stat()
+                out.append([f"model/{f.relative_to(root)}", st.st_size, st.st_mtime_ns])
+        try:
+            files = transcoder_files.resolve(self.transcoders_dir).files()
+        except UsageError:
+            files = []
+        for f in files:
+            if f.is_file():
+                st = f.stat()
+                out.append([f"transcoders/{f.name}", st.st_size, st.st_mtime_ns])
         return out
 
 
@@ -104,6 +125,9 @@ class WorkloadSpec:
         for key in OPTIONAL_FIELDS:
             if d["model"][key] is None:
                 del d["model"][key]
+        for key, default in (("kind", "plt"), ("activation", "jumprelu"), ("k", None)):
+            if d["transcoders"].get(key) == default:
+                del d["transcoders"][key]  # so do per-layer JumpReLU workloads
         if d["prompt"]["token_ids"] is None:
             del d["prompt"]["token_ids"]
         else:
@@ -122,7 +146,7 @@ class WorkloadSpec:
     @property
     def estimated_active_features(self) -> int:
         """Active features the calibration aims at (position 0, BOS, never has any, as in circuit-tracer)."""
-        return int(round(self.model.num_hidden_layers * (self.prompt.length - 1) * self.transcoders.target_l0))
+        return int(round(self.model.num_hidden_layers * (self.prompt.length - 1) * self.transcoders.per_position_l0))
 
 
 def _preset(name: str, model: ModelSpec, transcoders: TranscoderSpec, n_tokens: int, note: str) -> tuple:
@@ -151,6 +175,13 @@ PRESETS: dict[str, tuple[WorkloadSpec, str]] = dict(
                       head_dim=32, intermediate_size=768, vocab_size=2048),
             TranscoderSpec(d_transcoder=8192, target_l0=265), 48,
             ">= 90,000 active features, for 70,000-node runs",
+        ),
+        _preset(
+            "small-clt",
+            ModelSpec(num_hidden_layers=8, hidden_size=256, num_attention_heads=8, num_key_value_heads=2,
+                      head_dim=32, intermediate_size=768, vocab_size=2048),
+            TranscoderSpec(d_transcoder=4096, target_l0=176, kind="clt"), 32,
+            "small with a cross-layer JumpReLU transcoder (>= 40,000 active features, decoders 4.5x larger)",
         ),
         _preset(
             "qwen3-4b",
@@ -250,6 +281,19 @@ def validate(spec: WorkloadSpec) -> WorkloadSpec:
         raise UsageError(f"workload: transcoders.target_l0 ({t.target_l0}) exceeds d_transcoder ({t.d_transcoder})")
     if not isinstance(t.skip_connection, bool):
         raise UsageError(f"workload: transcoders.skip_connection must be true or false, got {t.skip_connection!r}")
+    if t.kind not in TRANSCODER_KINDS:
+        raise UsageError(f"workload: transcoders.kind must be one of {', '.join(TRANSCODER_KINDS)}, got {t.kind!r}")
+    if t.activation not in ACTIVATIONS:
+        raise UsageError(f"workload: transcoders.activation must be one of {', '.join(ACTIVATIONS)}, got {t.activation!r}")
+    if t.activation == "topk":
+        _positive_int("transcoders", "k", t.k)
+        if t.k > t.d_transcoder:
+            raise UsageError(f"workload: transcoders.k ({t.k}) exceeds d_transcoder ({t.d_transcoder})")
+        if t.kind == "clt":
+            raise UsageError("workload: TopK cross-layer transcoders are not supported (circuit-tracer's "
+                             "CrossLayerTranscoder has relu and jump_relu only)")
+    elif t.k is not None:
+        raise UsageError("workload: transcoders.k goes with activation \"topk\" only")
     p = spec.prompt
     if p.token_ids is not None:
         if len(p.token_ids) < 2:
@@ -429,7 +473,9 @@ def tokenize_prompt(model_dir: Path, text: str) -> tuple[int, ...]:
 def local_spec(model_dir: str | Path, transcoders_dir: str | Path, prompt: str) -> WorkloadSpec:
     """A workload of real local weights: model section from config.json, transcoder shape checked from the
     files, prompt tokenized now (no hub is ever contacted). Any problem is one :class:`UsageError` line."""
-    mdir, tdir = Path(model_dir).resolve(), Path(transcoders_dir).resolve()
+    from attrbench.workload import transcoder_files
+
+    mdir = transcoder_files.resolve_model_dir(model_dir).resolve()
     if not mdir.is_dir():
         raise UsageError(f"--model {model_dir} is neither a preset nor an existing folder")
     if not any(mdir.glob("*.safetensors")):
@@ -437,7 +483,12 @@ def local_spec(model_dir: str | Path, transcoders_dir: str | Path, prompt: str) 
     model = model_spec_from_config(mdir)
     for weights in sorted(mdir.glob("*.safetensors")):  # a truncated file is refused here, by name
         _transcoder_shapes(weights, "model weights file")
-    transcoders = check_transcoder_folder(tdir, model)
+    src = transcoder_files.resolve(transcoders_dir)
+    found = transcoder_files.check_against_model(transcoder_files.load(src, lazy=True), src,
+                                                 model.num_hidden_layers, model.hidden_size)
+    transcoders = TranscoderSpec(d_transcoder=found["d_transcoder"], skip_connection=found["skip_connection"],
+                                 kind=found["kind"], activation=found["activation"], k=found["k"])
+    tdir = Path(src.config_file or src.root)
     if not prompt or not prompt.strip():
         raise UsageError("--prompt must be a non-empty text")
     token_ids = tokenize_prompt(mdir, prompt)

@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from attrbench.errors import UsageError
-from attrbench.workload.build import MANIFEST, build_workload, load_transcoders
+from attrbench.workload.build import MANIFEST, build_workload
+from attrbench.workload.transcoder_files import load, resolve
 from attrbench.workload.spec import preset
 
 
@@ -35,14 +36,14 @@ def _dead_pid() -> int:
 def test_changed_or_truncated_cache_files_are_named_and_rebuilt(cache, capsys):
     spec = preset("tiny")
     fresh = build_workload(spec, use_cache=True)
-    (entry,) = (cache / "workloads").iterdir()
+    (entry,) = (cache / "workloads-ct").iterdir()
     assert (entry / MANIFEST).is_file()
     capsys.readouterr()
 
     # 1. zeroed thresholds in a cached transcoder (before: 8,387 active features instead of 1,193, exit 0)
     layer0 = entry / "transcoders" / "layer_0.safetensors"
     tensors = load_file(str(layer0))
-    tensors["threshold"] = torch.zeros_like(tensors["threshold"])
+    tensors["activation_function.threshold"] = torch.zeros_like(tensors["activation_function.threshold"])
     save_file(tensors, str(layer0))
     again = build_workload(spec, use_cache=True)
     err = capsys.readouterr().err
@@ -83,20 +84,20 @@ def test_changed_or_truncated_cache_files_are_named_and_rebuilt(cache, capsys):
 
 def test_stale_temporary_folders_are_removed(cache, capsys):
     spec = preset("tiny")
-    stale = cache / "workloads" / f"{spec.content_hash()}.tmp{_dead_pid()}"
+    stale = cache / "workloads-ct" / f"{spec.content_hash()}.tmp{_dead_pid()}"
     (stale / "model").mkdir(parents=True)
     (stale / "model" / "half-written.bin").write_bytes(b"x" * 100)
     build_workload(spec, use_cache=True)
     assert not stale.exists()
-    assert [p.name for p in (cache / "workloads").iterdir()] == [spec.content_hash()]
+    assert [p.name for p in (cache / "workloads-ct").iterdir()] == [spec.content_hash()]
 
 
 def test_truncated_user_transcoder_is_refused_with_the_file_named(cache, tmp_path):
     spec = preset("tiny")
     build_workload(spec, use_cache=True)
-    (entry,) = (cache / "workloads").iterdir()
+    (entry,) = (cache / "workloads-ct").iterdir()
     layer1 = entry / "transcoders" / "layer_1.safetensors"
     with open(layer1, "r+b") as f:
         f.truncate(layer1.stat().st_size // 2)
     with pytest.raises(UsageError, match=str(layer1)):
-        load_transcoders(entry / "transcoders", 4)
+        load(resolve(entry / "transcoders"))

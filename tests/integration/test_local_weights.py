@@ -58,7 +58,7 @@ def test_bad_local_folders_are_one_line_usage_errors(saved, tmp_path, capsys, ca
     copy = _bad_copy(saved, tmp_path)
     model, tcs, prompt = copy / "model", copy / "transcoders", PROMPT
     expect = {"missing-model": "neither a preset nor an existing folder", "no-config": "no config.json",
-              "wrong-type": "model_type 'gpt2' is not supported", "layer-count": "num_hidden_layers=4",
+              "wrong-type": "model_type 'gpt2' is not supported", "layer-count": "layer_3.safetensors does not exist",
               "shape": "W_dec", "no-prompt": "needs --transcoders DIR and --prompt TEXT",
               "no-transcoders": "needs --transcoders DIR"}[case]
     args = None

@@ -1,0 +1,164 @@
+"""Seeded transcoders of every kind a workload can ask for, read back through circuit-tracer's loaders.
+
+``transcoders.kind`` "plt" (per-layer) or "clt" (cross-layer), ``activation`` "jumprelu", "relu" or "topk"
+(``k``). JumpReLU thresholds (and, for ReLU, the encoder bias) are calibrated on the prompt as for the
+per-layer JumpReLU workloads (:func:`calibrated_thresholds`), so each (layer, position)
+has about ``target_l0`` active features and no pre-activation sits near the cut. A per-layer JumpReLU
+workload gets exactly the bytes it always had (:func:`build_transcoders`).
+
+:func:`through_files` writes the weights with circuit-tracer's own ``to_safetensors`` (plus config.yaml)
+and loads them with its own loaders: the reference and the exact backends then both use what circuit-tracer
+read from the files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from attrbench.workload import transcoder_files as tf
+from attrbench.workload.spec import WorkloadSpec
+from attrbench.workload.transcoder_files import TranscoderWeights
+
+
+@torch.no_grad()
+def mlp_inputs(hf_model: torch.nn.Module, token_ids: torch.Tensor) -> list[torch.Tensor]:
+    """Each layer's transcoder input for the prompt, ``[n_pos, d_model]``: the MLP input (the post-attention
+    RMSNorm output) for Qwen3/Llama, ``ln2.hook_normalized`` (the pre-feedforward norm before its gain) for
+    Gemma (see :mod:`attrbench.workload.families`)."""
+    captured: list[torch.Tensor] = []
+    if getattr(hf_model.config, "model_type", "") in ("gemma2", "gemma3_text"):
+        eps = hf_model.config.rms_norm_eps
+
+        def normalised(_m, args):
+            x = args[0][0].float()
+            captured.append(x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+        handles = [layer.pre_feedforward_layernorm.register_forward_pre_hook(normalised)
+                   for layer in hf_model.model.layers]
+    else:
+        handles = [
+            layer.mlp.register_forward_pre_hook(lambda _m, args: captured.append(args[0][0].float()))
+            for layer in hf_model.model.layers
+        ]
+    try:
+        hf_model(token_ids[None])
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+#: no pre-activation of the prompt lies closer than this to its feature's threshold (pre-activations are
+#: about unit scale). bf16 forward passes of HF and TransformerLens differ by about 0.01 there.
+THRESHOLD_MARGIN = 0.05
+
+
+def calibrated_thresholds(pre_acts: torch.Tensor, target_l0: float, margin: float = THRESHOLD_MARGIN) -> torch.Tensor:
+    """Per-feature JumpReLU thresholds leaving about ``target_l0`` active features per position.
+
+    ``pre_acts`` is ``[n_pos, F]``. A layer-wide threshold is set at the quantile that gives ``target_l0``;
+    a feature whose pre-activations come within ``margin`` of it gets the nearest threshold that keeps that
+    margin instead. So rounding differences between implementations and dtypes (HF vs TransformerLens,
+    float32 vs bfloat16) cannot switch a feature on or off, and the active set is the same for all of them.
+    """
+    flat = pre_acts.flatten().sort(descending=True).values
+    k = max(1, min(flat.numel() - 1, int(round(target_l0 * pre_acts.shape[0]))))
+    layer_threshold = (flat[k - 1] + flat[k]) / 2
+    values = pre_acts.T  # [F, n_pos]
+    step = margin * 1.001
+    candidates = torch.cat([layer_threshold.expand(values.shape[0], 1), values - step, values + step], dim=1)
+    clear = ((values[:, None, :] - candidates[:, :, None]).abs() >= margin).all(-1)  # [F, candidates]
+    distance = (candidates - layer_threshold).abs().masked_fill(~clear, float("inf"))
+    return candidates.gather(1, distance.argmin(1, keepdim=True))[:, 0]
+
+
+def build_transcoders(spec: WorkloadSpec, inputs: list[torch.Tensor]) -> list[TranscoderWeights]:
+    d, F = spec.model.hidden_size, spec.transcoders.d_transcoder
+    out = []
+    for layer, x in enumerate(inputs):
+        g = torch.Generator().manual_seed(spec.seed * 1_000_003 + 100 + layer)
+        W_enc = torch.randn(F, d, generator=g) / d**0.5
+        W_dec = torch.randn(F, d, generator=g) * (0.5 / F**0.5)
+        b_enc = torch.zeros(F)
+        b_dec = torch.zeros(d)
+        W_skip = torch.randn(d, d, generator=g) * (0.1 / d**0.5) if spec.transcoders.skip_connection else None
+        pre = (x[1:] @ W_enc.T + b_enc)  # position 0 (BOS) never has active features
+        thresholds = calibrated_thresholds(pre, spec.transcoders.target_l0)
+        out.append(TranscoderWeights(W_enc, W_dec, b_enc, b_dec, thresholds, W_skip))
+    return out
+
+
+
+@torch.no_grad()
+def resid_mids(hf_model: torch.nn.Module, token_ids: torch.Tensor) -> list[torch.Tensor]:
+    """Each layer's residual stream after attention (``hook_resid_mid``, the input of the second norm)."""
+    captured: list[torch.Tensor] = []
+    handles = [
+        layer.post_attention_layernorm.register_forward_pre_hook(lambda _m, args: captured.append(args[0][0].float()))
+        for layer in hf_model.model.layers
+    ]
+    try:
+        hf_model(token_ids[None])
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+def build_seeded(spec: WorkloadSpec, hf_model: torch.nn.Module, token_ids: torch.Tensor) -> list:
+    """The workload's transcoders in the engine's layout (:class:`attrbench.workload.transcoder_files.TranscoderWeights`)."""
+
+    t = spec.transcoders
+    if t.kind == "plt":
+        out = build_transcoders(spec, mlp_inputs(hf_model, token_ids))
+        if t.activation == "jumprelu":
+            return out
+        for w in out:
+            if t.activation == "relu":  # the calibrated cut moves into the encoder bias
+                w.b_enc = -w.threshold
+            w.threshold = torch.zeros_like(w.threshold)
+            w.activation, w.k = t.activation, t.k
+        return out
+    # cross-layer: encoders read hook_resid_mid (not normalised: scale the encoder to unit pre-activations)
+    L, d, F = spec.model.num_hidden_layers, spec.model.hidden_size, t.d_transcoder
+    out = []
+    for layer, m in enumerate(resid_mids(hf_model, token_ids)):
+        g = torch.Generator().manual_seed(spec.seed * 1_000_003 + 500 + layer)
+        rms = m[1:].pow(2).mean(-1).sqrt().mean().clamp(min=1e-6)
+        W_enc = torch.randn(F, d, generator=g) / d**0.5 / rms
+        W_dec = torch.randn(F, L - layer, d, generator=g) * (0.5 / (F * (L - layer)) ** 0.5)
+        b_enc, b_dec = torch.zeros(F), torch.zeros(d)
+        W_skip = torch.randn(d, d, generator=g) * (0.1 / d**0.5) if t.skip_connection else None
+        threshold = calibrated_thresholds(m[1:] @ W_enc.T, t.target_l0)
+        if t.activation == "relu":
+            b_enc, threshold = -threshold, torch.zeros(F)
+        out.append(TranscoderWeights(W_enc, W_dec, b_enc, b_dec, threshold, W_skip, t.activation, t.k))
+    return out
+
+
+def through_files(weights: list, kind: str, d_model: int, folder: Path, scan: str,
+                  hooks: tuple[str, str] = ("mlp.hook_in", "mlp.hook_out")):
+    """Write ``weights`` in circuit-tracer's layout under ``folder`` (once) and read them back with its
+    loaders; returns (circuit-tracer object, engine weights taken from it)."""
+    if not (folder / "config.yaml").exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tf.write_transcoders(weights, kind, d_model, folder, scan=scan, hooks=hooks)
+    return load_folder(folder, len(weights), d_model)
+
+
+def load_folder(folder: Path, n_layers: int, d_model: int):
+    src = tf.resolve(folder)
+    obj = tf.load(src, lazy=True)
+    tf.check_against_model(obj, src, n_layers, d_model)
+    return obj, tf.engine_weights(obj, n_layers)
+
+
+def check_read_back(spec: WorkloadSpec, weights: list) -> None:
+    """What circuit-tracer read must be what the workload asked for (never a silent change of kind)."""
+    t, w = spec.transcoders, weights[0]
+    got = (w.activation, w.k, w.W_skip is not None, w.W_dec.dim() == 3)
+    want = (t.activation, t.k if t.activation == "topk" else None, t.skip_connection, t.kind == "clt")
+    if got != want:
+        raise RuntimeError(f"transcoders read back as (activation, k, skip, cross-layer) {got}, written as {want}")
