@@ -11,7 +11,7 @@ from attrbench.hookspecs import hookimpl
 class AutodiffFreeBackend(ExactBackend):
     name = "autodiff-free"
     description = "hand-written VJPs through the frozen linearised model, no torch.autograd"
-    yardstick = 1  # stands in for the reference where circuit-tracer cannot run (out of memory)
+    yardstick: int | None = 1  # stands in for the reference where circuit-tracer cannot run (out of memory)
 
     def cost_model(self) -> str | None:
         return "vjp"

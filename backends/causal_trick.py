@@ -21,7 +21,7 @@ from attrbench.hookspecs import hookimpl
 class CausalTrickBackend(AutodiffFreeBackend):
     name = "causal-trick"
     description = "autodiff-free + backward only through positions <= the batch's targets, windows batched by position/layer"
-    yardstick = None
+    yardstick: int | None = None
 
     def cost_model(self) -> str | None:
         return "vjp-causal"

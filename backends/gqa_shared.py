@@ -32,7 +32,7 @@ class NodeLayout:
 
     decoders: list[torch.Tensor]
     slots: list[torch.Tensor]  # [n_features_in_layer] index into the flattened [n_pos, max_count]
-    position_ends: list[torch.Tensor]  # features of the layer at positions < p: position_ends[p]
+    position_ends: list[list[int]]  # features of the layer at positions < p: position_ends[p]
     patterns_grouped: torch.Tensor  # [L, KV, key, G, query]
     #: cross-layer transcoders: (source, output layer) -> the source layer's padded decoders into that layer
     cross: dict = field(default_factory=dict)

@@ -125,7 +125,7 @@ def kill_tree(proc: mp.process.BaseProcess) -> None:
         except psutil.Error:
             pass
     try:
-        proc.kill()  # type: ignore[attr-defined]
+        proc.kill()
     except Exception:
         pass
     proc.join(timeout=10)

@@ -52,7 +52,7 @@ class DenseEdgeStore:
             dest = torch.arange(s, s + rows.numel())
             dest[dest >= n_features] += n - n_features - n_logits  # logit rows are the last n_logits rows
             adjacency[dest] = edges[rows.to(edges.device)][:, cols].cpu()
-        self.edges = None  # the rows are in the adjacency now
+        self.edges = self.edges.new_empty(0)  # freed: the rows are in the adjacency now
         return adjacency
 
 
@@ -89,7 +89,8 @@ class PrunedEdgeStore:
 
     def _entries(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if len(self.chunks) > 1:
-            self.chunks = [tuple(torch.cat(parts) for parts in zip(*self.chunks))]
+            ids, cols, vals = (torch.cat(parts) for parts in zip(*self.chunks, strict=True))
+            self.chunks = [(ids, cols, vals)]
         if not self.chunks:
             empty = torch.zeros(0, dtype=torch.int32, device=self.device)
             return empty, empty, torch.zeros(0, device=self.device)
@@ -248,10 +249,10 @@ reads only magnitudes, so it needs no temporary copy).
                 for s in range(0, order.numel(), PACKAGE_BLOCK_ROWS // 8):
                     part = rows[order[s:s + PACKAGE_BLOCK_ROWS // 8].to(rows.device)].cpu()
                     features = part[:, selected[:keep_sel]].numpy()
-                    tail = torch.zeros(part.shape[0], (L + 1) * n_pos, dtype=torch.float32)
-                    tail[:, :layer * n_pos] = part[:, n_feat:n_feat + layer * n_pos]
-                    tail[:, L * n_pos:] = part[:, n_feat + layer * n_pos:]
-                    tail = tail.numpy()
+                    tail_rows = torch.zeros(part.shape[0], (L + 1) * n_pos, dtype=torch.float32)
+                    tail_rows[:, :layer * n_pos] = part[:, n_feat:n_feat + layer * n_pos]
+                    tail_rows[:, L * n_pos:] = part[:, n_feat + layer * n_pos:]
+                    tail = tail_rows.numpy()
                     for i in range(part.shape[0]):
                         offset = data_start + (dest + i) * row_bytes
                         if keep_sel:

@@ -318,7 +318,7 @@ def estimate_cell(spec: WorkloadSpec, model: str, nodes: int, device: str = "cpu
         padded_rows = B * (math.ceil(s.n_logits / B) + sum(math.ceil(w / B) for w in _windows(s, B, update_interval)))
         forward = 2 * B * s.n_pos * (s.model_params() + s.L * 2 * s.F * s.d) / rate
         compute = 2 * feat_macs * padded_rows / rate + forward
-        passes = sum(4 * (s.L + 4) * (s.n_logits + i * update_interval * B) * s.total_nodes for i in range(ranks))
+        passes: float = sum(4 * (s.L + 4) * (s.n_logits + i * update_interval * B) * s.total_nodes for i in range(ranks))
         memory = (passes + 3 * E + 2 * S) / bw
     else:
         store = _choose_store(kind, s, device, options)

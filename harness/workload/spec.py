@@ -286,8 +286,8 @@ def validate(spec: WorkloadSpec) -> WorkloadSpec:
     if t.activation not in ACTIVATIONS:
         raise UsageError(f"workload: transcoders.activation must be one of {', '.join(ACTIVATIONS)}, got {t.activation!r}")
     if t.activation == "topk":
-        _positive_int("transcoders", "k", t.k)
-        if t.k > t.d_transcoder:
+        k = _positive_int("transcoders", "k", t.k)
+        if k > t.d_transcoder:
             raise UsageError(f"workload: transcoders.k ({t.k}) exceeds d_transcoder ({t.d_transcoder})")
         if t.kind == "clt":
             raise UsageError("workload: TopK cross-layer transcoders are not supported (circuit-tracer's "
