@@ -172,7 +172,7 @@ class ResultsWriteError(Exception):
     """The results file could not be rewritten (disk full, ...): its previous version is intact and
     ``cell`` is the record that did not reach it."""
 
-    def __init__(self, output: Path, error: OSError, cell: dict[str, Any]):
+    def __init__(self, output: Path, error: OSError, cell: dict[str, Any] | None):
         super().__init__(f"cannot write {output}: {error.strerror or error}")
         self.output, self.error, self.cell = output, error, cell
 

@@ -88,7 +88,10 @@ class Runner:
 
         try:
             self.scratch.remove_stale(self.say)
-            self.results.write()
+            try:
+                self.results.write()
+            except OSError as exc:  # e.g. the disk is full before the first cell: nothing measured is lost
+                raise ResultsWriteError(self.results.output or Path("-"), exc, None) from exc
             groups = [list(g) for _, g in itertools.groupby(plan, key=lambda cell: (cell.nodes, cell.repeat))]
             run_groups(groups, run_group, self.launcher)
             return self.results.doc
@@ -97,6 +100,9 @@ class Runner:
             self.say("interrupted; stopping (finished cells are kept)")
             raise
         except ResultsWriteError as exc:  # disk full: the file keeps what it had, this cell goes to stderr
+            if exc.cell is None:
+                self.say(f"{exc}; no cell has run; stopping")
+                raise
             print(json.dumps(exc.cell, default=str), file=self.stream, flush=True)
             self.say(f"{exc}; the file keeps the cells written before it, the cell above (JSON) was not "
                      "written; stopping")

@@ -54,6 +54,22 @@ def test_a_full_disk_keeps_the_finished_cells_and_stops_cleanly(instant, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no temporary file or lock left
 
 
+def test_a_disk_full_before_the_first_cell_stops_with_one_line(instant, tmp_path, monkeypatch, capsys):
+    """Before: the write at the start of the run ended in an OSError traceback."""
+    out = tmp_path / "r.json"
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(results_module.os, "fsync", fsync)
+    code, _, err = invoke(capsys, [*RUN, "--backends", "reference", "--nodes", "200", "--output", str(out)])
+    assert code == 1, err
+    assert "Traceback" not in err and "no cell has run" in err
+    assert len([line for line in err.splitlines() if "No space left on device" in line]) == 1
+    assert "reference nodes=200 repeat=0: started" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no results file, temporary file or lock left
+
+
 def test_a_second_run_on_the_same_output_is_refused(instant, tmp_path, capsys):
     """Before: both runs exited 0 and one run's cells were gone."""
     out = tmp_path / "r.json"
