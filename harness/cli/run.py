@@ -34,7 +34,8 @@ from attrbench.cli.options import (
     workload_size_options,
 )
 from attrbench.errors import UsageError
-from attrbench.plugin_manager import get_backends, get_launchers, report_plugin_warnings
+from attrbench.graph.verdicts import FAILED
+from attrbench.plugin_manager import get_backends, get_launchers, get_tracker_factories, report_plugin_warnings
 
 
 def render_doc(doc: dict[str, Any], fmt: str) -> str:
@@ -86,6 +87,10 @@ def interrupt_on_signals() -> None:
 @click.option("--strict", is_flag=True, default=False,
               help="Do not launch cells whose predicted peak memory (attrbench estimate) exceeds what is "
                    "available; record them as 'oom'.")
+@click.option("--allow-parity-failures", is_flag=True, default=False,
+              help="Exit 0 even when an exact backend's parity verdict is 'failed' (still shown in every report).")
+@click.option("-v", "--verbose", is_flag=True, default=False,
+              help="Print the full traceback of every failed cell on stderr after the run.")
 @click.option("--launcher", "launcher_name", default="process", show_default=True,
               help="How cells are run: 'process' (a fresh child process per cell on this machine) or a "
                    "launcher plugin's name.")
@@ -93,7 +98,8 @@ def run_cmd(backends_opt: str, nodes_opt: str | None, model: str | None, workloa
             dtype: str, batch_size: int, update_interval: int, max_logits: int, logit_prob: float, repeats: int,
             timeout_s: float | None, output: str | None, fmt: str, resume_file: str | None, no_warmup: bool,
             options: tuple[str, ...], d_transcoder: int | None, n_tokens: int | None, memory_limit: float | None,
-            strict: bool, transcoders_dir: str | None, prompt_text: str | None, launcher_name: str) -> int:
+            strict: bool, transcoders_dir: str | None, prompt_text: str | None, allow_parity_failures: bool,
+            verbose: bool, launcher_name: str) -> int:
     """Run the benchmark: every backend x node count x repeat in its own child process."""
     nodes = parse_int_list(nodes_opt, "--nodes") if nodes_opt is not None else list(DEFAULT_NODES)
     opts = parse_options(options)
@@ -104,12 +110,13 @@ def run_cmd(backends_opt: str, nodes_opt: str | None, model: str | None, workloa
     spec, preset_note = resolve_spec(model, workload_file, transcoders_dir, prompt_text, nodes, d_transcoder,
                                      n_tokens)
     known = get_backends()
+    launchers = get_launchers()
+    get_tracker_factories()  # a tracker plugin that fails is reported here, not only inside the cells
     report_plugin_warnings()
     names = backend_names(backends_opt, known)
     for name in names:
         check_supports(known[name], settings.device, dtype)
     check_options(opts, [known[n] for n in names])
-    launchers = get_launchers()
     if launcher_name not in launchers:
         raise UsageError(f"unknown launcher {launcher_name!r}; known launchers: {', '.join(launchers) or 'none'}")
 
@@ -138,4 +145,24 @@ def run_cmd(backends_opt: str, nodes_opt: str | None, model: str | None, workloa
         err(f"interrupted{where}")
         return 130
     click.echo(render_doc(doc, fmt))
-    return 1 if any(c.get("status") == "error" for c in doc["cells"]) else 0
+    return exit_code(doc, verbose, allow_parity_failures)
+
+
+def exit_code(doc: dict[str, Any], verbose: bool = False, allow_parity_failures: bool = False) -> int:
+    """1 when a cell errored or returned an invalid graph, or (unless allowed) an exact backend's parity
+    failed; else 0. Says why on stderr; with ``verbose`` also prints each failed cell's traceback."""
+    code = 0
+    for cell in doc["cells"]:
+        label = f"{cell['backend']} nodes={cell['nodes']} repeat={cell['repeat']}"
+        if verbose and cell.get("error_traceback"):
+            err(f"traceback of {label}:\n{cell['error_traceback'].rstrip()}")
+        if cell.get("status") in ("error", "invalid"):
+            code = 1
+        elif cell.get("verdict") == FAILED:
+            if allow_parity_failures:
+                err(f"warning: parity failed for {label} (allowed by --allow-parity-failures): "
+                    f"{cell.get('verdict_note')}")
+            else:
+                err(f"error: parity failed for {label}: {cell.get('verdict_note')}")
+                code = 1
+    return code
