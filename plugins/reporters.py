@@ -31,7 +31,11 @@ from attrbench.graph.verdicts import (
     PARITY_FIELDS,
     TRUTH,
     TRUTH_FIELDS,
+    TRUTH_JACCARD_SLACK,
+    TRUTH_RECALL_SLACK,
+    TRUTH_REL_FACTOR,
     YARDSTICK,
+    rel_tolerance,
 )
 from attrbench.hookspecs import hookimpl
 
@@ -182,9 +186,28 @@ def _verdict_line(backend: str, group: list[dict], dtype: str | None) -> str:
         return f"- `{backend}`: no verdict ({', '.join(sorted({r['status'] for r in group}))})"
     worst = next((v for v in (FAILED, APPROX_MISS) if v in verdicts), judged[0]["parity_verdict"])
     against = next((r["parity_against"] for r in judged if r["parity_against"]), REFERENCE)
-    notes = "; ".join(f"{r['nodes']} nodes: {r['verdict_note']}" for r in judged)
-    rule = "fp32 truth" if "fp32 truth" in notes else against
-    return f"- `{backend}`: **{worst}** vs {rule} ({notes})"
+    by_truth = [r for r in judged if "fp32 truth" in (r.get("verdict_note") or "")]
+    if by_truth:  # bf16: the distance from the fp32 truth, next to circuit-tracer's own bf16 graph's
+        parts = []
+        for r in by_truth:
+            ct = r.get("reference_truth") or {}
+            parts.append(f"{r['nodes']} nodes: selected Jaccard {fmt_num(r['truth_selected_jaccard'])} "
+                         f"(circuit-tracer bf16 {fmt_num(ct.get('selected_jaccard'))}), rel. error "
+                         f"{fmt_num(r['truth_rel_frobenius'])} ({fmt_num(ct.get('rel_frobenius'))}), edge recall "
+                         f"{fmt_num(r['truth_edge_recall'])} ({fmt_num(ct.get('edge_recall'))})")
+        return (f"- `{backend}`: **{worst}** vs fp32 truth ({'; '.join(parts)}; slack: Jaccard -"
+                f"{TRUTH_JACCARD_SLACK:g}, rel. error x{TRUTH_REL_FACTOR:g}, edge recall -{TRUTH_RECALL_SLACK:g})")
+    if group[0]["exact"]:
+        js = [r["selected_jaccard"] for r in judged if r["selected_jaccard"] is not None]
+        rels = [r["rel_frobenius"] for r in judged if r["rel_frobenius"] is not None]
+        detail = (f"exact; worst selected Jaccard {fmt_num(min(js) if js else None)}, worst rel. error "
+                  f"{fmt_num(max(rels) if rels else None)} (limit {rel_tolerance(dtype):g} for {dtype})")
+    else:
+        recs = [r["edge_recall"] for r in judged if r["edge_recall"] is not None]
+        pjs = [r["pruned_node_jaccard"] for r in judged if r["pruned_node_jaccard"] is not None]
+        detail = (f"approximate; worst edge recall {fmt_num(min(recs) if recs else None)} (>= 0.99), "
+                  f"worst pruned-node Jaccard {fmt_num(min(pjs) if pjs else None)} (>= 0.95)")
+    return f"- `{backend}`: **{worst}** vs {against} ({detail})"
 
 
 def _relative_to_yardstick(rows: list[dict], cuda: bool) -> list[str]:
