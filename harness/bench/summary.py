@@ -120,8 +120,8 @@ def _max(values: list) -> float | None:
     return max(values) if values else None
 
 
-def _worst_parity(parities: list[dict]) -> dict | None:
-    parities = [p for p in parities if isinstance(p, dict)]
+def _worst_parity(given: list[dict | None]) -> dict | None:
+    parities = [p for p in given if isinstance(p, dict)]
     if not parities:
         return None
     out: dict[str, Any] = {"against": parities[0].get("against")}
