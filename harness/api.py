@@ -31,6 +31,8 @@ class AttributeSettings:
     update_interval: int = 4
     max_n_logits: int = 10
     desired_logit_prob: float = 0.95
+    #: the backend's own ``option_defaults`` updated with the run's values of its declared keys only
+    #: (:func:`attrbench.bench.settings.options_for`)
     options: dict[str, Any] = field(default_factory=dict)
     #: where a backend may write large files (e.g. an adjacency too big to hold in memory)
     scratch_dir: str | None = None
@@ -45,7 +47,11 @@ class AttributionResult:
 
     ``active_features`` is ``[n_active, 3]`` (layer, position, feature index) in circuit-tracer's order
     (layer, then position, then feature); ``selected_features`` indexes into it, ascending.
-    ``adjacency_matrix`` is ``[N, N]`` with N = selected + n_layers * n_pos + n_pos + n_logits.
+    ``adjacency_matrix`` is ``[N, N]`` (``[target, source]``, finite floats) with
+    N = selected + n_layers * n_pos + n_pos + n_logits, nodes in circuit-tracer's order: selected features,
+    error nodes layer-major, token nodes, logit nodes. ``selected_features`` is sorted, unique and at most
+    ``max_feature_nodes``; ``logit_token_ids`` lie in the vocabulary. :mod:`attrbench.graph.validate` checks
+    all of it: a result that breaks it is recorded ``invalid`` and never written by ``attrbench attribute``.
     """
 
     input_tokens: torch.Tensor

@@ -49,12 +49,19 @@ def fmt_num(x: float | None, digits: int = 4) -> str:
     return f"{x:.{digits}f}"
 
 
-def short_error(message: str | None, width: int = 60) -> str:
-    """The first line of an error message, cut to ``width`` characters."""
+def short_error(message: str | None, width: int | None = 60) -> str:
+    """The first line of an error message, cut at a word boundary to at most ``width`` characters
+    (``...`` marks the cut; a single word longer than that is cut inside); None: the whole line."""
     if not message:
         return ""
     line = str(message).strip().splitlines()[0] if str(message).strip() else ""
-    return line if len(line) <= width else line[: width - 3] + "..."
+    if width is None or len(line) <= width:
+        return line
+    head = line[: width - 3]
+    cut = head.rfind(" ")
+    if cut > width // 3:
+        head = head[:cut]
+    return head.rstrip(" ,;:") + "..."
 
 
 def md_code(text: object) -> str:

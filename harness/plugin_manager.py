@@ -180,6 +180,7 @@ def get_launchers() -> dict[str, Launcher]:
     return {launcher.name: launcher for launcher in _collect("register_launchers")}
 
 
-def report_plugin_warnings(stream=sys.stderr) -> None:
+def report_plugin_warnings(stream=None) -> None:
+    """Print every plugin warning on ``stream`` (default: the current ``sys.stderr``)."""
     for message in plugin_warnings():
-        print(f"attrbench: warning: {message}", file=stream)
+        print(f"attrbench: warning: {message}", file=stream if stream is not None else sys.stderr)

@@ -25,7 +25,20 @@ from attrbench.bench.summary import (
     summarise,
 )
 from attrbench.formatting import fmt_bytes, fmt_num, fmt_ratio, fmt_seconds, md_code, md_text
-from attrbench.graph.verdicts import PARITY_FIELDS, rel_tolerance
+from attrbench.graph.verdicts import (
+    APPROX_MISS,
+    FAILED,
+    NO_YARDSTICK,
+    NOT_RUN,
+    PARITY_FIELDS,
+    TRUTH,
+    TRUTH_FIELDS,
+    TRUTH_JACCARD_SLACK,
+    TRUTH_RECALL_SLACK,
+    TRUTH_REL_FACTOR,
+    YARDSTICK,
+    rel_tolerance,
+)
 from attrbench.hookspecs import hookimpl
 
 
@@ -104,8 +117,9 @@ class TableReporter(Reporter):
             out += [_legend(labels), ""]
         else:
             out += [f"run: {labels[0]}", ""]
+        truth = _has_truth(rows)
         headers = ["backend", "status", "wall", "speedup", "peak host", "peak gpu", "selected", "jaccard",
-                   "rel err", "edge recall", "pruned jaccard"]
+                   "rel err", "edge recall", "pruned jaccard", *(TRUTH_HEADERS if truth else []), "parity"]
         if multi:
             headers.insert(1, "run")
         for nodes, group in _nodes_groups(rows):
@@ -115,7 +129,7 @@ class TableReporter(Reporter):
                         fmt_bytes(r["peak_host_bytes"]), _peak_gpu(r),
                         "-" if r["n_selected"] is None else str(r["n_selected"]),
                         fmt_num(r["selected_jaccard"]), fmt_num(r["rel_frobenius"]), fmt_num(r["edge_recall"]),
-                        fmt_num(r["pruned_node_jaccard"])]
+                        fmt_num(r["pruned_node_jaccard"]), *(_truth_cells(r) if truth else []), r["parity_verdict"]]
                 if multi:
                     line.insert(1, str(r["run_index"] + 1))
                 table.append(line)
@@ -137,32 +151,66 @@ class TableReporter(Reporter):
         return "\n".join(out).rstrip() + "\n"
 
 
+#: columns of the figures against the fp32 truth (bf16 runs), next to the figures against the yardstick
+TRUTH_HEADERS = ["truth jaccard", "truth rel err", "truth recall"]
+
+
+def _has_truth(rows: list[dict]) -> bool:
+    return any(r.get(f"truth_{name}") is not None for r in rows for name in TRUTH_FIELDS)
+
+
+def _truth_cells(row: dict) -> list[str]:
+    return [fmt_num(row.get(f"truth_{name}")) for name in TRUTH_FIELDS]
+
+
 def _saving(ratio: float) -> str:
     return f"{(1 - ratio) * 100:.0f}% saved" if ratio <= 1 else f"{(ratio - 1) * 100:.0f}% more"
 
 
 def _verdict_line(backend: str, group: list[dict], dtype: str | None) -> str:
-    """One markdown bullet judging a backend's parity over all node counts of one run."""
-    exact = group[0]["exact"]
-    checked = [r for r in group if r["parity_verdict"] in ("ok", "BROKEN")]
-    if not checked:
-        if any(r["parity_verdict"] == "yardstick" for r in group):
-            return f"- {md_code(backend)}: the yardstick (the others were compared with it)"
-        return f"- {md_code(backend)}: parity not checked"
-    verdict = "BROKEN" if any(r["parity_verdict"] == "BROKEN" for r in checked) else "ok"
-    against = next((r["parity_against"] for r in checked if r["parity_against"]), REFERENCE)
-    if exact:
-        j = min(r["selected_jaccard"] for r in checked if r["selected_jaccard"] is not None) \
-            if any(r["selected_jaccard"] is not None for r in checked) else None
-        rels = [r["rel_frobenius"] for r in checked if r["rel_frobenius"] is not None]
-        detail = (f"exact; worst selected Jaccard {fmt_num(j)}, worst rel. error {fmt_num(max(rels) if rels else None)}"
-                  f" (limit {rel_tolerance(dtype):g} for {dtype})")
+    """One markdown bullet judging a backend's parity over all node counts of one run (the verdicts of
+    :func:`attrbench.graph.verdicts.judge`, worst first)."""
+    verdicts = [r["parity_verdict"] for r in group]
+    if TRUTH in verdicts:
+        return f"- {md_code(backend)}: the float32 truth (every bf16 graph was compared with it)"
+    if YARDSTICK in verdicts:
+        truth = [r for r in group if r.get("truth_selected_jaccard") is not None]
+        if truth:
+            return (f"- {md_code(backend)}: the yardstick; against the fp32 truth: selected Jaccard "
+                    f"{fmt_num(min(r['truth_selected_jaccard'] for r in truth))}, rel. error "
+                    f"{fmt_num(max(r['truth_rel_frobenius'] or 0 for r in truth))}, edge recall "
+                    f"{fmt_num(min(r['truth_edge_recall'] or 0 for r in truth))} "
+                    "(the bf16 distance the others may reach)")
+        return f"- {md_code(backend)}: the yardstick (the others were compared with it)"
+    judged = [r for r in group if r["parity_verdict"] not in (NOT_RUN, NO_YARDSTICK)]
+    if not judged:
+        if NO_YARDSTICK in verdicts:
+            return f"- {md_code(backend)}: **no yardstick** (no graph to compare with: add a yardstick backend to the run)"
+        return f"- {md_code(backend)}: no verdict ({', '.join(sorted({r['status'] for r in group}))})"
+    worst = next((v for v in (FAILED, APPROX_MISS) if v in verdicts), judged[0]["parity_verdict"])
+    against = next((r["parity_against"] for r in judged if r["parity_against"]), REFERENCE)
+    by_truth = [r for r in judged if "fp32 truth" in (r.get("verdict_note") or "")]
+    if by_truth:  # bf16: the distance from the fp32 truth, next to circuit-tracer's own bf16 graph's
+        parts = []
+        for r in by_truth:
+            ct = r.get("reference_truth") or {}
+            parts.append(f"{r['nodes']} nodes: selected Jaccard {fmt_num(r['truth_selected_jaccard'])} "
+                         f"(circuit-tracer bf16 {fmt_num(ct.get('selected_jaccard'))}), rel. error "
+                         f"{fmt_num(r['truth_rel_frobenius'])} ({fmt_num(ct.get('rel_frobenius'))}), edge recall "
+                         f"{fmt_num(r['truth_edge_recall'])} ({fmt_num(ct.get('edge_recall'))})")
+        return (f"- {md_code(backend)}: **{worst}** vs fp32 truth ({'; '.join(parts)}; slack: Jaccard -"
+                f"{TRUTH_JACCARD_SLACK:g}, rel. error x{TRUTH_REL_FACTOR:g}, edge recall -{TRUTH_RECALL_SLACK:g})")
+    if group[0]["exact"]:
+        js = [r["selected_jaccard"] for r in judged if r["selected_jaccard"] is not None]
+        rels = [r["rel_frobenius"] for r in judged if r["rel_frobenius"] is not None]
+        detail = (f"exact; worst selected Jaccard {fmt_num(min(js) if js else None)}, worst rel. error "
+                  f"{fmt_num(max(rels) if rels else None)} (limit {rel_tolerance(dtype):g} for {dtype})")
     else:
-        recs = [r["edge_recall"] for r in checked if r["edge_recall"] is not None]
-        pjs = [r["pruned_node_jaccard"] for r in checked if r["pruned_node_jaccard"] is not None]
+        recs = [r["edge_recall"] for r in judged if r["edge_recall"] is not None]
+        pjs = [r["pruned_node_jaccard"] for r in judged if r["pruned_node_jaccard"] is not None]
         detail = (f"approximate; worst edge recall {fmt_num(min(recs) if recs else None)} (>= 0.99), "
                   f"worst pruned-node Jaccard {fmt_num(min(pjs) if pjs else None)} (>= 0.95)")
-    return f"- {md_code(backend)}: **{verdict}** vs {md_code(against)} ({detail})"
+    return f"- {md_code(backend)}: **{worst}** vs {md_code(against)} ({detail})"
 
 
 def _relative_to_yardstick(rows: list[dict], cuda: bool) -> list[str]:
@@ -227,7 +275,7 @@ class MarkdownReporter(Reporter):
             out += _relative_to_yardstick(rows, is_cuda(result))
         failed = [r for r in rows if r["status"] != "ok"]
         for r in failed:
-            out.append(f"- {md_code(r['backend'])} at {r['nodes']} nodes: {status_text(r)}")
+            out.append(f"- {md_code(r['backend'])} at {r['nodes']} nodes: {status_text(r, None)}")
         out.append("")
         out.append("Parity:")
         out.append("")
@@ -246,8 +294,10 @@ class MarkdownReporter(Reporter):
         out: list[str] = []
         phases = phase_names(rows)
         has_flops = any(r.get("flop_fraction") is not None for r in rows)
+        truth = _has_truth(rows)
         headers = ["backend", "status", "wall", "speedup", "peak host", "peak gpu", "mem ratio", "selected",
-                   "jaccard", "rel err", "max abs", "edge recall", "pruned jaccard", "parity"]
+                   "jaccard", "rel err", "max abs", "edge recall", "pruned jaccard",
+                   *(TRUTH_HEADERS if truth else []), "parity"]
         if multi:
             headers.insert(1, "run")
         headers += [f"{p}" for p in phases]
@@ -256,11 +306,12 @@ class MarkdownReporter(Reporter):
         for nodes, group in _nodes_groups(rows):
             table = []
             for r in group:
-                line = [f"{md_code(r['backend'])}", status_text(r).replace("|", "\\|"), fmt_seconds(r["wall_s"]),
+                line = [f"{md_code(r['backend'])}", status_text(r, None).replace("|", "\\|"), fmt_seconds(r["wall_s"]),
                         speedup_text(r), fmt_bytes(r["peak_host_bytes"]), _peak_gpu(r),
                         fmt_ratio(r["mem_ratio"]), "-" if r["n_selected"] is None else str(r["n_selected"]),
                         fmt_num(r["selected_jaccard"]), fmt_num(r["rel_frobenius"]), fmt_num(r["max_abs"]),
-                        fmt_num(r["edge_recall"]), fmt_num(r["pruned_node_jaccard"]), r["parity_verdict"]]
+                        fmt_num(r["edge_recall"]), fmt_num(r["pruned_node_jaccard"]),
+                        *(_truth_cells(r) if truth else []), r["parity_verdict"]]
                 if multi:
                     line.insert(1, str(r["run_index"] + 1))
                 line += [fmt_seconds((r.get("phases_s") or {}).get(p)) for p in phases]
@@ -320,7 +371,8 @@ class CsvReporter(Reporter):
         fields = ["run", "workload", "workload_hash", "device", "dtype", "backend", "exact", "nodes", "repeat",
                   "status", "error", "wall_s", "speedup_vs_reference", "peak_host_bytes", "peak_gpu_bytes",
                   "peak_gpu_torch_bytes", "n_selected", "n_active", "n_logits", "parity_against",
-                  *PARITY_FIELDS, "flop_fraction", *[f"phase_{p}_s" for p in phases]]
+                  *PARITY_FIELDS, *[f"truth_{f}" for f in TRUTH_FIELDS], "verdict", "flop_fraction",
+                  *[f"phase_{p}_s" for p in phases]]
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
@@ -328,6 +380,7 @@ class CsvReporter(Reporter):
             settings = result.get("settings") or {}
             workload = result.get("workload") or {}
             agg = aggregate_cells(result)
+            verdicts = {(r["backend"], r["nodes"]): r["parity_verdict"] for r in summarise([result])}
             for cell in result.get("cells", []):
                 ref = agg.get((REFERENCE, cell.get("nodes")))
                 speedup = None
@@ -346,6 +399,9 @@ class CsvReporter(Reporter):
                     row[key] = cell.get(key)
                 for key in PARITY_FIELDS:
                     row[key] = parity.get(key)
+                for key in TRUTH_FIELDS:
+                    row[f"truth_{key}"] = (cell.get("truth_parity") or {}).get(key)
+                row["verdict"] = cell.get("verdict") or verdicts.get((cell.get("backend"), cell.get("nodes")))
                 for p in phases:
                     row[f"phase_{p}_s"] = (cell.get("phases_s") or {}).get(p)
                 writer.writerow({k: "" if v is None else v for k, v in row.items()})

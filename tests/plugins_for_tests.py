@@ -18,6 +18,33 @@ class CopyBackend(ReferenceBackend):
     description = "test: the reference, under another name"
 
 
+class MalformedBackend(ReferenceBackend):
+    """Declared exact, but its adjacency is one row and one column short of N (the contract is broken)."""
+
+    name = "malformed"
+    description = "test: the reference's graph with the adjacency one node short"
+    yardstick = None
+
+    def attribute(self, prepared, settings):
+        result = super().attribute(prepared, settings)
+        result.adjacency_matrix = result.adjacency_matrix[:-1, :-1].contiguous()
+        return result
+
+
+class PerturbedBackend(ReferenceBackend):
+    """Declared exact: the reference's graph with every edge scaled by 1 + ``perturb`` (default 1%)."""
+
+    name = "perturbed"
+    description = "test: the reference's edges perturbed by 1% (option perturb)"
+    yardstick = None
+    option_defaults = {"perturb": 0.01}
+
+    def attribute(self, prepared, settings):
+        result = super().attribute(prepared, settings)
+        result.adjacency_matrix = result.adjacency_matrix * (1.0 + float(settings.options["perturb"]))
+        return result
+
+
 class ChattyBackend(ReferenceBackend):
     """The reference, after reporting five numbered progress steps a little apart."""
 
@@ -153,6 +180,6 @@ class Float32OnlyBackend(_Crashing):
 
 @hookimpl
 def register_backends(register):
-    for cls in (CopyBackend, ChattyBackend, RaisesBackend, SegfaultBackend, KilledBackend, SleeperBackend,
-                InterruptBackend, Float32OnlyBackend, HogBackend, HangBackend):
+    for cls in (CopyBackend, MalformedBackend, PerturbedBackend, ChattyBackend, RaisesBackend, SegfaultBackend,
+                KilledBackend, SleeperBackend, InterruptBackend, Float32OnlyBackend, HogBackend, HangBackend):
         register(cls())

@@ -3,7 +3,8 @@
 Only ratios measured within one run are compared (each backend's speedup = reference wall / backend wall,
 and memory ratio = backend peak / reference peak, both from the same file), never absolute seconds, so a
 baseline recorded on another machine of the same device kind still gates meaningfully. Parity is judged
-on the current file alone against fixed thresholds: a broken graph always fails.
+on the current file alone with the verdicts' checks (:mod:`attrbench.graph.verdicts`: fixed thresholds, or in
+bf16 the distance from the fp32 truth next to circuit-tracer's own): a broken graph always fails.
 
 Exit codes: 0 pass, 1 regression or broken parity; files that cannot be compared raise
 :class:`attrbench.errors.NotComparableError` (the CLI maps it to 2).
@@ -20,7 +21,7 @@ from attrbench.bench.results import load_results, validate_results
 from attrbench.bench.summary import REFERENCE, status_text, summarise
 from attrbench.errors import NotComparableError, UsageError
 from attrbench.formatting import fmt_num, fmt_ratio, md_code, short_error
-from attrbench.graph.verdicts import parity_checks
+from attrbench.graph.verdicts import TRUTH, YARDSTICK, verdict_checks
 
 OK, REGRESSED, BROKEN = "ok", "REGRESSED", "BROKEN"
 
@@ -89,14 +90,14 @@ def _compare_rows(baseline: dict, current: dict, max_speedup_drop: float, max_me
             bad = cur["mem_ratio"] > base["mem_ratio"] * (1 + max_memory_growth)
             add(cur, "memory ratio", fmt_ratio(base["mem_ratio"]), fmt_ratio(cur["mem_ratio"]),
                 _change(base["mem_ratio"], cur["mem_ratio"]), REGRESSED if bad else OK)
-        # parity: judged on the current file against fixed thresholds
-        if cur["status"] == "ok":
-            checks = parity_checks(cur.get("parity"), cur["exact"], dtype)
-            base_parity = base.get("parity") or {}
-            for figure, value, threshold, passed in checks:
-                add(cur, figure, fmt_num(base_parity.get(figure)), fmt_num(value),
-                    _change(base_parity.get(figure), value), OK if passed else BROKEN,
-                    f"{'>=' if figure != 'rel_frobenius' else '<='} {threshold:g}")
+        # parity: judged on the current file with the verdicts' checks (attrbench.graph.verdicts)
+        if cur["status"] == "ok" and cur["parity_verdict"] not in (YARDSTICK, TRUTH):
+            rule, checks = verdict_checks(cur, dtype, cur.get("reference_truth"))
+            base_parity = (base.get("truth_parity") if rule == "fp32 truth" else base.get("parity")) or {}
+            for figure, value, threshold, passed, cmp in checks:
+                base_value = base_parity.get(figure.split(" ")[0])
+                add(cur, figure, fmt_num(base_value), fmt_num(value), _change(base_value, value),
+                    OK if passed else BROKEN, f"{cmp} {threshold:g}")
             if not checks and base.get("parity") and base["status"] == "ok":
                 add(cur, "parity", "checked", "not checked", "-", REGRESSED, "parity missing from current run")
     return out

@@ -27,6 +27,8 @@ from attrbench.errors import UsageError
 from attrbench.guard import read_text_bounded
 
 SCHEMA_VERSION = 1
+#: cell keys written only where they have a value (files without them are schema 1 as well)
+OPTIONAL_CELL_KEYS = ("parity_note", "truth_parity", "verdict", "verdict_note", "error_traceback")
 
 
 def attrbench_version() -> str:
@@ -148,6 +150,14 @@ class CellRecord:
     parity: dict[str, Any] | None = None
     #: why a completed cell has no parity figures
     parity_note: str | None = None
+    #: bf16 runs: the parity figures of this graph against the float32 truth (``NAME@fp32``)
+    truth_parity: dict[str, Any] | None = None
+    #: ``ok``, ``failed``, ``approx``, ``approx: below target``, ``no yardstick``, ``yardstick``, ``truth`` or
+    #: ``-`` (:func:`attrbench.graph.verdicts.judge`), and the figures and limits behind it
+    verdict: str | None = None
+    verdict_note: str | None = None
+    #: the formatted traceback of a failed cell
+    error_traceback: str | None = None
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -155,8 +165,9 @@ class CellRecord:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        if out["parity_note"] is None:
-            del out["parity_note"]  # present only where there is something to say
+        for key in OPTIONAL_CELL_KEYS:
+            if out[key] is None:
+                del out[key]  # present only where there is something to say
         return out
 
     @classmethod

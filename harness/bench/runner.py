@@ -21,12 +21,13 @@ from typing import Any, TextIO
 
 from attrbench.api import CellJob, Launcher
 from attrbench.bench.estimate import predict_unfit
-from attrbench.bench.plan import Cell, plan_cells
+from attrbench.bench.plan import TRUTH_DTYPE, Cell, plan_cells, truth_cell, yardsticks_of
 from attrbench.bench.results import CellRecord, ResultsDocument, ResultsWriteError
 from attrbench.bench.schedule import run_groups
 from attrbench.bench.scratch import ScratchFolder
 from attrbench.bench.settings import BenchSettings
 from attrbench.bench.yardstick import GroupYardsticks
+from attrbench.graph.verdicts import NO_YARDSTICK
 from attrbench.plugin_manager import BackendRegistry, get_backends
 from attrbench.workload.spec import WorkloadSpec
 
@@ -65,6 +66,7 @@ class Runner:
         self.scratch = ScratchFolder(config.output, config.scratch)
         #: set on Ctrl-C: cells still in flight in other groups are not recorded
         self.stopping = False
+        self.said_no_yardstick = False
 
     def say(self, text: str) -> None:
         print(f"attrbench: {text}", file=self.stream, flush=True)
@@ -72,13 +74,15 @@ class Runner:
     def run(self) -> dict[str, Any]:
         """Run every cell; returns the results document (also written to ``config.output``)."""
         c = self.config
-        plan = plan_cells(c.backends, c.nodes, c.settings.repeats, self.backends)
+        plan = plan_cells(c.backends, c.nodes, c.settings.repeats, self.backends, c.settings.dtype)
         todo = [cell for cell in plan if cell.key not in self.results.kept]
         too_big = predict_unfit(c.spec, todo, self.backends, c.settings, self.say)
         counter = itertools.count(1)
 
         def run_group(group: list[Cell]) -> None:
-            with GroupYardsticks(c.backends, self.backends, c.spec, self._rerun) as yardsticks:
+            truth = truth_cell(c.backends, self.backends, c.settings.dtype, group[0].nodes, group[0].repeat)
+            with GroupYardsticks(c.backends, self.backends, c.spec, self._rerun, truth,
+                                 c.settings.dtype) as yardsticks:
                 for cell in group:
                     if self.stopping:
                         return
@@ -119,8 +123,11 @@ class Runner:
         """Run (or keep, or skip) one cell and record it; returns its status."""
         if cell.key in self.results.kept:
             self.say(f"{tag}: kept from --resume (ok)")
+            kept = next(c for c in self.results.doc["cells"] if (c["backend"], c["nodes"], c["repeat"]) == cell.key)
+            if kept.get("truth_parity"):
+                yardsticks.truth_parity[cell.backend] = kept["truth_parity"]
             return "ok"
-        record = CellRecord(cell.backend, self.backends[cell.backend].exact, cell.nodes, cell.repeat)
+        record = CellRecord(cell.backend, self.backends[cell.runs].exact, cell.nodes, cell.repeat)
         if too_big is not None and self.config.settings.strict:
             record = replace(record, status="oom", error=f"{too_big}; not run (--strict)")
             wall = ""
@@ -135,31 +142,41 @@ class Runner:
                 record = replace(record, **yardsticks.compare(cell, graph_dir))
                 if record.parity:
                     self.results.note(yardsticks.note(cell, record.parity["against"]))
+                self.results.note(yardsticks.truth_note(cell))
             wall = f" {record.wall_s:.3f} s" if record.wall_s is not None else f" after {time.monotonic() - t0:.1f} s"
+        record = replace(record, **yardsticks.judge(cell, record.to_dict()))
         if self.stopping:  # interrupted while this cell ran in another group: not a finished cell
             return record.status
         self.results.put(record)
-        self.say(f"{tag}: {record.status}{wall}" + (f" ({record.error})" if record.error else ""))
+        verdict = f", parity {record.verdict}" if record.status == "ok" else ""
+        self.say(f"{tag}: {record.status}{wall}{verdict}" + (f" ({record.error})" if record.error else ""))
+        if record.verdict == NO_YARDSTICK and not self.said_no_yardstick:
+            self.said_no_yardstick = True
+            names = yardsticks_of(list(self.backends), self.backends)
+            add = (f"add {names[0]} to --backends" + (f" (or {', '.join(names[1:])})" if names[1:] else "")
+                   if names else "register a yardstick backend")
+            self.say(f"no yardstick: the graph of {cell.backend} was compared with nothing; {add} to check parity")
         return record.status
 
     def _launch(self, cell: Cell, tag: str) -> tuple[dict[str, Any], Path | None]:
         """Run ``cell`` through the launcher; returns its values and its graph folder (None unless ok)."""
         graph_dir = self.scratch.new_graph_dir()
-        job = CellJob(self.config.spec.to_dict(), cell.backend, cell.nodes, cell.repeat,
-                      self.config.settings.to_dict(), str(graph_dir))
-        retries = self.config.settings.retries
-        for attempt in range(retries + 1):
-            values = self.launcher.run(job, self.config.settings.timeout_s,
-                                       progress=lambda text: self.say(f"{tag}: {text}"))
+        settings = self.config.settings
+        if cell.truth_of is not None:
+            settings = replace(settings, dtype=TRUTH_DTYPE)
+        job = CellJob(self.config.spec.to_dict(), cell.runs, cell.nodes, cell.repeat, settings.to_dict(),
+                      str(graph_dir))
+        for attempt in range(settings.retries + 1):
+            values = self.launcher.run(job, settings.timeout_s, progress=lambda text: self.say(f"{tag}: {text}"))
             lost = values.pop("worker_lost", False)
-            if not lost or attempt == retries or self.stopping:
+            if not lost or attempt == settings.retries or self.stopping:
                 break
             # recorded once, so that a run stopped now still shows what happened; the retry replaces it
-            lost_record = CellRecord(cell.backend, self.backends[cell.backend].exact, cell.nodes, cell.repeat,
-                                     status="error", error=values.get("error"))
-            self.results.put(lost_record)
-            self.say(f"{tag}: {values.get('error')}; retrying ({attempt + 1}/{retries})")
-        values.pop("traceback", None)
+            self.results.put(CellRecord(cell.backend, self.backends[cell.runs].exact, cell.nodes, cell.repeat,
+                                        status="error", error=values.get("error")))
+            self.say(f"{tag}: {values.get('error')}; retrying ({attempt + 1}/{settings.retries})")
+        if "traceback" in values:
+            values["error_traceback"] = values.pop("traceback")
         if values["status"] == "ok" and (graph_dir / "adjacency.npy").exists():
             return values, graph_dir
         shutil.rmtree(graph_dir, ignore_errors=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 import psutil
 
-from attrbench.api import AttributeSettings
+from attrbench.api import AttributeSettings, Backend
 from attrbench.progress import no_progress
 
 #: settings that must match for a resumed cell to be reused
@@ -35,7 +35,7 @@ class BenchSettings:
     #: seconds the timed attribution of one cell may take
     timeout_s: float | None = None
     warmup: bool = True
-    #: ``--option KEY=VALUE`` pairs, handed to every backend's ``AttributeSettings.options``
+    #: ``--option KEY=VALUE`` pairs; each backend gets its defaults updated with its own keys (:func:`options_for`)
     backend_options: dict[str, Any] = field(default_factory=dict)
     #: RLIMIT_DATA of each CPU cell's child in bytes, or None for no limit
     memory_limit_bytes: int | None = None
@@ -60,17 +60,26 @@ class BenchSettings:
         return all(recorded.get(k) == mine.get(k) for k in RESUME_KEYS)
 
     def attribute_settings(self, nodes: int, scratch_dir: str | None = None,
-                           progress: Callable[[str], None] = no_progress) -> AttributeSettings:
-        """The backend-facing settings of one cell."""
+                           progress: Callable[[str], None] = no_progress,
+                           backend: Backend | None = None) -> AttributeSettings:
+        """The backend-facing settings of one cell; with ``backend``, its options as :func:`options_for` gives."""
+        options = options_for(backend, self.backend_options) if backend is not None else dict(self.backend_options)
         return AttributeSettings(
             max_feature_nodes=nodes, batch_size=self.batch_size, update_interval=self.update_interval,
             max_n_logits=self.max_n_logits, desired_logit_prob=self.desired_logit_prob,
-            options=dict(self.backend_options), scratch_dir=scratch_dir, progress=progress,
+            options=options, scratch_dir=scratch_dir, progress=progress,
         )
 
     def with_memory_limit_gib(self, gib: float | None) -> BenchSettings:
         """``--memory-limit`` in GiB: None = the device's default, 0 = no limit."""
         return replace(self, memory_limit_bytes=resolve_memory_limit(self.device, gib))
+
+
+def options_for(backend: Backend, given: dict[str, Any]) -> dict[str, Any]:
+    """The options ``backend`` receives: its declared defaults (:attr:`Backend.option_defaults`) updated with
+    the given values of its own declared keys; keys other backends declare never reach it."""
+    declared = backend.option_defaults
+    return {**declared, **{k: v for k, v in given.items() if k in declared}}
 
 
 def default_memory_limit(device: str) -> int | None:

@@ -18,9 +18,15 @@ from typing import Any
 from attrbench.errors import UsageError
 from attrbench.formatting import fmt_ratio, short_error
 from attrbench.graph.verdicts import (
+    APPROX,
     HIGHER_IS_BETTER,
+    NO_YARDSTICK,
+    OK,
     PARITY_FIELDS,
-    parity_verdict,
+    TRUTH,
+    TRUTH_FIELDS,
+    YARDSTICK,
+    judge,
 )
 from attrbench.plugin_manager import get_reporters
 
@@ -114,8 +120,8 @@ def _max(values: list) -> float | None:
     return max(values) if values else None
 
 
-def _worst_parity(parities: list[dict]) -> dict | None:
-    parities = [p for p in parities if isinstance(p, dict)]
+def _worst_parity(given: list[dict | None]) -> dict | None:
+    parities = [p for p in given if isinstance(p, dict)]
     if not parities:
         return None
     out: dict[str, Any] = {"against": parities[0].get("against")}
@@ -186,6 +192,9 @@ def aggregate_cells(result: dict) -> dict[tuple[str, Any], dict]:
             "n_logits": use[0].get("n_logits"),
             "info": info,
             "parity": _worst_parity([c.get("parity") for c in ok]),
+            "truth_parity": _worst_parity([c.get("truth_parity") for c in ok]),
+            "stored_verdicts": [c.get("verdict") for c in cells if c.get("verdict")],
+            "error_traceback": None if ok else cells[-1].get("error_traceback"),
         }
     return out
 
@@ -208,7 +217,8 @@ def summarise(results: list[dict]) -> list[dict]:
     Each row holds the aggregated cell (see :func:`aggregate_cells`) plus ``run`` (label), ``run_index``,
     ``device``, ``dtype``, ``speedup`` (reference wall / backend wall in the same run at the same nodes;
     None unless both are ok), ``mem_ratio`` (backend peak / reference peak, GPU on cuda, else host),
-    ``parity_verdict`` and the parity figures at top level.
+    ``parity_verdict`` and ``verdict_note`` (:func:`attrbench.graph.verdicts.judge`, on the aggregated figures),
+    the parity figures at top level and the figures against the fp32 truth as ``truth_<figure>`` (bf16 runs).
     """
     labels = run_labels(results)
     rows: list[dict] = []
@@ -220,6 +230,7 @@ def summarise(results: list[dict]) -> list[dict]:
         order = backend_order([result])
         for nodes in node_counts(result):
             yardsticks = {(c["parity"] or {}).get("against") for (_, n), c in cells.items() if n == nodes}
+            truths = {(c["truth_parity"] or {}).get("against") for (_, n), c in cells.items() if n == nodes}
             ref = cells.get((REFERENCE, nodes))
             ref_ok = ref is not None and ref["status"] == "ok"
             for backend in order:
@@ -243,7 +254,18 @@ def summarise(results: list[dict]) -> list[dict]:
                     row[name] = (cell["parity"] or {}).get(name)
                 row["parity_against"] = (cell["parity"] or {}).get("against")
                 row["flop_fraction"] = (cell.get("info") or {}).get("flop_fraction")
-                row["parity_verdict"] = parity_verdict(row, dtype, yardstick=backend in yardsticks or backend == REFERENCE)
+                for name in TRUTH_FIELDS:
+                    row[f"truth_{name}"] = (cell["truth_parity"] or {}).get(name)
+                role = None
+                if backend in truths or TRUTH in cell["stored_verdicts"]:
+                    role = TRUTH
+                elif backend in yardsticks or backend == REFERENCE or YARDSTICK in cell["stored_verdicts"]:
+                    role = YARDSTICK
+                against = row["parity_against"] or REFERENCE
+                reference_truth = (cells.get((against, nodes)) or {}).get("truth_parity")
+                row["reference_truth"] = reference_truth
+                row["parity_verdict"], row["verdict_note"] = judge(row, dtype, role=role,
+                                                                   reference_truth=reference_truth)
                 rows.append(row)
     return rows
 
@@ -282,13 +304,14 @@ def phase_names(rows: list[dict]) -> list[str]:
     return names
 
 
-def status_text(row: dict) -> str:
-    """``ok``, or the failure status with a short message (``oom: CUDA out of memory ...``)."""
+def status_text(row: dict, width: int | None = 50) -> str:
+    """``ok``, or the failure status with its message (``oom: CUDA out of memory ...``), shortened at a word
+    boundary to ``width`` characters (None: the whole first line)."""
     if row["status"] == "ok":
         if row.get("n_ok", 1) < row.get("repeats", 1):
             return f"ok ({row['n_ok']}/{row['repeats']})"
         return "ok"
-    msg = short_error(row.get("error"), 50)
+    msg = short_error(row.get("error"), width)
     return f"{row['status']}: {msg}" if msg else row["status"]
 
 
@@ -303,7 +326,7 @@ def best_backend(rows: list[dict], exact: bool | None = True) -> dict | None:
     if ref_ok_nodes:
         nodes = max(ref_ok_nodes, key=_nodes_key)
         candidates = [r for r in rows if r["nodes"] == nodes and r["backend"] != REFERENCE and r["speedup"]]
-        good = [r for r in candidates if r["parity_verdict"] in ("ok", "not checked")]
+        good = [r for r in candidates if r["parity_verdict"] in (OK, APPROX, NO_YARDSTICK)]
         pool = good or candidates
         return max(pool, key=lambda r: r["speedup"]) if pool else None
     ok = [r for r in rows if r["status"] == "ok" and r["wall_s"] and (r["backend"] != REFERENCE or exact is not False)]

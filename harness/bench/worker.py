@@ -24,6 +24,7 @@ from attrbench.api import CellJob, Tracker
 from attrbench.bench.results import cpu_name
 from attrbench.bench.settings import BenchSettings
 from attrbench.graph.store import save_result
+from attrbench.graph.validate import InvalidResult, check_result
 from attrbench.plugin_manager import get_backends, get_tracker_factories
 from attrbench.progress import no_progress
 from attrbench.workload.build import build_workload
@@ -93,7 +94,11 @@ def placement(device: str) -> dict[str, str]:
 
 
 def run_job(job: CellJob, report: Report) -> dict[str, Any]:
-    """Measure one cell; returns its values (see :func:`attrbench.bench.results.new_cell`)."""
+    """Measure one cell; returns its values (see :func:`attrbench.bench.results.new_cell`).
+
+    A graph that breaks the result contract (:mod:`attrbench.graph.validate`) is not saved: the values then
+    carry ``status`` ``invalid`` and the reasons in ``error``.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     settings = BenchSettings.from_dict(job.settings)
 
@@ -105,7 +110,7 @@ def run_job(job: CellJob, report: Report) -> dict[str, Any]:
     backend = get_backends()[job.backend]
     say("preparing the backend")
     prepared = backend.prepare(built, settings.device, getattr(torch, settings.dtype))
-    attribute = settings.attribute_settings(job.nodes, scratch_dir=job.graph_dir, progress=say)
+    attribute = settings.attribute_settings(job.nodes, scratch_dir=job.graph_dir, progress=say, backend=backend)
     if settings.warmup:
         say("warm-up")
         warm = replace(attribute, max_feature_nodes=min(job.nodes, settings.batch_size), progress=no_progress)
@@ -124,6 +129,13 @@ def run_job(job: CellJob, report: Report) -> dict[str, Any]:
         t.stop()
     measured, sources = _collect(trackers)
 
+    measured_values = {"wall_s": wall, **{k: measured[k] for k in MEMORY_KEYS}}
+    say("checking the graph")
+    try:
+        check_result(result, built, job.nodes)
+    except InvalidResult as exc:  # never recorded ok, never saved for parity
+        return {**measured_values, "status": "invalid", "error": "; ".join(exc.problems)}
+
     phases = {k: float(v) for k, v in (result.phases_s or {}).items()}
     rest = wall - sum(phases.values())
     if "packaging" not in phases and rest >= 0:
@@ -137,7 +149,7 @@ def run_job(job: CellJob, report: Report) -> dict[str, Any]:
         info.setdefault("measurement", {}).update(_jsonable(extra))
         info["measurement"]["sources"] = _jsonable(sources)
     return {
-        "wall_s": wall, "phases_s": phases, **{k: measured[k] for k in MEMORY_KEYS},
+        **measured_values, "phases_s": phases,
         "n_selected": int(result.selected_features.shape[0]), "n_active": int(result.active_features.shape[0]),
         "n_logits": int(result.logit_token_ids.shape[0]), "info": info,
     }

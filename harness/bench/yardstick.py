@@ -5,6 +5,10 @@ Every cell of a (nodes, repeat) group is compared with the best yardstick of tha
 did not complete). A yardstick is never compared with the yardsticks after it. Yardstick graphs stay on disk
 until their group is done; a yardstick kept from ``--resume`` has no graph on disk, so it is re-run once,
 silently, just for its graph.
+
+In a bf16 run the group's float32 truth cell (:func:`attrbench.bench.plan.truth_cell`) runs first; every
+other graph is also compared with it (``truth_parity``), and :meth:`GroupYardsticks.judge` gives each cell its
+verdict (:func:`attrbench.graph.verdicts.judge`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from attrbench.api import Backend
 from attrbench.bench.plan import Cell, yardsticks_of
 from attrbench.graph.parity import compare
 from attrbench.graph.store import load_result
+from attrbench.graph.verdicts import TRUTH, YARDSTICK, judge
 from attrbench.workload.spec import WorkloadSpec
 
 #: re-runs a yardstick cell for its graph; returns the graph folder or None
@@ -27,12 +32,17 @@ Rerun = Callable[[Cell], Path | None]
 class GroupYardsticks:
     """The yardstick graphs and statuses of one (nodes, repeat) group; removes its graphs when closed."""
 
-    def __init__(self, names: list[str], backends: Mapping[str, Backend], spec: WorkloadSpec, rerun: Rerun):
+    def __init__(self, names: list[str], backends: Mapping[str, Backend], spec: WorkloadSpec, rerun: Rerun,
+                 truth: Cell | None = None, dtype: str | None = None):
         self.ranked = yardsticks_of(names, backends)
         self.spec = spec
         self.rerun = rerun
+        self.truth = truth
+        self.dtype = dtype
         self.status: dict[str, str] = {}
         self.graphs: dict[str, Path] = {}
+        #: each cell's figures against the fp32 truth (bf16 runs), by backend label
+        self.truth_parity: dict[str, dict[str, Any]] = {}
 
     def __enter__(self) -> GroupYardsticks:
         return self
@@ -67,6 +77,10 @@ class GroupYardsticks:
         A yardstick's own graph is kept for the cells after it; any other graph is removed.
         """
         out: dict[str, Any] = {}
+        if self.truth is not None and cell.backend == self.truth.backend:
+            self.graphs[cell.backend] = graph_dir
+            return out
+        out.update(self._compare_with_truth(cell, graph_dir))
         against = self.pick(cell.backend)
         if against is not None:
             yard_dir = self.graphs.get(against) or self._recreate(cell, against)
@@ -85,8 +99,43 @@ class GroupYardsticks:
             shutil.rmtree(graph_dir, ignore_errors=True)
         return out
 
-    def _recreate(self, cell: Cell, against: str) -> Path | None:
-        folder = self.rerun(Cell(against, cell.nodes, cell.repeat))
+    def _compare_with_truth(self, cell: Cell, graph_dir: Path) -> dict[str, Any]:
+        """``{"truth_parity": ...}`` against the group's fp32 truth, where there is one; else {}."""
+        truth = self.truth
+        if truth is None or self.status.get(truth.backend) != "ok":
+            return {}
+        truth_dir = self.graphs.get(truth.backend) or self._recreate(cell, truth.backend, truth)
+        if truth_dir is None:
+            return {}
+        try:
+            figures = compare(load_result(graph_dir), load_result(truth_dir), truth.backend, workload=self.spec)
+        except Exception:  # parity must never lose a measured cell; the verdict falls back to the yardstick
+            return {}
+        self.truth_parity[cell.backend] = figures
+        return {"truth_parity": figures}
+
+    def truth_note(self, cell: Cell) -> str | None:
+        """What to say when a bf16 group has no fp32 truth to judge by (its cell did not complete)."""
+        truth = self.truth
+        if truth is None or self.status.get(truth.backend) == "ok":
+            return None
+        return (f"the float32 truth {truth.backend} did not complete at nodes={cell.nodes} repeat={cell.repeat} "
+                f"({self.status.get(truth.backend, 'not run')}); exact bf16 backends there are judged against "
+                f"the bf16 yardstick instead (Jaccard 1, relative error within the bf16 tolerance)")
+
+    def judge(self, cell: Cell, record: Mapping[str, Any]) -> dict[str, Any]:
+        """``{"verdict", "verdict_note"}`` of a recorded cell (:func:`attrbench.graph.verdicts.judge`)."""
+        role = None
+        if self.truth is not None and cell.backend == self.truth.backend:
+            role = TRUTH
+        elif cell.backend in self.ranked and self.pick(cell.backend) is None:
+            role = YARDSTICK
+        against = (record.get("parity") or {}).get("against") or (self.ranked[0] if self.ranked else None)
+        verdict, why = judge(record, self.dtype, role=role, reference_truth=self.truth_parity.get(against or ""))
+        return {"verdict": verdict, "verdict_note": why}
+
+    def _recreate(self, cell: Cell, against: str, truth: Cell | None = None) -> Path | None:
+        folder = self.rerun(truth or Cell(against, cell.nodes, cell.repeat))
         if folder is not None:
             self.graphs[against] = folder
         return folder

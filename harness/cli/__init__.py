@@ -1,8 +1,9 @@
 """The ``attrbench`` command line: run, estimate, attribute, report, gate, list-backends.
 
 One module per command; every shared option is defined once in :mod:`attrbench.cli.options`.
-Exit codes: 0 done (cells may be oom/timeout), 1 a cell failed with status "error" (run) or the gate
-failed, 2 bad usage (one line on stderr, never a traceback), 130 interrupted.
+Exit codes: 0 done (cells may be oom/timeout), 1 a cell failed with status "error" or "invalid", or an
+exact backend's parity verdict is "failed" (run, unless --allow-parity-failures), or the gate failed,
+2 bad usage (one line on stderr, never a traceback), 130 interrupted.
 """
 
 from __future__ import annotations

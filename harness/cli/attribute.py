@@ -29,6 +29,7 @@ from attrbench.cli.options import (
 from attrbench.errors import UsageError
 from attrbench.formatting import fmt_bytes
 from attrbench.graph.export import save_graph, to_cpu
+from attrbench.graph.validate import InvalidResult, check_result
 from attrbench.plugin_manager import get_backends, report_plugin_warnings
 from attrbench.progress import ProgressLine
 from attrbench.workload.build import build_workload
@@ -86,7 +87,8 @@ def attribute_cmd(backend_name: str, nodes: int, model: str | None, workload_fil
             prepared = backend.prepare(built, settings.device, getattr(torch, dtype))
             start = time.perf_counter()
             result = backend.attribute(prepared, settings.attribute_settings(nodes, scratch_dir=scratch,
-                                                                             progress=progress.update))
+                                                                             progress=progress.update,
+                                                                             backend=backend))
             if settings.device.startswith("cuda"):
                 torch.cuda.synchronize()
             wall = time.perf_counter() - start
@@ -94,6 +96,11 @@ def attribute_cmd(backend_name: str, nodes: int, model: str | None, workload_fil
         except Exception as exc:  # a failing backend: one line, no traceback
             first = str(exc).splitlines()[0] if str(exc) else ""
             err(f"error: backend {backend_name!r} failed: {type(exc).__name__}: {first}")
+            return 1
+        try:
+            check_result(result, built, nodes)
+        except InvalidResult as exc:  # a graph that breaks the contract is never written
+            err(f"error: backend {backend_name!r} returned an {exc}; nothing written to {out_path}")
             return 1
         extra = dict(node_threshold=node_threshold, edge_threshold=edge_threshold, slug=slug) if fmt == "json" else {}
         save_graph(result, built, out_path, fmt, **extra)

@@ -72,8 +72,8 @@ attribution_options = stack(
     click.option("--logit-prob", type=float, default=0.95, show_default=True,
                  help="Cumulative probability the logit targets must cover."),
     click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
-                 help="Backend option passed in settings.options (repeatable; VALUE parsed as JSON when it can "
-                      "be), e.g. approx_threshold=0.003 or edge_storage=lean. A backend named NAME@KEY=VALUE in "
+                 help="Backend option, passed in settings.options to the backends that declare KEY (repeatable; "
+                      "VALUE parsed as JSON when it can be), e.g. approx_threshold=0.003 or edge_storage=lean. A backend named NAME@KEY=VALUE in "
                       "--backends fixes options for that one column instead."),
 )
 

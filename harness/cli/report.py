@@ -11,6 +11,8 @@ from attrbench.bench.results import load_results
 from attrbench.bench.summary import render
 from attrbench.cli.options import check_writable, err, output_option
 from attrbench.errors import UsageError
+from attrbench.formatting import short_error
+from attrbench.plugin_manager import get_reporters, report_plugin_warnings
 
 
 @click.command("report")
@@ -19,9 +21,21 @@ from attrbench.errors import UsageError
               help="Report format: table, markdown, csv, json, png (wall time, memory, speedup, parity vs "
                    "nodes), sweep-png (speed vs accuracy of NAME@KEY=VALUE variants), or a plugin's format.")
 @output_option(False, "Write the report to this file instead of stdout (required for the png formats).")
-def report_cmd(results: tuple[str, ...], fmt: str, output: str | None) -> int:
+@click.option("-v", "--verbose", is_flag=True, default=False,
+              help="Also print the full error and traceback of every failed cell on stderr.")
+def report_cmd(results: tuple[str, ...], fmt: str, output: str | None, verbose: bool) -> int:
     """Render one or more results files (RESULTS.json ...) as a table, markdown, csv, json or png."""
     docs = [load_results(p) for p in results]
+    get_reporters()  # a reporter plugin that fails is named here, with its exception type
+    report_plugin_warnings()
+    if verbose:
+        for path, doc in zip(results, docs, strict=True):
+            for cell in doc["cells"]:
+                if cell.get("status") != "ok":
+                    err(f"{path}: {cell['backend']} nodes={cell['nodes']} repeat={cell['repeat']}: {cell['status']}: "
+                        f"{short_error(cell.get('error'), None)}")
+                    if cell.get("error_traceback"):
+                        err(cell["error_traceback"].rstrip())
     if fmt.endswith("png") and output is None:
         raise UsageError(f"--format {fmt} needs --output FILE.png")
     if output is not None:

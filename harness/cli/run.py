@@ -38,7 +38,8 @@ from attrbench.cli.options import (
     workload_size_options,
 )
 from attrbench.errors import UsageError
-from attrbench.plugin_manager import get_backends, get_launchers, report_plugin_warnings
+from attrbench.graph.verdicts import FAILED
+from attrbench.plugin_manager import get_backends, get_launchers, get_tracker_factories, report_plugin_warnings
 from attrbench.workload.spec import WorkloadSpec
 
 
@@ -94,6 +95,10 @@ def configure_launcher(launcher: Launcher, ray_address: str | None) -> None:
 @click.option("--strict", is_flag=True, default=False,
               help="Do not launch cells whose predicted peak memory (attrbench estimate) exceeds what is "
                    "available; record them as 'oom'.")
+@click.option("--allow-parity-failures", is_flag=True, default=False,
+              help="Exit 0 even when an exact backend's parity verdict is 'failed' (still shown in every report).")
+@click.option("-v", "--verbose", is_flag=True, default=False,
+              help="Print the full traceback of every failed cell on stderr after the run.")
 @click.option("--launcher", "launcher_name", default="process", show_default=True,
               help="How cells are run: 'process' (a fresh child process per cell on this machine), 'ray' (Ray "
                    "tasks on a cluster, one cell per node or GPU; pip install 'attrbench[ray]') or a launcher "
@@ -110,8 +115,8 @@ def run_cmd(backends_opt: str, nodes_opt: str | None, model: str | None, workloa
             dtype: str, batch_size: int, update_interval: int, max_logits: int, logit_prob: float, repeats: int,
             timeout_s: float | None, output: str | None, fmt: str, resume_file: str | None, no_warmup: bool,
             options: tuple[str, ...], d_transcoder: int | None, n_tokens: int | None, memory_limit: float | None,
-            strict: bool, transcoders_dir: str | None, prompt_text: str | None, launcher_name: str,
-            ray_address: str | None, retries: int, scratch_dir: str | None) -> int:
+            strict: bool, transcoders_dir: str | None, prompt_text: str | None, allow_parity_failures: bool,
+            verbose: bool, launcher_name: str, ray_address: str | None, retries: int, scratch_dir: str | None) -> int:
     """Run the benchmark: every backend x node count x repeat in its own child process."""
     nodes = parse_int_list(nodes_opt, "--nodes") if nodes_opt is not None else list(DEFAULT_NODES)
     opts = parse_options(options)
@@ -122,6 +127,8 @@ def run_cmd(backends_opt: str, nodes_opt: str | None, model: str | None, workloa
     spec, preset_note = resolve_spec(model, workload_file, transcoders_dir, prompt_text, nodes, d_transcoder,
                                      n_tokens)
     known = get_backends()
+    get_launchers()  # like the trackers: a launcher plugin that fails is reported here
+    get_tracker_factories()  # a tracker plugin that fails is reported here, not only inside the cells
     report_plugin_warnings()
     names = backend_names(backends_opt, known)
     for name in names:
@@ -137,7 +144,7 @@ def run_cmd(backends_opt: str, nodes_opt: str | None, model: str | None, workloa
     with output_lock(Path(output) if output else None):
         config = _config(spec, names, nodes, settings, output, resume_file, scratch_dir)
         configure_launcher(launcher, ray_address)
-        return _run_locked(config, fmt, launcher, preset_note)
+        return _run_locked(config, launcher, preset_note, fmt, verbose, allow_parity_failures)
 
 
 def _config(spec: WorkloadSpec, names: list[str], nodes: list[int], settings: BenchSettings, output: str | None,
@@ -157,8 +164,9 @@ def _config(spec: WorkloadSpec, names: list[str], nodes: list[int], settings: Be
                      scratch=Path(scratch_dir) if scratch_dir else None)
 
 
-def _run_locked(config: RunConfig, fmt: str, launcher: Launcher, preset_note: str | None) -> int:
-    """Run ``config`` while this process holds the output file's lock."""
+def _run_locked(config: RunConfig, launcher: Launcher, preset_note: str | None, fmt: str, verbose: bool,
+                allow_parity_failures: bool) -> int:
+    """Run ``config`` while this process holds the output file's lock; the exit code."""
     if preset_note:
         err(preset_note)
     interrupt_on_signals()
@@ -171,4 +179,24 @@ def _run_locked(config: RunConfig, fmt: str, launcher: Launcher, preset_note: st
     except ResultsWriteError:  # reported by the runner (one line + the unwritten cell as JSON)
         return 1
     click.echo(render_doc(doc, fmt))
-    return 1 if any(c.get("status") == "error" for c in doc["cells"]) else 0
+    return exit_code(doc, verbose, allow_parity_failures)
+
+
+def exit_code(doc: dict[str, Any], verbose: bool = False, allow_parity_failures: bool = False) -> int:
+    """1 when a cell errored or returned an invalid graph, or (unless allowed) an exact backend's parity
+    failed; else 0. Says why on stderr; with ``verbose`` also prints each failed cell's traceback."""
+    code = 0
+    for cell in doc["cells"]:
+        label = f"{cell['backend']} nodes={cell['nodes']} repeat={cell['repeat']}"
+        if verbose and cell.get("error_traceback"):
+            err(f"traceback of {label}:\n{cell['error_traceback'].rstrip()}")
+        if cell.get("status") in ("error", "invalid"):
+            code = 1
+        elif cell.get("verdict") == FAILED:
+            if allow_parity_failures:
+                err(f"warning: parity failed for {label} (allowed by --allow-parity-failures): "
+                    f"{cell.get('verdict_note')}")
+            else:
+                err(f"error: parity failed for {label}: {cell.get('verdict_note')}")
+                code = 1
+    return code
