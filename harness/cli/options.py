@@ -26,6 +26,8 @@ from attrbench.errors import UsageError
 from attrbench.workload import spec as wl
 
 DEFAULT_NODES = (200, 800)
+#: at most this many re-runs of a cell whose worker was lost
+MAX_RETRIES = 1000
 DTYPES = ("float32", "bfloat16")
 
 
@@ -259,8 +261,8 @@ def bench_settings(*, device: str, dtype: str, batch_size: int, update_interval:
                         ("--max-logits", max_logits)):
         _positive(flag, value)
     _positive("--repeats", repeats, MAX_REPEATS)
-    if retries < 0:
-        raise UsageError(f"--retries must be an integer >= 0, got {retries}")
+    if not 0 <= retries <= MAX_RETRIES:
+        raise UsageError(f"--retries must be an integer in [0, {MAX_RETRIES}], got {retries}")
     if not (0 < logit_prob <= 1 and math.isfinite(logit_prob)):
         raise UsageError(f"--logit-prob must be in (0, 1], got {logit_prob}")
     if timeout_s is not None and not (0 < timeout_s <= MAX_TIMEOUT_S and math.isfinite(timeout_s)):
