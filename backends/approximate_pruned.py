@@ -35,8 +35,9 @@ class ApproximatePrunedBackend(GqaSharedBackend):
             raise UsageError(f"approx_threshold must be a number in [0, 1), got {threshold!r}")
         if self.edge_storage(model, n_rows, n_nodes, settings) == "lean":
             # too large for coordinate lists in memory: the layered layout with the small entries zeroed
-            return LayeredEdgeStore(model, n_rows, n_nodes, model.weights.device, settings.scratch_dir,
-                                    prune_threshold=float(threshold))
+            return LayeredEdgeStore(
+                model, n_rows, n_nodes, model.weights.device, settings.scratch_dir, prune_threshold=float(threshold)
+            )
         return PrunedEdgeStore(n_rows, n_nodes, model.weights.device, float(threshold))
 
     def attribute(self, prepared, settings):

@@ -98,7 +98,7 @@ class GqaSharedBackend(CausalTrickBackend):
         decoders = layout.decoders[layer][:P]  # [P, d, width]
         scores = torch.bmm(grad.transpose(0, 1), decoders)  # [P, B, width]
         flat = scores.transpose(0, 1).reshape(grad.shape[0], -1)  # [B, P * width]
-        out[:, start:start + n_here] += flat[:, layout.slots[layer][:n_here]]
+        out[:, start : start + n_here] += flat[:, layout.slots[layer][:n_here]]
 
     def contract_cross_features(self, model, prepared, layout: NodeLayout, layer, grad, out):
         P = grad.shape[1]
@@ -110,7 +110,7 @@ class GqaSharedBackend(CausalTrickBackend):
             start = model.layer_offsets[source]
             scores = torch.bmm(grad.transpose(0, 1), decoders[:P])  # [P, B, width]
             flat = scores.transpose(0, 1).reshape(grad.shape[0], -1)
-            out[:, start:start + n_here] += flat[:, layout.slots[source][:n_here]]
+            out[:, start : start + n_here] += flat[:, layout.slots[source][:n_here]]
 
 
 @hookimpl

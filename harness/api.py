@@ -192,5 +192,6 @@ class Launcher(Protocol):
     name: str
     description: str
 
-    def run(self, job: CellJob, timeout_s: float | None,
-            progress: Callable[[str], None] | None = None) -> dict[str, Any]: ...
+    def run(
+        self, job: CellJob, timeout_s: float | None, progress: Callable[[str], None] | None = None
+    ) -> dict[str, Any]: ...

@@ -90,8 +90,7 @@ def _collect(hook_name: str) -> list[Any]:
         try:
             pm.subset_hook_caller(hook_name, remove_plugins=others)(register=collected.append)
         except Exception as exc:
-            message = (f"plugin {impl.plugin_name!r} failed in {hook_name} and was skipped: "
-                       f"{type(exc).__name__}: {exc}")
+            message = f"plugin {impl.plugin_name!r} failed in {hook_name} and was skipped: {type(exc).__name__}: {exc}"
             if message not in warnings:
                 warnings.append(message)
             continue

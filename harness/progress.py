@@ -37,8 +37,13 @@ def no_progress(text: str) -> None:
 class ProgressLine:
     """The latest status of one long job, printed through ``say`` at most every ``interval_s`` seconds."""
 
-    def __init__(self, say: Callable[[str], None], interval_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic, first: str = "starting"):
+    def __init__(
+        self,
+        say: Callable[[str], None],
+        interval_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        first: str = "starting",
+    ):
         self.say = say
         self.interval_s = progress_interval() if interval_s is None else interval_s
         self.clock = clock

@@ -161,8 +161,9 @@ class ProcessLauncher:
     name = "process"
     description = "a fresh spawned child process per cell on this machine, one cell at a time"
 
-    def run(self, job: CellJob, timeout_s: float | None,
-            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    def run(
+        self, job: CellJob, timeout_s: float | None, progress: Callable[[str], None] | None = None
+    ) -> dict[str, Any]:
         """Run one cell; returns its measured values and its status.
 
         ``progress`` receives a line with the elapsed time and the child's latest status every
@@ -173,8 +174,9 @@ class ProcessLauncher:
         proc = ctx.Process(target=_child_main, args=(send_conn, job, os.getpid()), name="attrbench-cell")
         proc.start()
         send_conn.close()
-        line = ProgressLine(progress if progress is not None else no_progress,
-                            interval_s=None if progress is not None else 0.0)
+        line = ProgressLine(
+            progress if progress is not None else no_progress, interval_s=None if progress is not None else 0.0
+        )
         try:
             message, timed_out = self._wait(proc, recv_conn, timeout_s, line)
             if timed_out:
@@ -192,13 +194,17 @@ class ProcessLauncher:
         return classify(message, proc.exitcode)
 
     @staticmethod
-    def _wait(proc: mp.process.BaseProcess, conn: Connection, timeout_s: float | None,
-              line: ProgressLine) -> tuple[tuple[str, Any] | None, bool]:
+    def _wait(
+        proc: mp.process.BaseProcess, conn: Connection, timeout_s: float | None, line: ProgressLine
+    ) -> tuple[tuple[str, Any] | None, bool]:
         """Wait for the child's final message; returns (message or None, whether the deadline passed)."""
         deadline = time.monotonic() + SETUP_GRACE_S + 4 * timeout_s if timeout_s else None
         while True:
-            waits = [w for w in (None if deadline is None else deadline - time.monotonic(), line.seconds_to_next())
-                     if w is not None]
+            waits = [
+                w
+                for w in (None if deadline is None else deadline - time.monotonic(), line.seconds_to_next())
+                if w is not None
+            ]
             ready = mp.connection.wait([conn, proc.sentinel], timeout=max(0.0, min(waits)) if waits else None)
             if not ready:
                 if deadline is not None and time.monotonic() >= deadline:

@@ -20,8 +20,9 @@ def _numeric(nodes) -> bool:
     return isinstance(nodes, (int, float)) and not isinstance(nodes, bool)
 
 
-def _plot_series(axes: dict[str, Any], backend: str, run_index: int, group: list[dict], style: dict[str, Any],
-                 cuda: bool) -> set[str]:
+def _plot_series(
+    axes: dict[str, Any], backend: str, run_index: int, group: list[dict], style: dict[str, Any], cuda: bool
+) -> set[str]:
     """One backend of one run on the four panels; returns the panels it drew a line on."""
     plotted: set[str] = set()
     ok = [r for r in group if r["status"] == "ok"]
@@ -32,22 +33,31 @@ def _plot_series(axes: dict[str, Any], backend: str, run_index: int, group: list
     }
     if backend != REFERENCE:
         lines["speed"] = [(r["nodes"], r["speedup"]) for r in ok if r["speedup"]]
-        lines["err"] = [(r["nodes"], r["rel_frobenius"]) for r in ok
-                        if r["rel_frobenius"] is not None and r["rel_frobenius"] > 0]
+        lines["err"] = [
+            (r["nodes"], r["rel_frobenius"]) for r in ok if r["rel_frobenius"] is not None and r["rel_frobenius"] > 0
+        ]
         zeros = [r["nodes"] for r in ok if r["rel_frobenius"] == 0]
         if zeros:
-            axes["err"].annotate(f"{backend}: 0 error", (zeros[0], 0.02), xycoords=("data", "axes fraction"),
-                                 fontsize=7, ha="center")
+            axes["err"].annotate(
+                f"{backend}: 0 error", (zeros[0], 0.02), xycoords=("data", "axes fraction"), fontsize=7, ha="center"
+            )
     for key, pts in lines.items():
         if pts:
-            axes[key].plot(*zip(*pts), **style)
+            axes[key].plot(*zip(*pts, strict=False), **style)
             plotted.add(key)
     # failed cells: an x marker at the top of the wall-time axis would need limits; annotate instead
     for r in group:
         if r["status"] != "ok":
-            axes["wall"].annotate(r["status"], (r["nodes"], 1), xycoords=("data", "axes fraction"),
-                                  textcoords="offset points", xytext=(0, -12 - 10 * (run_index % 3)),
-                                  fontsize=7, ha="center", color="red")
+            axes["wall"].annotate(
+                r["status"],
+                (r["nodes"], 1),
+                xycoords=("data", "axes fraction"),
+                textcoords="offset points",
+                xytext=(0, -12 - 10 * (run_index % 3)),
+                fontsize=7,
+                ha="center",
+                color="red",
+            )
     return plotted
 
 
@@ -103,9 +113,12 @@ class PngReporter(Reporter):
             group.sort(key=lambda r: r["nodes"])
             # one colour per backend (the reference black), one line style per run
             colour = "black" if backend == REFERENCE else f"C{order.index(backend) % 10}"
-            style = dict(marker=_MARKERS[run_index % len(_MARKERS)], color=colour,
-                         label=f"{backend} [run {run_index + 1}]" if multi else backend,
-                         linestyle=_LINESTYLES[run_index % len(_LINESTYLES)])
+            style = dict(
+                marker=_MARKERS[run_index % len(_MARKERS)],
+                color=colour,
+                label=f"{backend} [run {run_index + 1}]" if multi else backend,
+                linestyle=_LINESTYLES[run_index % len(_LINESTYLES)],
+            )
             plotted |= _plot_series(axes, backend, run_index, group, style, is_cuda(results[run_index]))
         _finish_axes(axes, plotted, mem_kind)
         title = labels[0] if not multi else "; ".join(f"run {i + 1}: {lab}" for i, lab in enumerate(labels))

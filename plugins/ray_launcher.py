@@ -21,7 +21,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from attrbench.api import CellJob
 from attrbench.errors import UsageError
@@ -47,8 +48,7 @@ def run_cell_task(job: dict[str, Any], timeout_s: float | None, omp_threads: str
         os.environ["OMP_NUM_THREADS"] = omp_threads
 
     def progress(text: str) -> None:
-        print(f"attrbench: {cell.backend} nodes={cell.nodes} repeat={cell.repeat}: {text}", file=sys.stderr,
-              flush=True)
+        print(f"attrbench: {cell.backend} nodes={cell.nodes} repeat={cell.repeat}: {text}", file=sys.stderr, flush=True)
 
     return ProcessLauncher().run(cell, timeout_s, progress)
 
@@ -81,8 +81,11 @@ class RayLauncher:
         env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES)}
         env["PYTHONPATH"] = os.pathsep.join(p for p in [env.get("PYTHONPATH", ""), *sys.path] if p)
         if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": True,
-                                      "include_dashboard": False}
+            kwargs: dict[str, Any] = {
+                "runtime_env": {"env_vars": env},
+                "log_to_driver": True,
+                "include_dashboard": False,
+            }
             if self.address:
                 ray.init(address=self.address, **kwargs)
             else:
@@ -98,14 +101,17 @@ class RayLauncher:
         resources = ray.cluster_resources()
         return int(max(resources.get(CELL_RESOURCE, 0), resources.get("GPU", 0), 1))
 
-    def run(self, job: CellJob, timeout_s: float | None,
-            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    def run(
+        self, job: CellJob, timeout_s: float | None, progress: Callable[[str], None] | None = None
+    ) -> dict[str, Any]:
         ray = self._connect()
         cuda = str(job.settings.get("device", "cpu")).startswith("cuda")
         resources = {"num_cpus": 0, "num_gpus": 1} if cuda else {"num_cpus": 0, "resources": {CELL_RESOURCE: 1}}
         if not cuda and ray.cluster_resources().get(CELL_RESOURCE, 0) < 1:
-            raise UsageError(f"the Ray cluster offers no {CELL_RESOURCE!r} resource: start each node with "
-                             f"ray start --resources='{{\"{CELL_RESOURCE}\": 1}}'")
+            raise UsageError(
+                f"the Ray cluster offers no {CELL_RESOURCE!r} resource: start each node with "
+                f"ray start --resources='{{\"{CELL_RESOURCE}\": 1}}'"
+            )
         ref = self._remote.options(**resources).remote(job.to_dict(), timeout_s, os.environ.get("OMP_NUM_THREADS"))
         with self._lock:
             self._outstanding.add(ref)

@@ -1,4 +1,4 @@
-"""The built-in reporters: ``table``, ``markdown``, ``csv``, ``json`` and ``png`` (from :mod:`attrbench.plugins.plot`)."""
+"""The built-in reporters: ``table``, ``markdown``, ``csv``, ``json`` (``png``: :mod:`attrbench.plugins.plot`)."""
 
 from __future__ import annotations
 
@@ -118,18 +118,41 @@ class TableReporter(Reporter):
         else:
             out += [f"run: {labels[0]}", ""]
         truth = _has_truth(rows)
-        headers = ["backend", "status", "wall", "speedup", "peak host", "peak gpu", "selected", "jaccard",
-                   "rel err", "edge recall", "pruned jaccard", *(TRUTH_HEADERS if truth else []), "parity"]
+        headers = [
+            "backend",
+            "status",
+            "wall",
+            "speedup",
+            "peak host",
+            "peak gpu",
+            "selected",
+            "jaccard",
+            "rel err",
+            "edge recall",
+            "pruned jaccard",
+            *(TRUTH_HEADERS if truth else []),
+            "parity",
+        ]
         if multi:
             headers.insert(1, "run")
         for nodes, group in _nodes_groups(rows):
             table = []
             for r in group:
-                line = [r["backend"], status_text(r), fmt_seconds(r["wall_s"]), speedup_text(r),
-                        fmt_bytes(r["peak_host_bytes"]), _peak_gpu(r),
-                        "-" if r["n_selected"] is None else str(r["n_selected"]),
-                        fmt_num(r["selected_jaccard"]), fmt_num(r["rel_frobenius"]), fmt_num(r["edge_recall"]),
-                        fmt_num(r["pruned_node_jaccard"]), *(_truth_cells(r) if truth else []), r["parity_verdict"]]
+                line = [
+                    r["backend"],
+                    status_text(r),
+                    fmt_seconds(r["wall_s"]),
+                    speedup_text(r),
+                    fmt_bytes(r["peak_host_bytes"]),
+                    _peak_gpu(r),
+                    "-" if r["n_selected"] is None else str(r["n_selected"]),
+                    fmt_num(r["selected_jaccard"]),
+                    fmt_num(r["rel_frobenius"]),
+                    fmt_num(r["edge_recall"]),
+                    fmt_num(r["pruned_node_jaccard"]),
+                    *(_truth_cells(r) if truth else []),
+                    r["parity_verdict"],
+                ]
                 if multi:
                     line.insert(1, str(r["run_index"] + 1))
                 table.append(line)
@@ -176,16 +199,20 @@ def _verdict_line(backend: str, group: list[dict], dtype: str | None) -> str:
     if YARDSTICK in verdicts:
         truth = [r for r in group if r.get("truth_selected_jaccard") is not None]
         if truth:
-            return (f"- {md_code(backend)}: the yardstick; against the fp32 truth: selected Jaccard "
-                    f"{fmt_num(min(r['truth_selected_jaccard'] for r in truth))}, rel. error "
-                    f"{fmt_num(max(r['truth_rel_frobenius'] or 0 for r in truth))}, edge recall "
-                    f"{fmt_num(min(r['truth_edge_recall'] or 0 for r in truth))} "
-                    "(the bf16 distance the others may reach)")
+            return (
+                f"- {md_code(backend)}: the yardstick; against the fp32 truth: selected Jaccard "
+                f"{fmt_num(min(r['truth_selected_jaccard'] for r in truth))}, rel. error "
+                f"{fmt_num(max(r['truth_rel_frobenius'] or 0 for r in truth))}, edge recall "
+                f"{fmt_num(min(r['truth_edge_recall'] or 0 for r in truth))} "
+                "(the bf16 distance the others may reach)"
+            )
         return f"- {md_code(backend)}: the yardstick (the others were compared with it)"
     judged = [r for r in group if r["parity_verdict"] not in (NOT_RUN, NO_YARDSTICK)]
     if not judged:
         if NO_YARDSTICK in verdicts:
-            return f"- {md_code(backend)}: **no yardstick** (no graph to compare with: add a yardstick backend to the run)"
+            return (
+                f"- {md_code(backend)}: **no yardstick** (no graph to compare with: add a yardstick backend to the run)"
+            )
         return f"- {md_code(backend)}: no verdict ({', '.join(sorted({r['status'] for r in group}))})"
     worst = next((v for v in (FAILED, APPROX_MISS) if v in verdicts), judged[0]["parity_verdict"])
     against = next((r["parity_against"] for r in judged if r["parity_against"]), REFERENCE)
@@ -194,22 +221,30 @@ def _verdict_line(backend: str, group: list[dict], dtype: str | None) -> str:
         parts = []
         for r in by_truth:
             ct = r.get("reference_truth") or {}
-            parts.append(f"{r['nodes']} nodes: selected Jaccard {fmt_num(r['truth_selected_jaccard'])} "
-                         f"(circuit-tracer bf16 {fmt_num(ct.get('selected_jaccard'))}), rel. error "
-                         f"{fmt_num(r['truth_rel_frobenius'])} ({fmt_num(ct.get('rel_frobenius'))}), edge recall "
-                         f"{fmt_num(r['truth_edge_recall'])} ({fmt_num(ct.get('edge_recall'))})")
-        return (f"- {md_code(backend)}: **{worst}** vs fp32 truth ({'; '.join(parts)}; slack: Jaccard -"
-                f"{TRUTH_JACCARD_SLACK:g}, rel. error x{TRUTH_REL_FACTOR:g}, edge recall -{TRUTH_RECALL_SLACK:g})")
+            parts.append(
+                f"{r['nodes']} nodes: selected Jaccard {fmt_num(r['truth_selected_jaccard'])} "
+                f"(circuit-tracer bf16 {fmt_num(ct.get('selected_jaccard'))}), rel. error "
+                f"{fmt_num(r['truth_rel_frobenius'])} ({fmt_num(ct.get('rel_frobenius'))}), edge recall "
+                f"{fmt_num(r['truth_edge_recall'])} ({fmt_num(ct.get('edge_recall'))})"
+            )
+        return (
+            f"- {md_code(backend)}: **{worst}** vs fp32 truth ({'; '.join(parts)}; slack: Jaccard -"
+            f"{TRUTH_JACCARD_SLACK:g}, rel. error x{TRUTH_REL_FACTOR:g}, edge recall -{TRUTH_RECALL_SLACK:g})"
+        )
     if group[0]["exact"]:
         js = [r["selected_jaccard"] for r in judged if r["selected_jaccard"] is not None]
         rels = [r["rel_frobenius"] for r in judged if r["rel_frobenius"] is not None]
-        detail = (f"exact; worst selected Jaccard {fmt_num(min(js) if js else None)}, worst rel. error "
-                  f"{fmt_num(max(rels) if rels else None)} (limit {rel_tolerance(dtype):g} for {dtype})")
+        detail = (
+            f"exact; worst selected Jaccard {fmt_num(min(js) if js else None)}, worst rel. error "
+            f"{fmt_num(max(rels) if rels else None)} (limit {rel_tolerance(dtype):g} for {dtype})"
+        )
     else:
         recs = [r["edge_recall"] for r in judged if r["edge_recall"] is not None]
         pjs = [r["pruned_node_jaccard"] for r in judged if r["pruned_node_jaccard"] is not None]
-        detail = (f"approximate; worst edge recall {fmt_num(min(recs) if recs else None)} (>= 0.99), "
-                  f"worst pruned-node Jaccard {fmt_num(min(pjs) if pjs else None)} (>= 0.95)")
+        detail = (
+            f"approximate; worst edge recall {fmt_num(min(recs) if recs else None)} (>= 0.99), "
+            f"worst pruned-node Jaccard {fmt_num(min(pjs) if pjs else None)} (>= 0.95)"
+        )
     return f"- {md_code(backend)}: **{worst}** vs {md_code(against)} ({detail})"
 
 
@@ -248,25 +283,38 @@ class MarkdownReporter(Reporter):
                 if exact:
                     out.append(f"- {title}: none (no exact backend completed)")
             elif best["speedup"] is not None:
-                mem = (f", peak memory {fmt_ratio(best['mem_ratio'])} of the reference's"
-                       if best["mem_ratio"] is not None else "")
-                out.append(f"- {title}: **{md_text(best['backend'])}**, {fmt_ratio(best['speedup'])} faster than the "
-                           f"reference at {best['nodes']} nodes{mem}; parity {best['parity_verdict']}")
+                mem = (
+                    f", peak memory {fmt_ratio(best['mem_ratio'])} of the reference's"
+                    if best["mem_ratio"] is not None
+                    else ""
+                )
+                out.append(
+                    f"- {title}: **{md_text(best['backend'])}**, {fmt_ratio(best['speedup'])} faster than the "
+                    f"reference at {best['nodes']} nodes{mem}; parity {best['parity_verdict']}"
+                )
             else:
-                out.append(f"- {title}: **{md_text(best['backend'])}** ({fmt_seconds(best['wall_s'])} at "
-                           f"{best['nodes']} nodes; the reference did not complete there, no speedup)")
+                out.append(
+                    f"- {title}: **{md_text(best['backend'])}** ({fmt_seconds(best['wall_s'])} at "
+                    f"{best['nodes']} nodes; the reference did not complete there, no speedup)"
+                )
         ref_ok = [r for r in rows if r["backend"] == REFERENCE and r["status"] == "ok"]
         if ref_ok:
-            nodes = max((r["nodes"] for r in ref_ok), key=lambda n: (0, n) if isinstance(n, (int, float)) else (1, str(n)))
+            nodes = max(
+                (r["nodes"] for r in ref_ok), key=lambda n: (0, n) if isinstance(n, (int, float)) else (1, str(n))
+            )
             at = [r for r in rows if r["nodes"] == nodes and r["backend"] != REFERENCE]
-            speed = ", ".join(f"{md_code(r['backend'])} "
-                              f"{fmt_ratio(r['speedup']) if r['status'] == 'ok' else r['status']}" for r in at)
+            speed = ", ".join(
+                f"{md_code(r['backend'])} {fmt_ratio(r['speedup']) if r['status'] == 'ok' else r['status']}" for r in at
+            )
             if speed:
                 out.append(f"- Speedup vs reference at {nodes} nodes: {speed}")
             mem = ", ".join(
                 f"{md_code(r['backend'])} {fmt_ratio(r['mem_ratio'])} ({_saving(r['mem_ratio'])})"
-                if r["mem_ratio"] is not None else f"{md_code(r['backend'])} -"
-                for r in at if r["status"] == "ok")
+                if r["mem_ratio"] is not None
+                else f"{md_code(r['backend'])} -"
+                for r in at
+                if r["status"] == "ok"
+            )
             if mem:
                 kind = "GPU" if is_cuda(result) else "host"
                 out.append(f"- Peak {kind} memory vs reference at {nodes} nodes: {mem}")
@@ -295,9 +343,23 @@ class MarkdownReporter(Reporter):
         phases = phase_names(rows)
         has_flops = any(r.get("flop_fraction") is not None for r in rows)
         truth = _has_truth(rows)
-        headers = ["backend", "status", "wall", "speedup", "peak host", "peak gpu", "mem ratio", "selected",
-                   "jaccard", "rel err", "max abs", "edge recall", "pruned jaccard",
-                   *(TRUTH_HEADERS if truth else []), "parity"]
+        headers = [
+            "backend",
+            "status",
+            "wall",
+            "speedup",
+            "peak host",
+            "peak gpu",
+            "mem ratio",
+            "selected",
+            "jaccard",
+            "rel err",
+            "max abs",
+            "edge recall",
+            "pruned jaccard",
+            *(TRUTH_HEADERS if truth else []),
+            "parity",
+        ]
         if multi:
             headers.insert(1, "run")
         headers += [f"{p}" for p in phases]
@@ -306,12 +368,23 @@ class MarkdownReporter(Reporter):
         for nodes, group in _nodes_groups(rows):
             table = []
             for r in group:
-                line = [f"{md_code(r['backend'])}", status_text(r, None).replace("|", "\\|"), fmt_seconds(r["wall_s"]),
-                        speedup_text(r), fmt_bytes(r["peak_host_bytes"]), _peak_gpu(r),
-                        fmt_ratio(r["mem_ratio"]), "-" if r["n_selected"] is None else str(r["n_selected"]),
-                        fmt_num(r["selected_jaccard"]), fmt_num(r["rel_frobenius"]), fmt_num(r["max_abs"]),
-                        fmt_num(r["edge_recall"]), fmt_num(r["pruned_node_jaccard"]),
-                        *(_truth_cells(r) if truth else []), r["parity_verdict"]]
+                line = [
+                    f"{md_code(r['backend'])}",
+                    status_text(r, None).replace("|", "\\|"),
+                    fmt_seconds(r["wall_s"]),
+                    speedup_text(r),
+                    fmt_bytes(r["peak_host_bytes"]),
+                    _peak_gpu(r),
+                    fmt_ratio(r["mem_ratio"]),
+                    "-" if r["n_selected"] is None else str(r["n_selected"]),
+                    fmt_num(r["selected_jaccard"]),
+                    fmt_num(r["rel_frobenius"]),
+                    fmt_num(r["max_abs"]),
+                    fmt_num(r["edge_recall"]),
+                    fmt_num(r["pruned_node_jaccard"]),
+                    *(_truth_cells(r) if truth else []),
+                    r["parity_verdict"],
+                ]
                 if multi:
                     line.insert(1, str(r["run_index"] + 1))
                 line += [fmt_seconds((r.get("phases_s") or {}).get(p)) for p in phases]
@@ -319,8 +392,12 @@ class MarkdownReporter(Reporter):
                     ff = r.get("flop_fraction")
                     line.append("-" if ff is None else f"{ff:.3f}")
                 table.append(line)
-            out += [f"### {_nodes_title(nodes, group)}", "",
-                    tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), ""]
+            out += [
+                f"### {_nodes_title(nodes, group)}",
+                "",
+                tabulate(table, headers=headers, tablefmt="github", disable_numparse=True),
+                "",
+            ]
         if phases:
             out += ["Phase columns are median seconds over the ok repeats.", ""]
         out += [f"(!) {note}" for note in device_notes(rows)]
@@ -332,7 +409,7 @@ class MarkdownReporter(Reporter):
         multi = len(results) > 1
         out = ["# attrbench results", ""]
         out += ["## Summary", ""]
-        for i, (label, result) in enumerate(zip(labels, results)):
+        for i, (label, result) in enumerate(zip(labels, results, strict=False)):
             run_rows = [r for r in rows if r["run_index"] == i]
             if multi:
                 out += [f"### Run {i + 1}: {label}", ""]
@@ -346,11 +423,13 @@ class MarkdownReporter(Reporter):
         out += ["## Results by node count", ""]
         out += self._node_tables(rows, multi)
         out += ["## Environment", ""]
-        for i, (label, result) in enumerate(zip(labels, results)):
+        for i, (label, result) in enumerate(zip(labels, results, strict=False)):
             if multi:
                 out += [f"### Run {i + 1}: {label}", ""]
-            out += [tabulate(environment_rows(result), headers=["", "value"], tablefmt="github",
-                             disable_numparse=True), ""]
+            out += [
+                tabulate(environment_rows(result), headers=["", "value"], tablefmt="github", disable_numparse=True),
+                "",
+            ]
         return "\n".join(out).rstrip() + "\n"
 
 
@@ -368,15 +447,37 @@ class CsvReporter(Reporter):
                 for p in cell.get("phases_s") or {}:
                     if p not in phases:
                         phases.append(p)
-        fields = ["run", "workload", "workload_hash", "device", "dtype", "backend", "exact", "nodes", "repeat",
-                  "status", "error", "wall_s", "speedup_vs_reference", "peak_host_bytes", "peak_gpu_bytes",
-                  "peak_gpu_torch_bytes", "n_selected", "n_active", "n_logits", "parity_against",
-                  *PARITY_FIELDS, *[f"truth_{f}" for f in TRUTH_FIELDS], "verdict", "flop_fraction",
-                  *[f"phase_{p}_s" for p in phases]]
+        fields = [
+            "run",
+            "workload",
+            "workload_hash",
+            "device",
+            "dtype",
+            "backend",
+            "exact",
+            "nodes",
+            "repeat",
+            "status",
+            "error",
+            "wall_s",
+            "speedup_vs_reference",
+            "peak_host_bytes",
+            "peak_gpu_bytes",
+            "peak_gpu_torch_bytes",
+            "n_selected",
+            "n_active",
+            "n_logits",
+            "parity_against",
+            *PARITY_FIELDS,
+            *[f"truth_{f}" for f in TRUTH_FIELDS],
+            "verdict",
+            "flop_fraction",
+            *[f"phase_{p}_s" for p in phases],
+        ]
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
-        for label, result in zip(labels, results):
+        for label, result in zip(labels, results, strict=False):
             settings = result.get("settings") or {}
             workload = result.get("workload") or {}
             agg = aggregate_cells(result)
@@ -384,18 +485,40 @@ class CsvReporter(Reporter):
             for cell in result.get("cells", []):
                 ref = agg.get((REFERENCE, cell.get("nodes")))
                 speedup = None
-                if (cell.get("status") == "ok" and ref and ref["status"] == "ok" and ref["wall_s"]
-                        and cell.get("wall_s")):
+                if (
+                    cell.get("status") == "ok"
+                    and ref
+                    and ref["status"] == "ok"
+                    and ref["wall_s"]
+                    and cell.get("wall_s")
+                ):
                     speedup = ref["wall_s"] / cell["wall_s"]
                 parity = cell.get("parity") or {}
                 row = {
-                    "run": label, "workload": workload.get("name"), "workload_hash": workload.get("hash"),
-                    "device": settings.get("device"), "dtype": settings.get("dtype"),
-                    "speedup_vs_reference": speedup, "parity_against": parity.get("against"),
+                    "run": label,
+                    "workload": workload.get("name"),
+                    "workload_hash": workload.get("hash"),
+                    "device": settings.get("device"),
+                    "dtype": settings.get("dtype"),
+                    "speedup_vs_reference": speedup,
+                    "parity_against": parity.get("against"),
                     "flop_fraction": (cell.get("info") or {}).get("flop_fraction"),
                 }
-                for key in ("backend", "exact", "nodes", "repeat", "status", "error", "wall_s", "peak_host_bytes",
-                            "peak_gpu_bytes", "peak_gpu_torch_bytes", "n_selected", "n_active", "n_logits"):
+                for key in (
+                    "backend",
+                    "exact",
+                    "nodes",
+                    "repeat",
+                    "status",
+                    "error",
+                    "wall_s",
+                    "peak_host_bytes",
+                    "peak_gpu_bytes",
+                    "peak_gpu_torch_bytes",
+                    "n_selected",
+                    "n_active",
+                    "n_logits",
+                ):
                     row[key] = cell.get(key)
                 for key in PARITY_FIELDS:
                     row[key] = parity.get(key)
@@ -424,8 +547,8 @@ class JsonReporter(Reporter):
             data: object = _public(results[0])
         else:
             labels = run_labels(results)
-            data = {"schema_version": 1,
-                    "runs": [dict(_public(r), label=label) for label, r in zip(labels, results)]}
+            runs = [dict(_public(r), label=label) for label, r in zip(labels, results, strict=True)]
+            data = {"schema_version": 1, "runs": runs}
         return json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
 
 

@@ -106,7 +106,7 @@ class HostMemoryTracker:
             "host_ru_maxrss_bytes": int(self._rusage_after),
             "sources": {
                 "peak_host_bytes": "max(psutil RSS of this process sampled every "
-                                   f"{SAMPLE_INTERVAL_S * 1000:.0f} ms, getrusage ru_maxrss if it grew while tracking)",
+                f"{SAMPLE_INTERVAL_S * 1000:.0f} ms, getrusage ru_maxrss if it grew while tracking)",
             },
         }
 
@@ -189,7 +189,9 @@ class GpuMemoryTracker:
             "peak_gpu_torch_bytes": self._peak_torch,
             "sources": {
                 "peak_gpu_bytes": "NVML per-process used GPU memory of this pid, sampled every "
-                                  f"{SAMPLE_INTERVAL_S * 1000:.0f} ms" if self._nvml else "unavailable (no pynvml/NVML)",
+                f"{SAMPLE_INTERVAL_S * 1000:.0f} ms"
+                if self._nvml
+                else "unavailable (no pynvml/NVML)",
                 "peak_gpu_torch_bytes": "torch.cuda.max_memory_allocated",
             },
         }
@@ -228,7 +230,10 @@ class GemmRateTracker:
         pass
 
     def results(self) -> dict[str, Any]:
-        return {"gemm_gflops": self.gflops, "sources": {"gemm_gflops": f"{self.SIZE}^3 {self.dtype} matmul before timing"}}
+        return {
+            "gemm_gflops": self.gflops,
+            "sources": {"gemm_gflops": f"{self.SIZE}^3 {self.dtype} matmul before timing"},
+        }
 
 
 @hookimpl

@@ -30,10 +30,18 @@ def subprocess_env(extra_plugins: str | None = TEST_PLUGINS, **more: str) -> dic
     return env
 
 
-def run_cli(args: list[str], env: dict[str, str] | None = None, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 600, **kw
+) -> subprocess.CompletedProcess:
     """``python -m attrbench.cli ARGS`` in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "attrbench.cli", *args], capture_output=True, text=True,
-                          env=env if env is not None else subprocess_env(), timeout=timeout, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "attrbench.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env if env is not None else subprocess_env(),
+        timeout=timeout,
+        **kw,
+    )
 
 
 def invoke(capsys, args: list[str]) -> tuple[int, str, str]:

@@ -43,8 +43,9 @@ def reference_run(tmp_path_factory):
     Returns (completed process, results dict, results path).
     """
     out = tmp_path_factory.mktemp("reference") / "r.json"
-    proc = run_cli(["run", "--backends", "reference", "--nodes", "200,800", "--output", str(out)],
-                   env=subprocess_env(None))
+    proc = run_cli(
+        ["run", "--backends", "reference", "--nodes", "200,800", "--output", str(out)], env=subprocess_env(None)
+    )
     data = json.loads(out.read_text()) if out.exists() else None
     return proc, data, out
 

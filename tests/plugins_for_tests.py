@@ -180,6 +180,18 @@ class Float32OnlyBackend(_Crashing):
 
 @hookimpl
 def register_backends(register):
-    for cls in (CopyBackend, MalformedBackend, PerturbedBackend, ChattyBackend, RaisesBackend, SegfaultBackend,
-                KilledBackend, SleeperBackend, InterruptBackend, Float32OnlyBackend, HogBackend, HangBackend):
+    for cls in (
+        CopyBackend,
+        MalformedBackend,
+        PerturbedBackend,
+        ChattyBackend,
+        RaisesBackend,
+        SegfaultBackend,
+        KilledBackend,
+        SleeperBackend,
+        InterruptBackend,
+        Float32OnlyBackend,
+        HogBackend,
+        HangBackend,
+    ):
         register(cls())

@@ -104,7 +104,11 @@ DEFAULT_CPU_RATE = 50e9
 DEFAULT_GPU_RATE = 30e12
 #: measured wall time / predicted compute time, per backend (calibrated on tiny and small, see above)
 INEFFICIENCY = {
-    "autograd": 2.0, "vjp": 3.0, "vjp-causal": 4.0, "vjp-causal-gqa": 4.0, "vjp-causal-gqa-pruned": 4.0,
+    "autograd": 2.0,
+    "vjp": 3.0,
+    "vjp-causal": 4.0,
+    "vjp-causal-gqa": 4.0,
+    "vjp-causal-gqa-pruned": 4.0,
 }
 #: seconds of fixed cost per cell (linearisation, salient logits, python overhead)
 FIXED_S = {"autograd": 0.1, "default": 0.03}
@@ -172,10 +176,22 @@ class Shape:
     def of(cls, spec: WorkloadSpec, nodes: int, max_n_logits: int = 10) -> Shape:
         m, t = spec.model, spec.transcoders
         n_active = max(int(spec.estimated_active_features), 1)
-        return cls(m.num_hidden_layers, m.hidden_size, m.num_attention_heads, m.num_key_value_heads, m.head_dim,
-                   m.intermediate_size, m.vocab_size, t.d_transcoder, bool(t.skip_connection),
-                   spec.prompt.length, n_active, max_n_logits, min(nodes, n_active),
-                   getattr(t, "kind", "plt") == "clt")
+        return cls(
+            m.num_hidden_layers,
+            m.hidden_size,
+            m.num_attention_heads,
+            m.num_key_value_heads,
+            m.head_dim,
+            m.intermediate_size,
+            m.vocab_size,
+            t.d_transcoder,
+            bool(t.skip_connection),
+            spec.prompt.length,
+            n_active,
+            max_n_logits,
+            min(nodes, n_active),
+            getattr(t, "kind", "plt") == "clt",
+        )
 
     @property
     def row_size(self) -> int:
@@ -275,9 +291,18 @@ def _choose_store(model: str, s: Shape, device: str, options: dict[str, Any]) ->
     return dense if dense_fits(s.n_rows, s.total_nodes, s.L, s.n_pos, torch.device(device)) else "lean"
 
 
-def estimate_cell(spec: WorkloadSpec, model: str, nodes: int, device: str = "cpu", dtype: str = "float32",
-                  batch_size: int = 512, update_interval: int = 4, max_n_logits: int = 10,
-                  options: dict[str, Any] | None = None, rate: float | None = None) -> Estimate:
+def estimate_cell(
+    spec: WorkloadSpec,
+    model: str,
+    nodes: int,
+    device: str = "cpu",
+    dtype: str = "float32",
+    batch_size: int = 512,
+    update_interval: int = 4,
+    max_n_logits: int = 10,
+    options: dict[str, Any] | None = None,
+    rate: float | None = None,
+) -> Estimate:
     """Predicted peaks and time of one cell of cost model ``model`` (one of :data:`COST_MODELS`)."""
     if model not in COST_MODELS:
         raise ValueError(f"unknown cost model {model!r}; known: {', '.join(COST_MODELS)}")
@@ -318,14 +343,20 @@ def estimate_cell(spec: WorkloadSpec, model: str, nodes: int, device: str = "cpu
         padded_rows = B * (math.ceil(s.n_logits / B) + sum(math.ceil(w / B) for w in _windows(s, B, update_interval)))
         forward = 2 * B * s.n_pos * (s.model_params() + s.L * 2 * s.F * s.d) / rate
         compute = 2 * feat_macs * padded_rows / rate + forward
-        passes: float = sum(4 * (s.L + 4) * (s.n_logits + i * update_interval * B) * s.total_nodes for i in range(ranks))
+        passes: float = sum(
+            4 * (s.L + 4) * (s.n_logits + i * update_interval * B) * s.total_nodes for i in range(ranks)
+        )
         memory = (passes + 3 * E + 2 * S) / bw
     else:
         store = _choose_store(kind, s, device, options)
         weights = model_b + tc_b + 4 * s.L * (s.KV * s.dh * s.d + s.d * s.H * s.dh + (s.d * s.d if s.skip else 0))
         if kind in ("vjp-causal-gqa", "vjp-causal-gqa-pruned"):
-            weights += int(4 * s.L * (s.n_pos * s.d * max(1, math.ceil(s.n_active / s.L / max(1, s.n_pos - 1))) * 2)
-                           * s.decoder_factor)
+            weights += int(
+                4
+                * s.L
+                * (s.n_pos * s.d * max(1, math.ceil(s.n_active / s.L / max(1, s.n_pos - 1))) * 2)
+                * s.decoder_factor
+            )
         buffers = 4 * B * s.row_size + 6 * 4 * B * s.n_pos * s.d
         terms["weights"], terms["buffers"] = weights, buffers
         if store == "pruned":
@@ -383,8 +414,9 @@ def fits(est: Estimate, host_avail: int, gpu_avail: int | None) -> tuple[bool, s
     if est.host_bytes > host_avail:
         return False, f"predicted peak {est.host_bytes / GIB:.1f} GiB exceeds {host_avail / GIB:.1f} GiB available"
     if est.gpu_bytes is not None and gpu_avail is not None and est.gpu_bytes > gpu_avail:
-        return False, (f"predicted peak {est.gpu_bytes / GIB:.1f} GiB exceeds {gpu_avail / GIB:.1f} GiB available "
-                       "on the GPU")
+        return False, (
+            f"predicted peak {est.gpu_bytes / GIB:.1f} GiB exceeds {gpu_avail / GIB:.1f} GiB available on the GPU"
+        )
     return True, None
 
 
@@ -393,15 +425,29 @@ def estimate_table(estimates: list[Estimate], host_avail: int, gpu_avail: int | 
     for e in estimates:
         ok, _ = fits(e, host_avail, gpu_avail)
         t = f"{e.time_s:.3g} s" if e.time_s < 600 else f"{e.time_s / 3600:.3g} h"
-        rows.append([e.backend, e.nodes, fmt_bytes(e.host_bytes),
-                     "-" if e.gpu_bytes is None else fmt_bytes(e.gpu_bytes), t, e.edge_storage or "-",
-                     "yes" if ok else "no"])
-    return tabulate(rows, headers=["backend", "nodes", "host peak", "GPU peak", "time", "edge store", "fits"],
-                    tablefmt="simple")
+        rows.append(
+            [
+                e.backend,
+                e.nodes,
+                fmt_bytes(e.host_bytes),
+                "-" if e.gpu_bytes is None else fmt_bytes(e.gpu_bytes),
+                t,
+                e.edge_storage or "-",
+                "yes" if ok else "no",
+            ]
+        )
+    return tabulate(
+        rows, headers=["backend", "nodes", "host peak", "GPU peak", "time", "edge store", "fits"], tablefmt="simple"
+    )
 
 
-def predict_unfit(spec: WorkloadSpec, cells: list[Cell], backends: Mapping[str, Backend], settings: BenchSettings,
-                  say: Callable[[str], None]) -> dict[tuple[str, int], str]:
+def predict_unfit(
+    spec: WorkloadSpec,
+    cells: list[Cell],
+    backends: Mapping[str, Backend],
+    settings: BenchSettings,
+    say: Callable[[str], None],
+) -> dict[tuple[str, int], str]:
     """Estimate every (backend, nodes) of ``cells``; warn through ``say`` about those predicted not to fit.
     Returns the reason per (backend, nodes) that does not fit. An estimate never stops a run."""
     try:
@@ -412,10 +458,19 @@ def predict_unfit(spec: WorkloadSpec, cells: list[Cell], backends: Mapping[str, 
     too_big: dict[tuple[str, int], str] = {}
     for b, n in dict.fromkeys((cell.backend, cell.nodes) for cell in cells):
         try:
-            est = estimate_backend(spec, b, backends[b], n, device=settings.device, dtype=settings.dtype,
-                                   batch_size=settings.batch_size, update_interval=settings.update_interval,
-                                   max_n_logits=settings.max_n_logits, options=settings.backend_options,
-                                   rate=DEFAULT_CPU_RATE)
+            est = estimate_backend(
+                spec,
+                b,
+                backends[b],
+                n,
+                device=settings.device,
+                dtype=settings.dtype,
+                batch_size=settings.batch_size,
+                update_interval=settings.update_interval,
+                max_n_logits=settings.max_n_logits,
+                options=settings.backend_options,
+                rate=DEFAULT_CPU_RATE,
+            )
         except Exception:
             continue
         ok, reason = fits(est, host, gpu) if est is not None else (True, None)

@@ -36,8 +36,9 @@ def fingerprint(result: dict) -> dict:
         "dtype": settings.get("dtype"),
         "device kind": device,
         "backends": sorted({str(c.get("backend")) for c in cells}),
-        "nodes": sorted({c.get("nodes") for c in cells},
-                        key=lambda n: (0, n) if isinstance(n, (int, float)) else (1, str(n))),
+        "nodes": sorted(
+            {c.get("nodes") for c in cells}, key=lambda n: (0, n) if isinstance(n, (int, float)) else (1, str(n))
+        ),
     }
 
 
@@ -62,8 +63,18 @@ def _compare_rows(baseline: dict, current: dict, max_speedup_drop: float, max_me
     out: list[dict] = []
 
     def add(row, figure, base, cur, change, verdict, note=""):
-        out.append(dict(backend=row["backend"], nodes=row["nodes"], figure=figure, baseline=base, current=cur,
-                        change=change, verdict=verdict, note=note))
+        out.append(
+            dict(
+                backend=row["backend"],
+                nodes=row["nodes"],
+                figure=figure,
+                baseline=base,
+                current=cur,
+                change=change,
+                verdict=verdict,
+                note=note,
+            )
+        )
 
     for cur in cur_rows:
         base = base_rows.get((cur["backend"], cur["nodes"]))
@@ -74,8 +85,15 @@ def _compare_rows(baseline: dict, current: dict, max_speedup_drop: float, max_me
             add(cur, "status", status_text(base), cur["status"], "-", REGRESSED, short_error(cur.get("error")))
         elif base["status"] == "ok" and not base["failed_statuses"] and cur["failed_statuses"]:
             # some repeats failed where none did before (an intermittent out-of-memory or timeout)
-            add(cur, "status", status_text(base), status_text(cur), "-", REGRESSED,
-                f"{len(cur['failed_statuses'])} repeat(s) {'/'.join(sorted(set(cur['failed_statuses'])))}")
+            add(
+                cur,
+                "status",
+                status_text(base),
+                status_text(cur),
+                "-",
+                REGRESSED,
+                f"{len(cur['failed_statuses'])} repeat(s) {'/'.join(sorted(set(cur['failed_statuses'])))}",
+            )
         else:
             add(cur, "status", status_text(base), status_text(cur), "-", OK)
         if cur["backend"] == REFERENCE:
@@ -83,28 +101,53 @@ def _compare_rows(baseline: dict, current: dict, max_speedup_drop: float, max_me
         # speedup: smaller is worse
         if base["speedup"] is not None and cur["speedup"] is not None:
             bad = cur["speedup"] < base["speedup"] * (1 - max_speedup_drop)
-            add(cur, "speedup", fmt_ratio(base["speedup"]), fmt_ratio(cur["speedup"]),
-                _change(base["speedup"], cur["speedup"]), REGRESSED if bad else OK)
+            add(
+                cur,
+                "speedup",
+                fmt_ratio(base["speedup"]),
+                fmt_ratio(cur["speedup"]),
+                _change(base["speedup"], cur["speedup"]),
+                REGRESSED if bad else OK,
+            )
         # memory ratio: larger is worse
         if base["mem_ratio"] is not None and cur["mem_ratio"] is not None:
             bad = cur["mem_ratio"] > base["mem_ratio"] * (1 + max_memory_growth)
-            add(cur, "memory ratio", fmt_ratio(base["mem_ratio"]), fmt_ratio(cur["mem_ratio"]),
-                _change(base["mem_ratio"], cur["mem_ratio"]), REGRESSED if bad else OK)
+            add(
+                cur,
+                "memory ratio",
+                fmt_ratio(base["mem_ratio"]),
+                fmt_ratio(cur["mem_ratio"]),
+                _change(base["mem_ratio"], cur["mem_ratio"]),
+                REGRESSED if bad else OK,
+            )
         # parity: judged on the current file with the verdicts' checks (attrbench.graph.verdicts)
         if cur["status"] == "ok" and cur["parity_verdict"] not in (YARDSTICK, TRUTH):
             rule, checks = verdict_checks(cur, dtype, cur.get("reference_truth"))
             base_parity = (base.get("truth_parity") if rule == "fp32 truth" else base.get("parity")) or {}
             for figure, value, threshold, passed, cmp in checks:
                 base_value = base_parity.get(figure.split(" ")[0])
-                add(cur, figure, fmt_num(base_value), fmt_num(value), _change(base_value, value),
-                    OK if passed else BROKEN, f"{cmp} {threshold:g}")
+                add(
+                    cur,
+                    figure,
+                    fmt_num(base_value),
+                    fmt_num(value),
+                    _change(base_value, value),
+                    OK if passed else BROKEN,
+                    f"{cmp} {threshold:g}",
+                )
             if not checks and base.get("parity") and base["status"] == "ok":
                 add(cur, "parity", "checked", "not checked", "-", REGRESSED, "parity missing from current run")
     return out
 
 
-def run_gate(baseline: dict, current: dict, max_speedup_drop: float = 0.25, max_memory_growth: float = 0.25,
-             *, format: str = "table") -> tuple[int, str]:
+def run_gate(
+    baseline: dict,
+    current: dict,
+    max_speedup_drop: float = 0.25,
+    max_memory_growth: float = 0.25,
+    *,
+    format: str = "table",
+) -> tuple[int, str]:
     """Compare ``current`` against ``baseline``; return (exit code, report text).
 
     Exit 1 when a backend's speedup falls below ``baseline * (1 - max_speedup_drop)``, its memory ratio
@@ -129,10 +172,23 @@ def run_gate(baseline: dict, current: dict, max_speedup_drop: float = 0.25, max_
     code = 1 if regressed or broken else 0
 
     headers = ["backend", "nodes", "figure", "baseline", "current", "change", "verdict", "note"]
-    table = [[r["backend"], str(r["nodes"]), r["figure"], str(r["baseline"]), str(r["current"]), r["change"],
-              r["verdict"], r["note"]] for r in rows]
-    limits = (f"limits: speedup may drop {max_speedup_drop:.0%}, memory ratio may grow {max_memory_growth:.0%}; "
-              "ratios are measured within each run")
+    table = [
+        [
+            r["backend"],
+            str(r["nodes"]),
+            r["figure"],
+            str(r["baseline"]),
+            str(r["current"]),
+            r["change"],
+            r["verdict"],
+            r["note"],
+        ]
+        for r in rows
+    ]
+    limits = (
+        f"limits: speedup may drop {max_speedup_drop:.0%}, memory ratio may grow {max_memory_growth:.0%}; "
+        "ratios are measured within each run"
+    )
     if code:
         verdict = f"gate FAILED: {regressed} regressed, {broken} broken of {len(rows)} figures compared"
     else:
@@ -147,8 +203,14 @@ def run_gate(baseline: dict, current: dict, max_speedup_drop: float = 0.25, max_
     return code, text
 
 
-def load_and_gate(baseline_path: str | Path, current_path: str | Path, max_speedup_drop: float = 0.25,
-                  max_memory_growth: float = 0.25, *, format: str = "table") -> tuple[int, str]:
+def load_and_gate(
+    baseline_path: str | Path,
+    current_path: str | Path,
+    max_speedup_drop: float = 0.25,
+    max_memory_growth: float = 0.25,
+    *,
+    format: str = "table",
+) -> tuple[int, str]:
     """Load two results files (a missing, corrupt or wrong-schema file is a one-line UsageError) and gate."""
     baseline = load_results(baseline_path)
     current = load_results(current_path)

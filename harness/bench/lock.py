@@ -36,8 +36,9 @@ def output_lock(output: Path | None) -> Iterator[None]:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             finally:
                 os.close(fd)
-            raise UsageError(f"another attrbench run (pid {holder}) is writing {output}; wait for it or choose "
-                             "another --output") from None
+            raise UsageError(
+                f"another attrbench run (pid {holder}) is writing {output}; wait for it or choose another --output"
+            ) from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino  # not unlinked by a releasing holder meanwhile
         except FileNotFoundError:

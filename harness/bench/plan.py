@@ -64,8 +64,9 @@ def truth_cell(names: list[str], backends: Mapping[str, Backend], dtype: str, no
     return Cell(ranked[0] + TRUTH_SUFFIX, nodes, repeat, truth_of=ranked[0])
 
 
-def plan_cells(names: list[str], nodes: list[int], repeats: int, backends: Mapping[str, Backend],
-               dtype: str = TRUTH_DTYPE) -> list[Cell]:
+def plan_cells(
+    names: list[str], nodes: list[int], repeats: int, backends: Mapping[str, Backend], dtype: str = TRUTH_DTYPE
+) -> list[Cell]:
     """Every cell in run order: node counts, then repeats, then the truth (bf16 runs), then backends
     (yardsticks first)."""
     order = ordered_backends(names, backends)

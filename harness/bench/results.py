@@ -69,8 +69,13 @@ def git_revision() -> str | None:
         if out.returncode != 0:
             return None
         rev = out.stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return rev + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
     except Exception:
         return None
@@ -107,8 +112,9 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.UTC).astimezone().isoformat(timespec="seconds")
 
 
-def new_results(workload: dict[str, Any], settings: dict[str, Any], environment: dict[str, Any] | None = None
-                ) -> dict[str, Any]:
+def new_results(
+    workload: dict[str, Any], settings: dict[str, Any], environment: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """An empty results document."""
     return {
         "schema_version": SCHEMA_VERSION,
@@ -124,8 +130,9 @@ def new_results(workload: dict[str, Any], settings: dict[str, Any], environment:
 
 def new_cell(backend: str, exact: bool, nodes: int, repeat: int, **values: Any) -> dict[str, Any]:
     """One cell record with every key present (None where not measured)."""
-    return CellRecord.from_dict({"backend": backend, "exact": bool(exact), "nodes": int(nodes),
-                                 "repeat": int(repeat), **values}).to_dict()
+    return CellRecord.from_dict(
+        {"backend": backend, "exact": bool(exact), "nodes": int(nodes), "repeat": int(repeat), **values}
+    ).to_dict()
 
 
 @dataclass
@@ -193,8 +200,13 @@ class ResultsDocument:
     the others are replaced when their cell runs, kept as they are otherwise), each new cell replacing any
     earlier record of the same key, the file rewritten atomically whenever something changes."""
 
-    def __init__(self, workload: dict[str, Any], settings: dict[str, Any], output: Path | None,
-                 resume: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        workload: dict[str, Any],
+        settings: dict[str, Any],
+        output: Path | None,
+        resume: dict[str, Any] | None = None,
+    ):
         self.output = output
         #: cells may finish in several threads at once (launchers that run groups in parallel)
         self.lock = threading.RLock()

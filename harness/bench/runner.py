@@ -49,8 +49,12 @@ class RunConfig:
     scratch: Path | None = None
 
     def workload_record(self) -> dict[str, Any]:
-        return {"name": self.spec.name, "hash": self.spec.content_hash(), "config": self.spec.to_dict(),
-                "n_active": None}
+        return {
+            "name": self.spec.name,
+            "hash": self.spec.content_hash(),
+            "config": self.spec.to_dict(),
+            "n_active": None,
+        }
 
 
 class Runner:
@@ -61,8 +65,9 @@ class Runner:
         self.launcher = launcher
         self.stream = progress if progress is not None else sys.stderr
         self.backends: BackendRegistry = get_backends()
-        self.results = ResultsDocument(config.workload_record(), config.settings.to_dict(), config.output,
-                                       config.resume)
+        self.results = ResultsDocument(
+            config.workload_record(), config.settings.to_dict(), config.output, config.resume
+        )
         self.scratch = ScratchFolder(config.output, config.scratch)
         #: set on Ctrl-C: cells still in flight in other groups are not recorded
         self.stopping = False
@@ -81,8 +86,7 @@ class Runner:
 
         def run_group(group: list[Cell]) -> None:
             truth = truth_cell(c.backends, self.backends, c.settings.dtype, group[0].nodes, group[0].repeat)
-            with GroupYardsticks(c.backends, self.backends, c.spec, self._rerun, truth,
-                                 c.settings.dtype) as yardsticks:
+            with GroupYardsticks(c.backends, self.backends, c.spec, self._rerun, truth, c.settings.dtype) as yardsticks:
                 for cell in group:
                     if self.stopping:
                         return
@@ -108,8 +112,9 @@ class Runner:
                 self.say(f"{exc}; no cell has run; stopping")
                 raise
             print(json.dumps(exc.cell, default=str), file=self.stream, flush=True)
-            self.say(f"{exc}; the file keeps the cells written before it, the cell above (JSON) was not "
-                     "written; stopping")
+            self.say(
+                f"{exc}; the file keeps the cells written before it, the cell above (JSON) was not written; stopping"
+            )
             raise
         finally:
             try:
@@ -153,8 +158,11 @@ class Runner:
         if record.verdict == NO_YARDSTICK and not self.said_no_yardstick:
             self.said_no_yardstick = True
             names = yardsticks_of(list(self.backends), self.backends)
-            add = (f"add {names[0]} to --backends" + (f" (or {', '.join(names[1:])})" if names[1:] else "")
-                   if names else "register a yardstick backend")
+            add = (
+                f"add {names[0]} to --backends" + (f" (or {', '.join(names[1:])})" if names[1:] else "")
+                if names
+                else "register a yardstick backend"
+            )
             self.say(f"no yardstick: the graph of {cell.backend} was compared with nothing; {add} to check parity")
         return record.status
 
@@ -164,16 +172,25 @@ class Runner:
         settings = self.config.settings
         if cell.truth_of is not None:
             settings = replace(settings, dtype=TRUTH_DTYPE)
-        job = CellJob(self.config.spec.to_dict(), cell.runs, cell.nodes, cell.repeat, settings.to_dict(),
-                      str(graph_dir))
+        job = CellJob(
+            self.config.spec.to_dict(), cell.runs, cell.nodes, cell.repeat, settings.to_dict(), str(graph_dir)
+        )
         for attempt in range(settings.retries + 1):
             values = self.launcher.run(job, settings.timeout_s, progress=lambda text: self.say(f"{tag}: {text}"))
             lost = values.pop("worker_lost", False)
             if not lost or attempt == settings.retries or self.stopping:
                 break
             # recorded once, so that a run stopped now still shows what happened; the retry replaces it
-            self.results.put(CellRecord(cell.backend, self.backends[cell.runs].exact, cell.nodes, cell.repeat,
-                                        status="error", error=values.get("error")))
+            self.results.put(
+                CellRecord(
+                    cell.backend,
+                    self.backends[cell.runs].exact,
+                    cell.nodes,
+                    cell.repeat,
+                    status="error",
+                    error=values.get("error"),
+                )
+            )
             self.say(f"{tag}: {values.get('error')}; retrying ({attempt + 1}/{settings.retries})")
         if "traceback" in values:
             values["error_traceback"] = values.pop("traceback")

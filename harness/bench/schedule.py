@@ -8,8 +8,9 @@ groups in flight; the ``process`` launcher runs one cell at a time.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 from attrbench.api import Launcher
 

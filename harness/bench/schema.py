@@ -51,11 +51,17 @@ CELL_SCHEMA: dict[str, Any] = {
         "n_active": _COUNT,
         "n_logits": _COUNT,
         "info": {"type": "object"},
-        "parity": {"type": ["object", "null"], "properties": {"against": {"type": "string"}},
-                   "additionalProperties": _FIGURE},
+        "parity": {
+            "type": ["object", "null"],
+            "properties": {"against": {"type": "string"}},
+            "additionalProperties": _FIGURE,
+        },
         "parity_note": _TEXT,
-        "truth_parity": {"type": ["object", "null"], "properties": {"against": {"type": "string"}},
-                         "additionalProperties": _FIGURE},
+        "truth_parity": {
+            "type": ["object", "null"],
+            "properties": {"against": {"type": "string"}},
+            "additionalProperties": _FIGURE,
+        },
         "verdict": {"type": ["string", "null"], "maxLength": 1000},
         "verdict_note": _TEXT,
         "error_traceback": _TEXT,
@@ -77,8 +83,12 @@ RESULTS_SCHEMA: dict[str, Any] = {
         "environment": {"type": "object"},
         "workload": {
             "type": "object",
-            "properties": {"name": {"type": ["string", "null"]}, "hash": {"type": ["string", "null"]},
-                           "config": {"type": ["object", "null"]}, "n_active": _COUNT},
+            "properties": {
+                "name": {"type": ["string", "null"]},
+                "hash": {"type": ["string", "null"]},
+                "config": {"type": ["object", "null"]},
+                "n_active": _COUNT,
+            },
         },
         "settings": {
             "type": "object",

@@ -17,8 +17,15 @@ from attrbench.api import AttributeSettings, Backend
 from attrbench.progress import no_progress
 
 #: settings that must match for a resumed cell to be reused
-RESUME_KEYS = ("device", "dtype", "batch_size", "update_interval", "max_n_logits", "desired_logit_prob",
-               "backend_options")
+RESUME_KEYS = (
+    "device",
+    "dtype",
+    "batch_size",
+    "update_interval",
+    "max_n_logits",
+    "desired_logit_prob",
+    "backend_options",
+)
 
 
 @dataclass(frozen=True)
@@ -59,15 +66,24 @@ class BenchSettings:
         mine = self.to_dict()
         return all(recorded.get(k) == mine.get(k) for k in RESUME_KEYS)
 
-    def attribute_settings(self, nodes: int, scratch_dir: str | None = None,
-                           progress: Callable[[str], None] = no_progress,
-                           backend: Backend | None = None) -> AttributeSettings:
+    def attribute_settings(
+        self,
+        nodes: int,
+        scratch_dir: str | None = None,
+        progress: Callable[[str], None] = no_progress,
+        backend: Backend | None = None,
+    ) -> AttributeSettings:
         """The backend-facing settings of one cell; with ``backend``, its options as :func:`options_for` gives."""
         options = options_for(backend, self.backend_options) if backend is not None else dict(self.backend_options)
         return AttributeSettings(
-            max_feature_nodes=nodes, batch_size=self.batch_size, update_interval=self.update_interval,
-            max_n_logits=self.max_n_logits, desired_logit_prob=self.desired_logit_prob,
-            options=options, scratch_dir=scratch_dir, progress=progress,
+            max_feature_nodes=nodes,
+            batch_size=self.batch_size,
+            update_interval=self.update_interval,
+            max_n_logits=self.max_n_logits,
+            desired_logit_prob=self.desired_logit_prob,
+            options=options,
+            scratch_dir=scratch_dir,
+            progress=progress,
         )
 
     def with_memory_limit_gib(self, gib: float | None) -> BenchSettings:

@@ -32,6 +32,7 @@ from attrbench.plugin_manager import get_reporters
 
 REFERENCE = "reference"
 
+
 def render(results: list[dict], fmt: str, sources: list[str] | None = None) -> str | bytes:
     """Render ``results`` with the reporter registered for ``fmt``.
 
@@ -46,7 +47,7 @@ def render(results: list[dict], fmt: str, sources: list[str] | None = None) -> s
     if not results:
         raise UsageError("no results to report")
     if sources is not None:
-        results = [dict(r, _source=str(s)) for r, s in zip(results, sources)]
+        results = [dict(r, _source=str(s)) for r, s in zip(results, sources, strict=False)]
     return reporter.render(list(results))
 
 
@@ -166,8 +167,9 @@ def aggregate_cells(result: dict) -> dict[tuple[str, Any], dict]:
             for name, secs in (c.get("phases_s") or {}).items():
                 phases.setdefault(name, []).append(secs)
         info = dict(use[0].get("info") or {})
-        flop_fractions = [(c.get("info") or {}).get("flop_fraction") or flop_fraction_of(c, floors.get(key[1]))
-                          for c in use]
+        flop_fractions = [
+            (c.get("info") or {}).get("flop_fraction") or flop_fraction_of(c, floors.get(key[1])) for c in use
+        ]
         flop_fraction = _median(flop_fractions)
         if flop_fraction is not None:
             info["flop_fraction"] = flop_fraction
@@ -222,7 +224,7 @@ def summarise(results: list[dict]) -> list[dict]:
     """
     labels = run_labels(results)
     rows: list[dict] = []
-    for index, (label, result) in enumerate(zip(labels, results)):
+    for index, (label, result) in enumerate(zip(labels, results, strict=False)):
         settings = result.get("settings") or {}
         dtype = settings.get("dtype")
         cuda = is_cuda(result)
@@ -264,8 +266,9 @@ def summarise(results: list[dict]) -> list[dict]:
                 against = row["parity_against"] or REFERENCE
                 reference_truth = (cells.get((against, nodes)) or {}).get("truth_parity")
                 row["reference_truth"] = reference_truth
-                row["parity_verdict"], row["verdict_note"] = judge(row, dtype, role=role,
-                                                                   reference_truth=reference_truth)
+                row["parity_verdict"], row["verdict_note"] = judge(
+                    row, dtype, role=role, reference_truth=reference_truth
+                )
                 rows.append(row)
     return rows
 
@@ -342,14 +345,27 @@ def environment_rows(result: dict) -> list[tuple[str, str]]:
     settings = result.get("settings") or {}
     workload = result.get("workload") or {}
     pairs = [
-        ("workload", f"{workload.get('name')} (hash {workload.get('hash')}, {workload.get('n_active')} active features)"),
+        (
+            "workload",
+            f"{workload.get('name')} (hash {workload.get('hash')}, {workload.get('n_active')} active features)",
+        ),
         ("device / dtype", f"{settings.get('device')} / {settings.get('dtype')}"),
         ("batch size", settings.get("batch_size")),
         ("repeats", settings.get("repeats")),
         ("created", result.get("created")),
         ("attrbench", result.get("attrbench_version")),
     ]
-    for key in ("python", "torch", "circuit_tracer", "transformers", "platform", "cpu", "cpu_count", "gpu",
-                "cuda", "git_revision"):
+    for key in (
+        "python",
+        "torch",
+        "circuit_tracer",
+        "transformers",
+        "platform",
+        "cpu",
+        "cpu_count",
+        "gpu",
+        "cuda",
+        "git_revision",
+    ):
         pairs.append((key, env.get(key)))
     return [(k, "-" if v is None else str(v)) for k, v in pairs]

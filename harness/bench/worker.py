@@ -31,8 +31,14 @@ from attrbench.workload.build import build_workload
 from attrbench.workload.spec import spec_from_dict
 
 MEMORY_KEYS = ("peak_host_bytes", "peak_gpu_bytes", "peak_gpu_torch_bytes")
-OOM_MARKERS = ("MemoryError", "OutOfMemoryError", "CUDA out of memory", "can't allocate memory",
-               "DefaultCPUAllocator: not enough memory", "std::bad_alloc")
+OOM_MARKERS = (
+    "MemoryError",
+    "OutOfMemoryError",
+    "CUDA out of memory",
+    "can't allocate memory",
+    "DefaultCPUAllocator: not enough memory",
+    "std::bad_alloc",
+)
 
 
 #: how a worker reports: ("progress", text) lines and ("ready", None) before the timed attribution
@@ -149,7 +155,10 @@ def run_job(job: CellJob, report: Report) -> dict[str, Any]:
         info.setdefault("measurement", {}).update(_jsonable(extra))
         info["measurement"]["sources"] = _jsonable(sources)
     return {
-        **measured_values, "phases_s": phases,
-        "n_selected": int(result.selected_features.shape[0]), "n_active": int(result.active_features.shape[0]),
-        "n_logits": int(result.logit_token_ids.shape[0]), "info": info,
+        **measured_values,
+        "phases_s": phases,
+        "n_selected": int(result.selected_features.shape[0]),
+        "n_active": int(result.active_features.shape[0]),
+        "n_logits": int(result.logit_token_ids.shape[0]),
+        "info": info,
     }

@@ -32,8 +32,15 @@ Rerun = Callable[[Cell], Path | None]
 class GroupYardsticks:
     """The yardstick graphs and statuses of one (nodes, repeat) group; removes its graphs when closed."""
 
-    def __init__(self, names: list[str], backends: Mapping[str, Backend], spec: WorkloadSpec, rerun: Rerun,
-                 truth: Cell | None = None, dtype: str | None = None):
+    def __init__(
+        self,
+        names: list[str],
+        backends: Mapping[str, Backend],
+        spec: WorkloadSpec,
+        rerun: Rerun,
+        truth: Cell | None = None,
+        dtype: str | None = None,
+    ):
         self.ranked = yardsticks_of(names, backends)
         self.spec = spec
         self.rerun = rerun
@@ -68,8 +75,10 @@ class GroupYardsticks:
         if not self.ranked or against == self.ranked[0]:
             return None
         best = self.ranked[0]
-        return (f"{best} did not complete at nodes={cell.nodes} repeat={cell.repeat} "
-                f"({self.status.get(best, 'not run')}); parity there is against {against}")
+        return (
+            f"{best} did not complete at nodes={cell.nodes} repeat={cell.repeat} "
+            f"({self.status.get(best, 'not run')}); parity there is against {against}"
+        )
 
     def compare(self, cell: Cell, graph_dir: Path) -> dict[str, Any]:
         """Parity of ``cell``'s graph against its yardstick: ``{"parity": ...}`` or ``{"parity_note": ...}``.
@@ -119,9 +128,11 @@ class GroupYardsticks:
         truth = self.truth
         if truth is None or self.status.get(truth.backend) == "ok":
             return None
-        return (f"the float32 truth {truth.backend} did not complete at nodes={cell.nodes} repeat={cell.repeat} "
-                f"({self.status.get(truth.backend, 'not run')}); exact bf16 backends there are judged against "
-                f"the bf16 yardstick instead (Jaccard 1, relative error within the bf16 tolerance)")
+        return (
+            f"the float32 truth {truth.backend} did not complete at nodes={cell.nodes} repeat={cell.repeat} "
+            f"({self.status.get(truth.backend, 'not run')}); exact bf16 backends there are judged against "
+            f"the bf16 yardstick instead (Jaccard 1, relative error within the bf16 tolerance)"
+        )
 
     def judge(self, cell: Cell, record: Mapping[str, Any]) -> dict[str, Any]:
         """``{"verdict", "verdict_note"}`` of a recorded cell (:func:`attrbench.graph.verdicts.judge`)."""

@@ -39,28 +39,67 @@ from attrbench.workload.build import build_workload
 @workload_options
 @attribution_options
 @click.option("--backend", "backend_name", required=True, help="Backend to run (one name; see list-backends).")
-@click.option("--nodes", "nodes", type=int, required=True,
-              help="Feature nodes to select (circuit-tracer's max_feature_nodes).")
+@click.option(
+    "--nodes", "nodes", type=int, required=True, help="Feature nodes to select (circuit-tracer's max_feature_nodes)."
+)
 @device_option(("auto", "cpu", "cuda"), "auto", "Device to run the backend on.")
-@click.option("--format", "fmt", type=click.Choice(["pt", "json"]), default="pt", show_default=True,
-              help="pt: circuit-tracer's Graph.to_pt file (Graph.from_pt loads it); json: the pruned graph JSON "
-                   "circuit-tracer's server and Neuronpedia read.")
-@click.option("--node-threshold", type=float, default=0.8, show_default=True,
-              help="With --format json: keep nodes carrying this fraction of the total influence.")
-@click.option("--edge-threshold", type=float, default=0.98, show_default=True,
-              help="With --format json: keep edges carrying this fraction of the total edge influence.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["pt", "json"]),
+    default="pt",
+    show_default=True,
+    help="pt: circuit-tracer's Graph.to_pt file (Graph.from_pt loads it); json: the pruned graph JSON "
+    "circuit-tracer's server and Neuronpedia read.",
+)
+@click.option(
+    "--node-threshold",
+    type=float,
+    default=0.8,
+    show_default=True,
+    help="With --format json: keep nodes carrying this fraction of the total influence.",
+)
+@click.option(
+    "--edge-threshold",
+    type=float,
+    default=0.98,
+    show_default=True,
+    help="With --format json: keep edges carrying this fraction of the total edge influence.",
+)
 @click.option("--slug", default=None, help="With --format json: the graph's slug (default: the output file name).")
 @output_option(True, "File to write the graph to.")
-def attribute_cmd(backend_name: str, nodes: int, model: str | None, workload_file: str | None,
-                  transcoders_dir: str | None, prompt_text: str | None, device: str, dtype: str, batch_size: int,
-                  update_interval: int, max_logits: int, logit_prob: float, options: tuple[str, ...], fmt: str,
-                  node_threshold: float, edge_threshold: float, slug: str | None, output: str) -> int:
+def attribute_cmd(
+    backend_name: str,
+    nodes: int,
+    model: str | None,
+    workload_file: str | None,
+    transcoders_dir: str | None,
+    prompt_text: str | None,
+    device: str,
+    dtype: str,
+    batch_size: int,
+    update_interval: int,
+    max_logits: int,
+    logit_prob: float,
+    options: tuple[str, ...],
+    fmt: str,
+    node_threshold: float,
+    edge_threshold: float,
+    slug: str | None,
+    output: str,
+) -> int:
     """Attribute the workload's prompt once with one backend and write the graph (.pt or pruned JSON)."""
     if not 0 < nodes <= MAX_NODES:
         raise UsageError(f"--nodes must be a positive integer of at most {MAX_NODES:,}, got {nodes}")
-    settings = bench_settings(device=resolve_device(device), dtype=dtype, batch_size=batch_size,
-                              update_interval=update_interval, max_logits=max_logits, logit_prob=logit_prob,
-                              options=parse_options(options))
+    settings = bench_settings(
+        device=resolve_device(device),
+        dtype=dtype,
+        batch_size=batch_size,
+        update_interval=update_interval,
+        max_logits=max_logits,
+        logit_prob=logit_prob,
+        options=parse_options(options),
+    )
     for flag, value in (("--node-threshold", node_threshold), ("--edge-threshold", edge_threshold)):
         if not (0 <= value <= 1 and math.isfinite(value)):
             raise UsageError(f"{flag} must be in [0, 1], got {value}")
@@ -86,9 +125,10 @@ def attribute_cmd(backend_name: str, nodes: int, model: str | None, workload_fil
         try:
             prepared = backend.prepare(built, settings.device, getattr(torch, dtype))
             start = time.perf_counter()
-            result = backend.attribute(prepared, settings.attribute_settings(nodes, scratch_dir=scratch,
-                                                                             progress=progress.update,
-                                                                             backend=backend))
+            result = backend.attribute(
+                prepared,
+                settings.attribute_settings(nodes, scratch_dir=scratch, progress=progress.update, backend=backend),
+            )
             if settings.device.startswith("cuda"):
                 torch.cuda.synchronize()
             wall = time.perf_counter() - start
@@ -105,7 +145,9 @@ def attribute_cmd(backend_name: str, nodes: int, model: str | None, workload_fil
         extra = dict(node_threshold=node_threshold, edge_threshold=edge_threshold, slug=slug) if fmt == "json" else {}
         save_graph(result, built, out_path, fmt, **extra)
         n_active = int(result.active_features.shape[0])
-        err(f"{backend_name}: {int(result.selected_features.numel())} nodes selected of {n_active} active, "
+        err(
+            f"{backend_name}: {int(result.selected_features.numel())} nodes selected of {n_active} active, "
             f"{result.adjacency_matrix.shape[0]} graph nodes, attribution {wall:.2f} s; wrote {out_path} "
-            f"({fmt}, {fmt_bytes(out_path.stat().st_size)})")
+            f"({fmt}, {fmt_bytes(out_path.stat().st_size)})"
+        )
     return 0

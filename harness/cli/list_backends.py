@@ -17,8 +17,17 @@ def list_backends() -> int:
     for b in backends.values():
         p = b.properties()
         opts = ", ".join(f"{k}={v!r}" for k, v in p["options"].items()) or "-"
-        rows.append([p["name"], "exact" if p["exact"] else "approximate", ",".join(p["devices"]),
-                     ",".join(p["dtypes"]), opts, p["description"]])
-    click.echo(tabulate(rows, headers=["name", "kind", "devices", "dtypes", "options", "description"],
-                        tablefmt="simple"))
+        rows.append(
+            [
+                p["name"],
+                "exact" if p["exact"] else "approximate",
+                ",".join(p["devices"]),
+                ",".join(p["dtypes"]),
+                opts,
+                p["description"],
+            ]
+        )
+    click.echo(
+        tabulate(rows, headers=["name", "kind", "devices", "dtypes", "options", "description"], tablefmt="simple")
+    )
     return 0

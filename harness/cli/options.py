@@ -50,33 +50,66 @@ def stack(*decorators: Callable) -> Callable:
 # ------------------------------------------------------------------------------------------------ options
 
 workload_options = stack(
-    click.option("--model", "model", default=None,
-                 help="Workload preset name (tiny, small, large, qwen3-4b) or a local Hugging Face model folder "
-                      "(with --transcoders and --prompt). Default: the smallest preset with enough active "
-                      "features for the largest --nodes."),
-    click.option("--workload", "workload_file", default=None, type=click.Path(dir_okay=False),
-                 help="Workload JSON file (model/transcoders/prompt/seed); excludes --model."),
-    click.option("--transcoders", "transcoders_dir", default=None,
-                 help="circuit-tracer transcoders: a config.yaml, a folder holding one, a folder of layer_{i}.safetensors "
-                      "/ layer_{i}.npz / W_enc_{i}+W_dec_{i}.safetensors (cross-layer), or a repo id in the local "
-                      "Hugging Face cache; with --model DIR|REPO_ID."),
+    click.option(
+        "--model",
+        "model",
+        default=None,
+        help="Workload preset name (tiny, small, large, qwen3-4b) or a local Hugging Face model folder "
+        "(with --transcoders and --prompt). Default: the smallest preset with enough active "
+        "features for the largest --nodes.",
+    ),
+    click.option(
+        "--workload",
+        "workload_file",
+        default=None,
+        type=click.Path(dir_okay=False),
+        help="Workload JSON file (model/transcoders/prompt/seed); excludes --model.",
+    ),
+    click.option(
+        "--transcoders",
+        "transcoders_dir",
+        default=None,
+        help="circuit-tracer transcoders: a config.yaml, a folder holding one, a folder of layer_{i}.safetensors "
+        "/ layer_{i}.npz / W_enc_{i}+W_dec_{i}.safetensors (cross-layer), or a repo id in the local "
+        "Hugging Face cache; with --model DIR|REPO_ID.",
+    ),
     click.option("--prompt", "prompt_text", default=None, help="Prompt text; with --model DIR --transcoders DIR."),
 )
 
 attribution_options = stack(
     click.option("--dtype", default="float32", show_default=True, help="Model dtype: float32 or bfloat16."),
-    click.option("--batch-size", type=int, default=512, show_default=True,
-                 help="Attribution batch size (circuit-tracer's default is 512)."),
-    click.option("--update-interval", type=int, default=4, show_default=True,
-                 help="Re-rank features every this many batches (circuit-tracer's update_interval; "
-                      "Neuronpedia's graph server uses 1000)."),
+    click.option(
+        "--batch-size",
+        type=int,
+        default=512,
+        show_default=True,
+        help="Attribution batch size (circuit-tracer's default is 512).",
+    ),
+    click.option(
+        "--update-interval",
+        type=int,
+        default=4,
+        show_default=True,
+        help="Re-rank features every this many batches (circuit-tracer's update_interval; "
+        "Neuronpedia's graph server uses 1000).",
+    ),
     click.option("--max-logits", type=int, default=10, show_default=True, help="Maximum number of logit targets."),
-    click.option("--logit-prob", type=float, default=0.95, show_default=True,
-                 help="Cumulative probability the logit targets must cover."),
-    click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
-                 help="Backend option, passed in settings.options to the backends that declare KEY (repeatable; "
-                      "VALUE parsed as JSON when it can be), e.g. approx_threshold=0.003 or edge_storage=lean. A backend named NAME@KEY=VALUE in "
-                      "--backends fixes options for that one column instead."),
+    click.option(
+        "--logit-prob",
+        type=float,
+        default=0.95,
+        show_default=True,
+        help="Cumulative probability the logit targets must cover.",
+    ),
+    click.option(
+        "--option",
+        "options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Backend option, passed in settings.options to the backends that declare KEY (repeatable; "
+        "VALUE parsed as JSON when it can be), e.g. approx_threshold=0.003 or edge_storage=lean. "
+        "A backend named NAME@KEY=VALUE in --backends fixes options for that one column instead.",
+    ),
 )
 
 workload_size_options = stack(
@@ -84,19 +117,29 @@ workload_size_options = stack(
     click.option("--n-tokens", type=int, default=None, help="Override the workload's prompt length."),
 )
 
-backends_option = click.option("--backends", "backends_opt", default="all", show_default=True,
-                               help="Backends: 'all' or a comma-separated list of names (see list-backends).")
+backends_option = click.option(
+    "--backends",
+    "backends_opt",
+    default="all",
+    show_default=True,
+    help="Backends: 'all' or a comma-separated list of names (see list-backends).",
+)
 
 
 def nodes_list_option(required: bool) -> Callable:
-    return click.option("--nodes", "nodes_opt", required=required, default=None,
-                        help="Feature node counts (max_feature_nodes), comma-separated."
-                             + ("" if required else " [default: 200,800]"))
+    return click.option(
+        "--nodes",
+        "nodes_opt",
+        required=required,
+        default=None,
+        help="Feature node counts (max_feature_nodes), comma-separated." + ("" if required else " [default: 200,800]"),
+    )
 
 
 def device_option(choices: tuple[str, ...], default: str, help_text: str) -> Callable:
-    return click.option("--device", type=click.Choice(list(choices)), default=default, show_default=True,
-                        help=help_text)
+    return click.option(
+        "--device", type=click.Choice(list(choices)), default=default, show_default=True, help=help_text
+    )
 
 
 def memory_limit_option(help_text: str) -> Callable:
@@ -104,8 +147,9 @@ def memory_limit_option(help_text: str) -> Callable:
 
 
 def output_option(required: bool, help_text: str) -> Callable:
-    return click.option("--output", "-o", "output", required=required, default=None,
-                        type=click.Path(dir_okay=False), help=help_text)
+    return click.option(
+        "--output", "-o", "output", required=required, default=None, type=click.Path(dir_okay=False), help=help_text
+    )
 
 
 # ------------------------------------------------------------------------------------------------ signals
@@ -193,11 +237,15 @@ def check_supports(backend: Backend, device: str, dtype: str) -> None:
     """A backend asked for a device or dtype it does not declare is a usage error."""
     device_kind = device.split(":")[0]
     if device_kind not in backend.devices:
-        raise UsageError(f"backend {backend.name!r} does not support device {device_kind!r} (it supports "
-                         f"{', '.join(backend.devices)}); choose other --backends or --device")
+        raise UsageError(
+            f"backend {backend.name!r} does not support device {device_kind!r} (it supports "
+            f"{', '.join(backend.devices)}); choose other --backends or --device"
+        )
     if dtype not in backend.dtypes:
-        raise UsageError(f"backend {backend.name!r} does not support dtype {dtype!r} (it supports "
-                         f"{', '.join(backend.dtypes)}); choose other --backends or --dtype")
+        raise UsageError(
+            f"backend {backend.name!r} does not support dtype {dtype!r} (it supports "
+            f"{', '.join(backend.dtypes)}); choose other --backends or --dtype"
+        )
 
 
 def backend_names(backends_opt: str, known: Mapping[str, Backend]) -> list[str]:
@@ -208,8 +256,9 @@ def backend_names(backends_opt: str, known: Mapping[str, Backend]) -> list[str]:
         names = list(dict.fromkeys(n.strip() for n in backends_opt.split(",") if n.strip()))
         unknown = [n for n in names if n not in known]
         if unknown or not names:
-            raise UsageError(f"unknown backend {', '.join(map(repr, unknown)) or '(none given)'}; "
-                             f"known backends: {', '.join(known)}")
+            raise UsageError(
+                f"unknown backend {', '.join(map(repr, unknown)) or '(none given)'}; known backends: {', '.join(known)}"
+            )
     if not names:
         raise UsageError("no backends are registered")
     return names
@@ -220,8 +269,10 @@ def check_options(options: dict[str, Any], backends: list[Backend]) -> None:
     declared = {k for b in backends for k in b.option_defaults}
     stray = sorted(set(options) - declared)
     if stray:
-        raise UsageError(f"--option {stray[0]} is not an option of any selected backend "
-                         f"(declared: {', '.join(sorted(declared)) or 'none'})")
+        raise UsageError(
+            f"--option {stray[0]} is not an option of any selected backend "
+            f"(declared: {', '.join(sorted(declared)) or 'none'})"
+        )
 
 
 #: the largest value any integer option takes (a C int: batch sizes, intervals, logits)
@@ -246,19 +297,36 @@ def check_plan_size(n_backends: int, n_nodes: int, repeats: int) -> None:
     """A run of more than :data:`MAX_PLAN_CELLS` cells is refused before anything is planned."""
     cells = n_backends * n_nodes * repeats
     if cells > MAX_PLAN_CELLS:
-        raise UsageError(f"the run would have {cells:,} cells ({n_backends} backends x {n_nodes} node counts x "
-                         f"{repeats} repeats); at most {MAX_PLAN_CELLS:,} per run: split it into several runs")
+        raise UsageError(
+            f"the run would have {cells:,} cells ({n_backends} backends x {n_nodes} node counts x "
+            f"{repeats} repeats); at most {MAX_PLAN_CELLS:,} per run: split it into several runs"
+        )
 
 
-def bench_settings(*, device: str, dtype: str, batch_size: int, update_interval: int, max_logits: int,
-                   logit_prob: float = 0.95, repeats: int = 1, timeout_s: float | None = None, warmup: bool = True,
-                   options: dict[str, Any] | None = None, memory_limit: float | None = None,
-                   strict: bool = False, retries: int = 0) -> BenchSettings:
+def bench_settings(
+    *,
+    device: str,
+    dtype: str,
+    batch_size: int,
+    update_interval: int,
+    max_logits: int,
+    logit_prob: float = 0.95,
+    repeats: int = 1,
+    timeout_s: float | None = None,
+    warmup: bool = True,
+    options: dict[str, Any] | None = None,
+    memory_limit: float | None = None,
+    strict: bool = False,
+    retries: int = 0,
+) -> BenchSettings:
     """Check the attribution and measurement options of any command; one line per problem."""
     if dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r} is not supported; use float32 or bfloat16")
-    for flag, value in (("--batch-size", batch_size), ("--update-interval", update_interval),
-                        ("--max-logits", max_logits)):
+    for flag, value in (
+        ("--batch-size", batch_size),
+        ("--update-interval", update_interval),
+        ("--max-logits", max_logits),
+    ):
         _positive(flag, value)
     _positive("--repeats", repeats, MAX_REPEATS)
     if not 0 <= retries <= MAX_RETRIES:
@@ -266,22 +334,40 @@ def bench_settings(*, device: str, dtype: str, batch_size: int, update_interval:
     if not (0 < logit_prob <= 1 and math.isfinite(logit_prob)):
         raise UsageError(f"--logit-prob must be in (0, 1], got {logit_prob}")
     if timeout_s is not None and not (0 < timeout_s <= MAX_TIMEOUT_S and math.isfinite(timeout_s)):
-        raise UsageError(f"--timeout must be a positive, finite number of seconds of at most {MAX_TIMEOUT_S:g}, "
-                         f"got {timeout_s:g}")
+        raise UsageError(
+            f"--timeout must be a positive, finite number of seconds of at most {MAX_TIMEOUT_S:g}, got {timeout_s:g}"
+        )
     if memory_limit is not None and not (0 <= memory_limit <= MAX_MEMORY_LIMIT_GIB and math.isfinite(memory_limit)):
-        raise UsageError(f"--memory-limit must be a finite number of GiB in [0, {MAX_MEMORY_LIMIT_GIB:g}] "
-                         f"(0 = no limit), got {memory_limit:g}")
+        raise UsageError(
+            f"--memory-limit must be a finite number of GiB in [0, {MAX_MEMORY_LIMIT_GIB:g}] "
+            f"(0 = no limit), got {memory_limit:g}"
+        )
     return BenchSettings(
-        device=device, dtype=dtype, batch_size=batch_size, update_interval=update_interval, max_n_logits=max_logits,
-        desired_logit_prob=logit_prob, repeats=repeats, timeout_s=timeout_s, warmup=warmup,
-        backend_options=dict(options or {}), memory_limit_bytes=resolve_memory_limit(device, memory_limit),
-        strict=strict, retries=retries,
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        update_interval=update_interval,
+        max_n_logits=max_logits,
+        desired_logit_prob=logit_prob,
+        repeats=repeats,
+        timeout_s=timeout_s,
+        warmup=warmup,
+        backend_options=dict(options or {}),
+        memory_limit_bytes=resolve_memory_limit(device, memory_limit),
+        strict=strict,
+        retries=retries,
     )
 
 
-def resolve_spec(model: str | None, workload_file: str | None, transcoders_dir: str | None,
-                 prompt_text: str | None, nodes: list[int], d_transcoder: int | None = None,
-                 n_tokens: int | None = None) -> tuple[wl.WorkloadSpec, str | None]:
+def resolve_spec(
+    model: str | None,
+    workload_file: str | None,
+    transcoders_dir: str | None,
+    prompt_text: str | None,
+    nodes: list[int],
+    d_transcoder: int | None = None,
+    n_tokens: int | None = None,
+) -> tuple[wl.WorkloadSpec, str | None]:
     """The workload of --model PRESET|DIR (+ --transcoders DIR --prompt TEXT) or --workload FILE, checked
     against the node counts; returns (spec, note about an automatically chosen preset or None)."""
     if model is not None and workload_file is not None:
@@ -314,6 +400,7 @@ def resolve_spec(model: str | None, workload_file: str | None, transcoders_dir: 
             hint = f"; preset {wl.smallest_preset_for(max(nodes))!r} has enough"
         except UsageError as exc:
             hint = f"; {exc}"
-        raise UsageError(f"--nodes {max(nodes)} is more than workload {spec.name!r} has active features "
-                         f"(about {active}){hint}")
+        raise UsageError(
+            f"--nodes {max(nodes)} is more than workload {spec.name!r} has active features (about {active}){hint}"
+        )
     return spec, preset_note

@@ -42,15 +42,22 @@ def save_graph_pt(result: AttributionResult, workload: Any, path: str | os.PathL
     return path
 
 
-def graph_json_model(result: AttributionResult, workload: Any, node_threshold: float = 0.8,
-                     edge_threshold: float = 0.98, slug: str = "attrbench-graph", scan: str | None = None,
-                     block_rows: int | None = None):
+def graph_json_model(
+    result: AttributionResult,
+    workload: Any,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+    slug: str = "attrbench-graph",
+    scan: str | None = None,
+    block_rows: int | None = None,
+):
     """The ``circuit_tracer.frontend.graph_models.Model`` (metadata, qParams, nodes, links) of the pruned graph."""
     from circuit_tracer.utils.create_graph_files import build_model, create_nodes
 
     graph = to_circuit_tracer_graph(result, workload)
-    pruned, kept_edges = prune_with_edges(graph, node_threshold, edge_threshold, block_rows=block_rows,
-                                          return_edge_mask=False)
+    pruned, kept_edges = prune_with_edges(
+        graph, node_threshold, edge_threshold, block_rows=block_rows, return_edge_mask=False
+    )
     tokenizer = tokenizer_for(workload)
     node_mask = pruned.node_mask.cpu()
     # create_nodes iterates node_mask.nonzero().squeeze().tolist(): a single kept node would be an int
@@ -62,18 +69,26 @@ def graph_json_model(result: AttributionResult, workload: Any, node_threshold: f
     for dst, src in kept_edges():
         dst, src = dst.cpu(), src.cpu()
         weights = adj[dst, src].float().cpu().tolist() if dst.numel() else []
-        for d, s_, w in zip(dst.tolist(), src.tolist(), weights):
+        for d, s_, w in zip(dst.tolist(), src.tolist(), weights, strict=False):
             links.append({"source": nodes[s_].node_id, "target": nodes[d].node_id, "weight": w})
             connected.add(d)
             connected.add(s_)
-    used_nodes = [node for idx, node in nodes.items()
-                  if idx in connected or node.feature_type in ("embedding", "logit")]
+    used_nodes = [
+        node for idx, node in nodes.items() if idx in connected or node.feature_type in ("embedding", "logit")
+    ]
     return build_model(graph, used_nodes, links, slug, scan or graph.scan, node_threshold, tokenizer)
 
 
-def save_graph_json(result: AttributionResult, workload: Any, path: str | os.PathLike, node_threshold: float = 0.8,
-                    edge_threshold: float = 0.98, slug: str | None = None, scan: str | None = None,
-                    block_rows: int | None = None) -> Path:
+def save_graph_json(
+    result: AttributionResult,
+    workload: Any,
+    path: str | os.PathLike,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+    slug: str | None = None,
+    scan: str | None = None,
+    block_rows: int | None = None,
+) -> Path:
     """Write the pruned graph JSON (as ``create_graph_files`` writes ``{slug}.json``); returns the path.
 
     ``slug`` defaults to the file name without its extension. Only the graph file is written, not the
@@ -81,8 +96,9 @@ def save_graph_json(result: AttributionResult, workload: Any, path: str | os.Pat
     """
     path, tmp = _atomic_target(path)
     slug = slug or path.stem
-    model = graph_json_model(result, workload, node_threshold, edge_threshold, slug=slug, scan=scan,
-                             block_rows=block_rows)
+    model = graph_json_model(
+        result, workload, node_threshold, edge_threshold, slug=slug, scan=scan, block_rows=block_rows
+    )
     try:
         with open(tmp, "w") as f:
             f.write(model.model_dump_json(indent=2))
@@ -103,6 +119,9 @@ def save_graph(result: AttributionResult, workload: Any, path: str | os.PathLike
 
 def to_cpu(result: AttributionResult) -> AttributionResult:
     """``result`` with every tensor on the CPU (a no-op copy-free for CPU results)."""
-    changes = {f.name: getattr(result, f.name).cpu() for f in dataclasses.fields(result)
-               if isinstance(getattr(result, f.name), torch.Tensor) and getattr(result, f.name).device.type != "cpu"}
+    changes = {
+        f.name: getattr(result, f.name).cpu()
+        for f in dataclasses.fields(result)
+        if isinstance(getattr(result, f.name), torch.Tensor) and getattr(result, f.name).device.type != "cpu"
+    }
     return dataclasses.replace(result, **changes) if changes else result

@@ -31,8 +31,9 @@ def tokenizer_for(workload: Any) -> Any:
 def to_circuit_tracer_graph(result: AttributionResult, workload: Any):
     """The result as a ``circuit_tracer.graph.Graph``.
 
-    ``workload`` is a :class:`attrbench.workload.build.BuiltWorkload` or a :class:`attrbench.workload.spec.WorkloadSpec` (then the
-    local word-level tokenizer is loaded; no weights are built).
+    ``workload`` is a :class:`attrbench.workload.build.BuiltWorkload` or a
+    :class:`attrbench.workload.spec.WorkloadSpec` (then the local word-level tokenizer is loaded; no weights
+    are built).
     """
     from circuit_tracer.attribution.targets import LogitTarget
     from circuit_tracer.graph import Graph

@@ -35,7 +35,7 @@ MAX_BLOCK_ROWS = 2048
 def node_identities(result: AttributionResult) -> list[tuple]:
     """The identity of every node of ``result`` in its row order."""
     feats = result.active_features[result.selected_features.long()].tolist()
-    ids: list[tuple] = [("f", int(l), int(p), int(f)) for l, p, f in feats]
+    ids: list[tuple] = [("f", int(layer), int(p), int(f)) for layer, p, f in feats]
     n_pos = result.n_pos
     ids += [("e", layer, pos) for layer in range(result.n_layers) for pos in range(n_pos)]
     ids += [("t", pos) for pos in range(n_pos)]
@@ -84,8 +84,9 @@ def _submatrix_blocks(adj: torch.Tensor, idx: torch.Tensor) -> Callable[[], Iter
     return gen
 
 
-def compare(result: AttributionResult, yardstick: AttributionResult, against: str,
-            workload: Any = None) -> dict[str, Any]:
+def compare(
+    result: AttributionResult, yardstick: AttributionResult, against: str, workload: Any = None
+) -> dict[str, Any]:
     """Parity metrics of ``result`` against ``yardstick``.
 
     Returns ``{"against", "selected_jaccard", "rel_frobenius", "max_abs", "edge_recall", "pruned_node_jaccard"}``.
@@ -102,7 +103,7 @@ def compare(result: AttributionResult, yardstick: AttributionResult, against: st
     top_y, top_r = TopHistogram(by_mass=True), TopHistogram(by_mass=False)
     diff_sq = ref_sq = 0.0
     max_abs = 0.0
-    for br, by in zip(blocks_r(), blocks_y()):
+    for br, by in zip(blocks_r(), blocks_y(), strict=False):
         d = br - by  # float32 products, float64 sums: relative error figures to ~1e-7 of themselves
         diff_sq += float(torch.sum(d * d, dtype=torch.float64))
         ref_sq += float(torch.sum(by * by, dtype=torch.float64))
@@ -121,7 +122,7 @@ def compare(result: AttributionResult, yardstick: AttributionResult, against: st
         t_y, k, _ = radix_select(blocks_y, EDGE_MASS * top_y.total, by_mass=True, rel_tol=1e-12, top=top_y)
         t_r, _, _ = radix_select(blocks_r, float(k), by_mass=False, rel_tol=1e-12, top=top_r)
         hits = n_y = 0
-        for br, by in zip(blocks_r(), blocks_y()):
+        for br, by in zip(blocks_r(), blocks_y(), strict=False):
             in_y = abs_bits(by) >= t_y
             in_r = abs_bits(br) >= t_r
             n_y += int(torch.count_nonzero(in_y))

@@ -66,7 +66,7 @@ def _block_chunks(block: torch.Tensor) -> Iterator[torch.Tensor]:
     """One block, flattened, in pieces of at most RADIX_CHUNK elements."""
     flat = block.reshape(-1)
     for c in range(0, flat.numel(), RADIX_CHUNK):
-        yield flat[c:c + RADIX_CHUNK]
+        yield flat[c : c + RADIX_CHUNK]
 
 
 def _chunks(blocks: Callable[[], Iterator[torch.Tensor]]) -> Iterator[torch.Tensor]:
@@ -99,8 +99,13 @@ class TopHistogram:
         return float((self.mass if self.by_mass else self.count).sum())
 
 
-def radix_select(blocks: Callable[[], Iterator[torch.Tensor]], need: float | Callable[[float, float], float],
-                 by_mass: bool, rel_tol: float = 0.0, top: TopHistogram | None = None) -> tuple[int, int, float]:
+def radix_select(
+    blocks: Callable[[], Iterator[torch.Tensor]],
+    need: float | Callable[[float, float], float],
+    by_mass: bool,
+    rel_tol: float = 0.0,
+    top: TopHistogram | None = None,
+) -> tuple[int, int, float]:
     """The largest bit pattern ``t`` such that the elements of ``|blocks|`` with bits >= t reach ``need``.
 
     ``blocks`` is a re-iterable generator of float32 blocks (two passes are made; one when ``top`` already
@@ -314,9 +319,17 @@ def default_block_rows(n: int) -> int:
     return max(2, min(n, BLOCK_ELEMENTS // max(1, n)))
 
 
-def prune(graph: Any, node_threshold: float = 0.8, edge_threshold: float = 0.98, *, block_rows: int | None = None,
-          return_edge_mask: bool | None = None) -> StreamingPruneResult:
-    """circuit-tracer's ``prune_graph`` without N x N temporaries; returns ``(node_mask, edge_mask, cumulative_scores)``.
+def prune(
+    graph: Any,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+    *,
+    block_rows: int | None = None,
+    return_edge_mask: bool | None = None,
+) -> StreamingPruneResult:
+    """circuit-tracer's ``prune_graph`` without N x N temporaries.
+
+    Returns ``(node_mask, edge_mask, cumulative_scores)``.
 
     ``graph`` is a ``circuit_tracer.graph.Graph``, an :class:`attrbench.api.AttributionResult` or anything with
     ``adjacency_matrix`` (``[target, source]``, possibly a read-only memory-mapped tensor), ``input_tokens``,
@@ -324,22 +337,31 @@ def prune(graph: Any, node_threshold: float = 0.8, edge_threshold: float = 0.98,
     :data:`BLOCK_ELEMENTS` elements). The edge mask is returned densely only for graphs of at most
     :data:`MAX_EDGE_MASK_NODES` nodes (or as ``return_edge_mask`` says); otherwise it is None.
     """
-    return prune_with_edges(graph, node_threshold, edge_threshold, block_rows=block_rows,
-                            return_edge_mask=return_edge_mask)[0]
+    return prune_with_edges(
+        graph, node_threshold, edge_threshold, block_rows=block_rows, return_edge_mask=return_edge_mask
+    )[0]
 
 
 class _EdgePruner:
     """The edge half of ``prune_graph`` over the node-pruned matrix, one row block at a time."""
 
-    def __init__(self, adj: torch.Tensor, block_rows: int, kept: torch.Tensor, logit_weights: torch.Tensor,
-                 return_edge_mask: bool):
+    def __init__(
+        self,
+        adj: torch.Tensor,
+        block_rows: int,
+        kept: torch.Tensor,
+        logit_weights: torch.Tensor,
+        return_edge_mask: bool,
+    ):
         self.n = adj.shape[0]
         self.device = adj.device
         self.pruned = _Scorer(adj, block_rows, keep=kept)
         self.kept = kept
         self.influence = self.pruned.influence(logit_weights) + logit_weights
         self.threshold = 0.0
-        self.dense_mask = torch.zeros(self.n, self.n, dtype=torch.bool, device=self.device) if return_edge_mask else None
+        self.dense_mask = (
+            torch.zeros(self.n, self.n, dtype=torch.bool, device=self.device) if return_edge_mask else None
+        )
 
     def score_rows(self, r0: int, r1: int, rows: torch.Tensor | None) -> torch.Tensor:
         """Edge scores (``normalized_pruned * pruned_influence[:, None]``) of rows r0 + rows (r0:r1 when None)."""
@@ -438,9 +460,14 @@ class _EdgePruner:
                     yield rows[dst] + r0, src
 
 
-def prune_with_edges(graph: Any, node_threshold: float = 0.8, edge_threshold: float = 0.98, *,
-                     block_rows: int | None = None, return_edge_mask: bool | None = None
-                     ) -> tuple[StreamingPruneResult, Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]]:
+def prune_with_edges(
+    graph: Any,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+    *,
+    block_rows: int | None = None,
+    return_edge_mask: bool | None = None,
+) -> tuple[StreamingPruneResult, Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]]:
     """:func:`prune` plus a re-iterable generator of the kept edges between kept nodes, row block by row
     block: ``(targets, sources)`` index tensors in row-major (target, then source) order, as
     ``edge_mask.nonzero()`` orders them. Made for writing graph files of any size."""
@@ -465,7 +492,7 @@ def prune_with_edges(graph: Any, node_threshold: float = 0.8, edge_threshold: fl
         # node influence and the node threshold (N values: circuit-tracer's own find_threshold)
         node_influence = _Scorer(adj, block_rows).influence(logit_weights)
         node_mask = node_influence >= find_threshold(node_influence, node_threshold)
-        node_mask[-n_logits - n_tokens:] = True
+        node_mask[-n_logits - n_tokens :] = True
 
         edges = _EdgePruner(adj, block_rows, node_mask.clone(), logit_weights, return_edge_mask)
         edges.find_edge_threshold(edge_threshold)

@@ -20,8 +20,14 @@ from attrbench.api import AttributionResult
 
 ADJACENCY_FILE = "adjacency.npy"
 META_FILE = "meta.pt"
-_META_FIELDS = ("input_tokens", "logit_token_ids", "logit_probabilities", "active_features", "activation_values",
-                "selected_features")
+_META_FIELDS = (
+    "input_tokens",
+    "logit_token_ids",
+    "logit_probabilities",
+    "active_features",
+    "activation_values",
+    "selected_features",
+)
 
 
 def save_result(result: AttributionResult, directory: str | os.PathLike) -> Path:

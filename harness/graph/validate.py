@@ -19,8 +19,15 @@ from attrbench.api import AttributionResult
 
 #: rows of the adjacency checked for finite values at a time
 _BLOCK_ROWS = 1024
-_TENSOR_FIELDS = ("input_tokens", "logit_token_ids", "logit_probabilities", "active_features", "activation_values",
-                  "selected_features", "adjacency_matrix")
+_TENSOR_FIELDS = (
+    "input_tokens",
+    "logit_token_ids",
+    "logit_probabilities",
+    "active_features",
+    "activation_values",
+    "selected_features",
+    "adjacency_matrix",
+)
 
 
 class InvalidResult(ValueError):
@@ -40,13 +47,19 @@ def _all_finite(t: torch.Tensor) -> bool:
     if t.dim() < 2:
         return bool(torch.isfinite(t).all())
     for r0 in range(0, t.shape[0], _BLOCK_ROWS):
-        if not bool(torch.isfinite(t[r0:r0 + _BLOCK_ROWS]).all()):
+        if not bool(torch.isfinite(t[r0 : r0 + _BLOCK_ROWS]).all()):
             return False
     return True
 
 
-def result_problems(result: Any, *, n_layers: int | None = None, n_pos: int | None = None,
-                    vocab_size: int | None = None, max_feature_nodes: int | None = None) -> list[str]:
+def result_problems(
+    result: Any,
+    *,
+    n_layers: int | None = None,
+    n_pos: int | None = None,
+    vocab_size: int | None = None,
+    max_feature_nodes: int | None = None,
+) -> list[str]:
     """Every way ``result`` breaks the contract (empty when it keeps it).
 
     The keyword arguments are what the workload and settings say the graph must match (None: not checked).
@@ -81,14 +94,17 @@ def result_problems(result: Any, *, n_layers: int | None = None, n_pos: int | No
         if len(set(logits.tolist())) != logits.numel():
             problems.append("logit_token_ids has duplicate ids")
     if probs.dim() != 1 or not probs.dtype.is_floating_point or probs.shape[:1] != logits.shape[:1]:
-        problems.append(f"logit_probabilities must be a 1-D float tensor as long as logit_token_ids "
-                        f"({tuple(logits.shape)}), got {tuple(probs.shape)} {probs.dtype}")
+        problems.append(
+            f"logit_probabilities must be a 1-D float tensor as long as logit_token_ids "
+            f"({tuple(logits.shape)}), got {tuple(probs.shape)} {probs.dtype}"
+        )
     elif not _all_finite(probs):
         problems.append("logit_probabilities has non-finite values")
 
     if active.dim() != 2 or active.shape[1:] != (3,) or not _is_int(active):
-        problems.append(f"active_features must be an [n_active, 3] integer tensor, got {tuple(active.shape)} "
-                        f"{active.dtype}")
+        problems.append(
+            f"active_features must be an [n_active, 3] integer tensor, got {tuple(active.shape)} {active.dtype}"
+        )
         n_active = None
     else:
         n_active = active.shape[0]
@@ -99,20 +115,23 @@ def result_problems(result: Any, *, n_layers: int | None = None, n_pos: int | No
             if tokens.dim() == 1 and (int(positions.min()) < 0 or int(positions.max()) >= tokens.shape[0]):
                 problems.append(f"active_features positions must lie in [0, {tokens.shape[0]})")
     if acts.dim() != 1 or not acts.dtype.is_floating_point or (n_active is not None and acts.shape[0] != n_active):
-        problems.append(f"activation_values must be a 1-D float tensor of n_active={n_active} values, got "
-                        f"{tuple(acts.shape)} {acts.dtype}")
+        problems.append(
+            f"activation_values must be a 1-D float tensor of n_active={n_active} values, got "
+            f"{tuple(acts.shape)} {acts.dtype}"
+        )
     elif not _all_finite(acts):
         problems.append("activation_values has non-finite values")
 
     if selected.dim() != 1 or not _is_int(selected):
-        problems.append(f"selected_features must be a 1-D integer tensor, got {tuple(selected.shape)} "
-                        f"{selected.dtype}")
+        problems.append(f"selected_features must be a 1-D integer tensor, got {tuple(selected.shape)} {selected.dtype}")
     elif selected.numel():
         if selected.numel() > 1 and not bool((selected[1:] > selected[:-1]).all()):
             problems.append("selected_features must be sorted ascending without duplicates")
         if int(selected.min()) < 0 or (n_active is not None and int(selected.max()) >= n_active):
-            problems.append(f"selected_features must index into active_features (0 .. {n_active}), got "
-                            f"{int(selected.min())} .. {int(selected.max())}")
+            problems.append(
+                f"selected_features must index into active_features (0 .. {n_active}), got "
+                f"{int(selected.min())} .. {int(selected.max())}"
+            )
         if max_feature_nodes is not None and selected.numel() > max_feature_nodes:
             problems.append(f"{selected.numel()} features selected, more than max_feature_nodes={max_feature_nodes}")
 
@@ -120,9 +139,11 @@ def result_problems(result: Any, *, n_layers: int | None = None, n_pos: int | No
         P = tokens.shape[0]
         expected = selected.shape[0] + r.n_layers * P + P + logits.shape[0]
         if adj.dim() != 2 or tuple(adj.shape) != (expected, expected):
-            problems.append(f"adjacency_matrix is {tuple(adj.shape)}, expected ({expected}, {expected}): "
-                            f"N = selected {selected.shape[0]} + n_layers*n_pos {r.n_layers}*{P} + n_pos {P} "
-                            f"+ n_logits {logits.shape[0]}")
+            problems.append(
+                f"adjacency_matrix is {tuple(adj.shape)}, expected ({expected}, {expected}): "
+                f"N = selected {selected.shape[0]} + n_layers*n_pos {r.n_layers}*{P} + n_pos {P} "
+                f"+ n_logits {logits.shape[0]}"
+            )
     if not adj.dtype.is_floating_point:
         problems.append(f"adjacency_matrix must be floating point, got {adj.dtype}")
     elif adj.dim() == 2 and not _all_finite(adj):

@@ -125,8 +125,9 @@ def verdict_checks(cell: Mapping, dtype: str | None, reference_truth: Mapping | 
     return "yardstick", parity_checks(cell.get("parity"), exact, dtype)
 
 
-def judge(cell: Mapping, dtype: str | None, *, role: str | None = None,
-          reference_truth: Mapping | None = None) -> tuple[str, str]:
+def judge(
+    cell: Mapping, dtype: str | None, *, role: str | None = None, reference_truth: Mapping | None = None
+) -> tuple[str, str]:
     """(verdict, why) of one cell (or one aggregated report row).
 
     ``role``: ``"yardstick"`` or ``"truth"`` for the cells the others are compared with, else None.
@@ -142,15 +143,18 @@ def judge(cell: Mapping, dtype: str | None, *, role: str | None = None,
     rule, checks = verdict_checks(cell, dtype, reference_truth)
     if not checks:
         return NO_YARDSTICK, "no yardstick graph to compare with"
-    why = "; ".join(f"{figure} {value:.6g} {cmp} {threshold:.6g}{'' if passed else ' FAILS'}"
-                    for figure, value, threshold, passed, cmp in checks)
+    why = "; ".join(
+        f"{figure} {value:.6g} {cmp} {threshold:.6g}{'' if passed else ' FAILS'}"
+        for figure, value, threshold, passed, cmp in checks
+    )
     passed = all(c[3] for c in checks)
     if not cell.get("exact", True):
         return (APPROX if passed else APPROX_MISS), f"approximate, stated accuracy: {why}"
     return (OK if passed else FAILED), f"exact, against the {rule}: {why}"
 
 
-def parity_verdict(row: Mapping, dtype: str | None, yardstick: bool = False,
-                   reference_truth: Mapping | None = None) -> str:
+def parity_verdict(
+    row: Mapping, dtype: str | None, yardstick: bool = False, reference_truth: Mapping | None = None
+) -> str:
     """The verdict alone (see :func:`judge`); ``yardstick`` marks the graph the others were compared with."""
     return judge(row, dtype, role=YARDSTICK if yardstick else None, reference_truth=reference_truth)[0]

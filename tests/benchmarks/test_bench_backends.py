@@ -27,6 +27,4 @@ def test_attribute(benchmark, backend_name, backends, built_workload, settings, 
     benchmark.extra_info["exact"] = bool(backend.exact)
     benchmark.extra_info["max_feature_nodes"] = settings.max_feature_nodes
     benchmark.extra_info["reference_median_s"] = reference_seconds
-    benchmark.extra_info["speedup_vs_reference"] = (
-        reference_seconds / median if reference_seconds and median else None
-    )
+    benchmark.extra_info["speedup_vs_reference"] = reference_seconds / median if reference_seconds and median else None

@@ -12,9 +12,24 @@ from cli_helpers import BROKEN_PLUGIN, TEST_PLUGINS, run_cli, subprocess_env
 def failing_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("failing") / "r.json"
     env = subprocess_env(f"{TEST_PLUGINS},{BROKEN_PLUGIN}")
-    proc = run_cli(["run", "--backends", "reference,copy,raises,segfault,killed,sleeper", "--model", "tiny",
-                    "--nodes", "200", "--timeout", "15", "--output", str(out), "--format", "json"],
-                   env=env)
+    proc = run_cli(
+        [
+            "run",
+            "--backends",
+            "reference,copy,raises,segfault,killed,sleeper",
+            "--model",
+            "tiny",
+            "--nodes",
+            "200",
+            "--timeout",
+            "15",
+            "--output",
+            str(out),
+            "--format",
+            "json",
+        ],
+        env=env,
+    )
     data = json.loads(out.read_text()) if out.exists() else None
     return proc, data, out
 

@@ -28,10 +28,27 @@ def _gone(pid: int, within_s: float) -> bool:
 def _start_hanging_run(tmp_path: Path) -> tuple[subprocess.Popen, int, Path]:
     out = tmp_path / "r.json"
     pid_file = tmp_path / "child.pid"
-    proc = subprocess.Popen([sys.executable, "-m", "attrbench.cli", "run", "--backends", "hang", "--model", "tiny",
-                             "--nodes", "200", "--no-warmup", "--output", str(out)],
-                            env=subprocess_env(ATTRBENCH_TEST_PID_FILE=str(pid_file)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "attrbench.cli",
+            "run",
+            "--backends",
+            "hang",
+            "--model",
+            "tiny",
+            "--nodes",
+            "200",
+            "--no-warmup",
+            "--output",
+            str(out),
+        ],
+        env=subprocess_env(ATTRBENCH_TEST_PID_FILE=str(pid_file)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 240
     while not pid_file.exists():
         assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -52,8 +69,21 @@ def test_sigkill_of_the_parent_leaves_no_orphan_and_the_next_run_removes_its_scr
     proc.communicate()
     assert _gone(child, 10), "the cell's child outlived its SIGKILLed parent"
     assert len(_scratch(tmp_path)) == 1  # the dead run could not clean up
-    again = run_cli(["run", "--launcher", "instant", "--backends", "reference", "--model", "tiny", "--nodes",
-                     "200", "--output", str(out)])
+    again = run_cli(
+        [
+            "run",
+            "--launcher",
+            "instant",
+            "--backends",
+            "reference",
+            "--model",
+            "tiny",
+            "--nodes",
+            "200",
+            "--output",
+            str(out),
+        ]
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "the graph folder of a run that did not finish" in again.stderr
     assert _scratch(tmp_path) == []
@@ -76,8 +106,22 @@ def test_attribute_lean_leaves_nothing_in_tmpdir(tmp_path):
     tmpdir = tmp_path / "tmpdir"
     tmpdir.mkdir()
     out = tmp_path / "out" / "g.pt"
-    proc = run_cli(["attribute", "--backend", "gqa-shared", "--model", "tiny", "--nodes", "200", "--option",
-                    "edge_storage=lean", "-o", str(out)], env=subprocess_env(None, TMPDIR=str(tmpdir)))
+    proc = run_cli(
+        [
+            "attribute",
+            "--backend",
+            "gqa-shared",
+            "--model",
+            "tiny",
+            "--nodes",
+            "200",
+            "--option",
+            "edge_storage=lean",
+            "-o",
+            str(out),
+        ],
+        env=subprocess_env(None, TMPDIR=str(tmpdir)),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert out.is_file()
     # (torch may keep its own torchinductor_* cache there; nothing of attrbench's may stay)
@@ -90,8 +134,10 @@ def test_a_label_never_becomes_a_path(tmp_path):
     the scratch folder."""
     out = tmp_path / "a" / "b" / "c" / "r.json"
     label = "gqa-shared@x=/../../../victim/escaped"
-    proc = run_cli(["run", "--backends", label, "--model", "tiny", "--nodes", "200", "--output", str(out)],
-                   env=subprocess_env(None))
+    proc = run_cli(
+        ["run", "--backends", label, "--model", "tiny", "--nodes", "200", "--output", str(out)],
+        env=subprocess_env(None),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (cell,) = json.loads(out.read_text())["cells"]
     assert (cell["backend"], cell["status"]) == (label, "ok")

@@ -24,9 +24,27 @@ def test_run_local_folders_parity_offline(saved, tmp_path):
     out = tmp_path / "r.json"
     # any attempt to reach a hub would go to a closed port and fail the run
     env = subprocess_env(None, HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9")
-    proc = run_cli(["run", "--model", str(saved / "model"), "--transcoders", str(saved / "transcoders"),
-                    "--prompt", PROMPT, "--backends", "reference,gqa-shared", "--nodes", "50", "--batch-size", "64",
-                    "--output", str(out)], env=env, timeout=600)
+    proc = run_cli(
+        [
+            "run",
+            "--model",
+            str(saved / "model"),
+            "--transcoders",
+            str(saved / "transcoders"),
+            "--prompt",
+            PROMPT,
+            "--backends",
+            "reference,gqa-shared",
+            "--nodes",
+            "50",
+            "--batch-size",
+            "64",
+            "--output",
+            str(out),
+        ],
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text())
     assert doc["workload"]["config"]["source"]["prompt"] == PROMPT

@@ -36,9 +36,24 @@ def cluster(tmp_path_factory):
     temp = tmp_path_factory.mktemp("ray")
     env = subprocess_env(RAY_PLUGINS, RAY_AUTH_MODE="disabled")
     started = subprocess.run(
-        [ray_cli, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-         "--resources", json.dumps({"attrbench_cell": 1}), "--include-dashboard=false", f"--temp-dir={temp}",
-         "--disable-usage-stats"], capture_output=True, text=True, env=env, timeout=180)
+        [
+            ray_cli,
+            "start",
+            "--head",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            "--resources",
+            json.dumps({"attrbench_cell": 1}),
+            "--include-dashboard=false",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
     assert started.returncode == 0, started.stderr[-3000:]
     try:
         yield f"127.0.0.1:{port}"
@@ -60,29 +75,49 @@ def test_ray_and_process_launchers_give_the_same_cells(cluster, tmp_path):
     for launcher in ("process", "ray"):
         out = tmp_path / f"{launcher}.json"
         extra = ["--ray-address", cluster] if launcher == "ray" else []
-        proc = run_cli(["run", *SWEEP, *backends, "--launcher", launcher, *extra, "--output", str(out)],
-                       env=_env(tmp_path))
+        proc = run_cli(
+            ["run", *SWEEP, *backends, "--launcher", launcher, *extra, "--output", str(out)], env=_env(tmp_path)
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         by_launcher[launcher] = _cells(out)
     process, via_ray = by_launcher["process"], by_launcher["ray"]
     assert process.keys() == via_ray.keys() and len(process) == 6
     for key, cell in process.items():
         other = via_ray[key]
-        assert (cell["status"], cell["n_selected"], cell["n_active"]) == (other["status"], other["n_selected"],
-                                                                          other["n_active"]) == ("ok", 200, 1213)
+        assert (
+            (cell["status"], cell["n_selected"], cell["n_active"])
+            == (other["status"], other["n_selected"], other["n_active"])
+            == ("ok", 200, 1213)
+        )
         assert other["info"]["placement"]["node"] == socket.gethostname()
         if key[0] == "reference":
             continue
         for figure in ("selected_jaccard", "edge_recall", "pruned_node_jaccard"):
             assert cell["parity"][figure] == other["parity"][figure], (key, figure)
-        assert math.isclose(cell["parity"]["rel_frobenius"], other["parity"]["rel_frobenius"], rel_tol=1e-6,
-                            abs_tol=1e-12)
+        assert math.isclose(
+            cell["parity"]["rel_frobenius"], other["parity"]["rel_frobenius"], rel_tol=1e-6, abs_tol=1e-12
+        )
 
 
 def test_a_lost_worker_is_recorded_retried_and_the_others_complete(cluster, tmp_path):
     out = tmp_path / "r.json"
-    proc = run_cli(["run", *SWEEP, "--backends", "reference,ray-killer,ray-killer-once,gqa-shared", "--launcher",
-                    "ray", "--ray-address", cluster, "--retries", "1", "--output", str(out)], env=_env(tmp_path))
+    proc = run_cli(
+        [
+            "run",
+            *SWEEP,
+            "--backends",
+            "reference,ray-killer,ray-killer-once,gqa-shared",
+            "--launcher",
+            "ray",
+            "--ray-address",
+            cluster,
+            "--retries",
+            "1",
+            "--output",
+            str(out),
+        ],
+        env=_env(tmp_path),
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]  # the cell that always loses its worker is an error
     cells = _cells(out)
     assert cells[("ray-killer", 200, 0)]["status"] == "error"
@@ -96,10 +131,26 @@ def test_a_lost_worker_is_recorded_retried_and_the_others_complete(cluster, tmp_
 
 def test_resume_after_a_killed_driver_reruns_nothing_that_finished(cluster, tmp_path):
     out = tmp_path / "r.json"
-    args = ["run", *SWEEP, "--backends", "reference,gqa-shared", "--nodes", "100,200,300", "--launcher", "ray",
-            "--ray-address", cluster, "--output", str(out)]
-    driver = subprocess.Popen([sys.executable, "-m", "attrbench.cli", *args], env=_env(tmp_path),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        "run",
+        *SWEEP,
+        "--backends",
+        "reference,gqa-shared",
+        "--nodes",
+        "100,200,300",
+        "--launcher",
+        "ray",
+        "--ray-address",
+        cluster,
+        "--output",
+        str(out),
+    ]
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "attrbench.cli", *args],
+        env=_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if out.exists() and sum(c["status"] == "ok" for c in json.loads(out.read_text() or "{}").get("cells", [])) >= 2:
@@ -110,8 +161,23 @@ def test_resume_after_a_killed_driver_reruns_nothing_that_finished(cluster, tmp_
     driver.wait(timeout=30)
     finished = [k for k, c in _cells(out).items() if c["status"] == "ok"]
     assert 2 <= len(finished) < 6
-    proc = run_cli(["run", *SWEEP, "--backends", "reference,gqa-shared", "--nodes", "100,200,300", "--launcher",
-                    "ray", "--ray-address", cluster, "--resume", str(out)], env=_env(tmp_path))
+    proc = run_cli(
+        [
+            "run",
+            *SWEEP,
+            "--backends",
+            "reference,gqa-shared",
+            "--nodes",
+            "100,200,300",
+            "--launcher",
+            "ray",
+            "--ray-address",
+            cluster,
+            "--resume",
+            str(out),
+        ],
+        env=_env(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for backend, nodes, repeat in finished:
         assert f"{backend} nodes={nodes} repeat={repeat}: kept from --resume" in proc.stderr

@@ -18,9 +18,21 @@ def _cells(data):
 @pytest.fixture(scope="module")
 def contract_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("contract") / "r.json"
-    proc = run_cli(["run", "--backends", "reference,malformed,perturbed,raises,gqa-shared", "--model", "tiny",
-                    "--nodes", "200", "--output", str(out), "-v"],
-                   env=subprocess_env(TEST_PLUGINS, ATTRBENCH_PROGRESS_INTERVAL="0"))
+    proc = run_cli(
+        [
+            "run",
+            "--backends",
+            "reference,malformed,perturbed,raises,gqa-shared",
+            "--model",
+            "tiny",
+            "--nodes",
+            "200",
+            "--output",
+            str(out),
+            "-v",
+        ],
+        env=subprocess_env(TEST_PLUGINS, ATTRBENCH_PROGRESS_INTERVAL="0"),
+    )
     return proc, json.loads(out.read_text()), out
 
 
@@ -58,11 +70,15 @@ def test_every_format_shows_status_and_verdict(contract_run, fmt):
     _, _, path = contract_run
     proc = run_cli(["report", str(path), "--format", fmt], env=subprocess_env(None))
     assert proc.returncode == 0, proc.stderr
-    row_of = {"table": lambda line, name: line.startswith(name + " "),
-              "markdown": lambda line, name: line.startswith(f"| `{name}`"),
-              "csv": lambda line, name: f",{name}," in line}[fmt]
-    lines = {name: next(line for line in proc.stdout.splitlines() if row_of(line, name))
-             for name in ("malformed", "perturbed", "gqa-shared")}
+    row_of = {
+        "table": lambda line, name: line.startswith(name + " "),
+        "markdown": lambda line, name: line.startswith(f"| `{name}`"),
+        "csv": lambda line, name: f",{name}," in line,
+    }[fmt]
+    lines = {
+        name: next(line for line in proc.stdout.splitlines() if row_of(line, name))
+        for name in ("malformed", "perturbed", "gqa-shared")
+    }
     assert "invalid" in lines["malformed"]
     assert "failed" in lines["perturbed"]
     assert "ok" in lines["gqa-shared"]
@@ -72,8 +88,10 @@ def test_every_format_shows_status_and_verdict(contract_run, fmt):
 
 def test_no_yardstick_is_said(tmp_path):
     out = tmp_path / "r.json"
-    proc = run_cli(["run", "--backends", "gqa-shared", "--model", "tiny", "--nodes", "100", "--output", str(out)],
-                   env=subprocess_env(None, ATTRBENCH_PROGRESS_INTERVAL="0"))
+    proc = run_cli(
+        ["run", "--backends", "gqa-shared", "--model", "tiny", "--nodes", "100", "--output", str(out)],
+        env=subprocess_env(None, ATTRBENCH_PROGRESS_INTERVAL="0"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (cell,) = json.loads(out.read_text())["cells"]
     assert cell["status"] == "ok" and cell["verdict"] == "no yardstick" and cell["parity"] is None
@@ -89,10 +107,26 @@ def test_bf16_is_judged_against_the_fp32_truth_on_near_ties(tmp_path):
     circuit-tracer's own bf16 graph, so they pass, while a backend off by 5% fails."""
     out = tmp_path / "r.json"
     backends = "reference,gqa-shared,causal-trick,perturbed@perturb=0.05"
-    proc = run_cli(["run", "--dtype", "bfloat16", "--backends", backends,
-                    "--model", "tiny", "--nodes", "200", "--batch-size", "64", "--output", str(out),
-                    "--format", "markdown"],
-                   env=subprocess_env(TEST_PLUGINS, ATTRBENCH_PROGRESS_INTERVAL="0"))
+    proc = run_cli(
+        [
+            "run",
+            "--dtype",
+            "bfloat16",
+            "--backends",
+            backends,
+            "--model",
+            "tiny",
+            "--nodes",
+            "200",
+            "--batch-size",
+            "64",
+            "--output",
+            str(out),
+            "--format",
+            "markdown",
+        ],
+        env=subprocess_env(TEST_PLUGINS, ATTRBENCH_PROGRESS_INTERVAL="0"),
+    )
     data = json.loads(out.read_text())
     cells = _cells(data)
     assert list(cells) == ["reference@fp32", "reference", "gqa-shared", "causal-trick", "perturbed@perturb=0.05"]

@@ -16,8 +16,21 @@ def test_resume_keeps_finished_cells(reference_run, tmp_path):
     resume = tmp_path / "partial.json"
     resume.write_text(json.dumps(partial))
     out = tmp_path / "resumed.json"
-    proc = run_cli(["run", "--backends", "reference,copy", "--model", "tiny", "--nodes", "200",
-                    "--resume", str(resume), "--output", str(out)])
+    proc = run_cli(
+        [
+            "run",
+            "--backends",
+            "reference,copy",
+            "--model",
+            "tiny",
+            "--nodes",
+            "200",
+            "--resume",
+            str(resume),
+            "--output",
+            str(out),
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     ref = [c for c in result["cells"] if c["backend"] == "reference"]
@@ -32,8 +45,24 @@ def test_resume_keeps_finished_cells(reference_run, tmp_path):
 
 def test_resume_with_other_settings_is_refused(reference_run, tmp_path):
     _, _, path = reference_run
-    proc = run_cli(["run", "--backends", "reference", "--model", "tiny", "--nodes", "200", "--batch-size", "64",
-                    "--resume", str(path), "--output", str(tmp_path / "x.json")], env=subprocess_env(None))
+    proc = run_cli(
+        [
+            "run",
+            "--backends",
+            "reference",
+            "--model",
+            "tiny",
+            "--nodes",
+            "200",
+            "--batch-size",
+            "64",
+            "--resume",
+            str(path),
+            "--output",
+            str(tmp_path / "x.json"),
+        ],
+        env=subprocess_env(None),
+    )
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "other settings" in proc.stderr
 
@@ -41,8 +70,21 @@ def test_resume_with_other_settings_is_refused(reference_run, tmp_path):
 def test_interrupt_writes_finished_cells_and_leaves_no_orphans(tmp_path):
     out = tmp_path / "r.json"
     pid_file = tmp_path / "child.pid"
-    proc = run_cli(["run", "--backends", "reference,interrupt", "--model", "tiny", "--nodes", "200", "--no-warmup",
-                    "--output", str(out)], env=subprocess_env(ATTRBENCH_TEST_PID_FILE=str(pid_file)))
+    proc = run_cli(
+        [
+            "run",
+            "--backends",
+            "reference,interrupt",
+            "--model",
+            "tiny",
+            "--nodes",
+            "200",
+            "--no-warmup",
+            "--output",
+            str(out),
+        ],
+        env=subprocess_env(ATTRBENCH_TEST_PID_FILE=str(pid_file)),
+    )
     assert proc.returncode == 130, proc.stderr[-3000:]
     assert "interrupted" in proc.stderr and "Traceback" not in proc.stderr
     data = json.loads(out.read_text())

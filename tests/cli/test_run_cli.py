@@ -6,12 +6,47 @@ from cli_helpers import invoke
 
 from attrbench.bench.results import load_results
 
-CELL_KEYS = {"backend", "exact", "nodes", "repeat", "status", "error", "wall_s", "phases_s", "peak_host_bytes",
-             "peak_gpu_bytes", "peak_gpu_torch_bytes", "n_selected", "n_active", "n_logits", "info", "parity"}
-ENV_KEYS = {"python", "torch", "circuit_tracer", "transformers", "platform", "cpu", "cpu_count", "gpu", "cuda",
-            "git_revision"}
-SETTINGS_KEYS = {"device", "dtype", "batch_size", "update_interval", "max_n_logits", "desired_logit_prob", "repeats",
-                 "timeout_s", "backend_options"}
+CELL_KEYS = {
+    "backend",
+    "exact",
+    "nodes",
+    "repeat",
+    "status",
+    "error",
+    "wall_s",
+    "phases_s",
+    "peak_host_bytes",
+    "peak_gpu_bytes",
+    "peak_gpu_torch_bytes",
+    "n_selected",
+    "n_active",
+    "n_logits",
+    "info",
+    "parity",
+}
+ENV_KEYS = {
+    "python",
+    "torch",
+    "circuit_tracer",
+    "transformers",
+    "platform",
+    "cpu",
+    "cpu_count",
+    "gpu",
+    "cuda",
+    "git_revision",
+}
+SETTINGS_KEYS = {
+    "device",
+    "dtype",
+    "batch_size",
+    "update_interval",
+    "max_n_logits",
+    "desired_logit_prob",
+    "repeats",
+    "timeout_s",
+    "backend_options",
+}
 
 
 def test_reference_run_schema(reference_run):
@@ -19,7 +54,15 @@ def test_reference_run_schema(reference_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert data["schema_version"] == 1
-    assert set(data) >= {"attrbench_version", "created", "environment", "workload", "settings", "yardstick_note", "cells"}
+    assert set(data) >= {
+        "attrbench_version",
+        "created",
+        "environment",
+        "workload",
+        "settings",
+        "yardstick_note",
+        "cells",
+    }
     assert set(data["environment"]) >= ENV_KEYS
     assert set(data["settings"]) >= SETTINGS_KEYS
     assert data["settings"]["batch_size"] == 512 and data["settings"]["device"] == "cpu"

@@ -24,8 +24,9 @@ def test_fast_backends_report_feature_rows_up_to_the_node_count(tiny, backend_na
     reported: list[str] = []
     settings = AttributeSettings(max_feature_nodes=300, batch_size=64, progress=reported.append)
     result = backend.attribute(backend.prepare(tiny, "cpu", torch.float32), settings)
-    counts = [int(m.group(1).replace(",", "")) for m in map(re.compile(r"feature rows ([\d,]+)/300$").match, reported)
-              if m]
+    counts = [
+        int(m.group(1).replace(",", "")) for m in map(re.compile(r"feature rows ([\d,]+)/300$").match, reported) if m
+    ]
     assert counts == sorted(counts) and counts[-1] == 300 == int(result.selected_features.numel())
     assert any(text.startswith("ranking") for text in reported)
     assert reported[-1].startswith("packaging the")

@@ -17,8 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from attrbench.errors import UsageError
 from attrbench.workload.build import MANIFEST, build_workload
-from attrbench.workload.transcoder_files import load, resolve
 from attrbench.workload.spec import preset
+from attrbench.workload.transcoder_files import load, resolve
 
 
 @pytest.fixture

@@ -63,7 +63,7 @@ def test_layered_ranking_matches_circuit_tracer():
     probs = torch.tensor([0.7, 0.2])
     expected = circuit_tracer_influences(dense.edges, probs, dense.row_nodes)
     assert torch.allclose(lean.influences(probs), expected, rtol=1e-5, atol=1e-7)
-    assert expected[:Model.n_active].abs().sum() > 0
+    assert expected[: Model.n_active].abs().sum() > 0
 
 
 def test_memory_limit_allows_mapping_a_graph_file_larger_than_it(tmp_path):

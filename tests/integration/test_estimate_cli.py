@@ -15,17 +15,36 @@ from attrbench.workload.spec import preset
 
 
 def test_cli_prints_a_table(capsys):
-    code, out, err = invoke(capsys, ["estimate", "--model", "tiny", "--nodes", "200,800",
-                                     "--backends", "reference,gqa-shared"])
+    code, out, err = invoke(
+        capsys, ["estimate", "--model", "tiny", "--nodes", "200,800", "--backends", "reference,gqa-shared"]
+    )
     assert code == 0, err
     lines = out.splitlines()
     assert any(l.split()[:7] == ["backend", "nodes", "host", "peak", "GPU", "peak", "time"] for l in lines)
     rows = [l.split() for l in lines if l.startswith(("reference", "gqa-shared"))]
-    assert [(r[0], r[1]) for r in rows] == [("reference", "200"), ("gqa-shared", "200"), ("reference", "800"),
-                                            ("gqa-shared", "800")]
+    assert [(r[0], r[1]) for r in rows] == [
+        ("reference", "200"),
+        ("gqa-shared", "200"),
+        ("reference", "800"),
+        ("gqa-shared", "800"),
+    ]
     assert all(r[-1] == "yes" for r in rows)
-    code, out, _ = invoke(capsys, ["estimate", "--model", "large", "--nodes", "70000", "--backends", "reference",
-                                   "--format", "json", "--memory-limit", "24"])
+    code, out, _ = invoke(
+        capsys,
+        [
+            "estimate",
+            "--model",
+            "large",
+            "--nodes",
+            "70000",
+            "--backends",
+            "reference",
+            "--format",
+            "json",
+            "--memory-limit",
+            "24",
+        ],
+    )
     assert code == 0
     (cell,) = json.loads(out)["cells"]
     assert cell["fits"] is False and cell["host_bytes"] > 24 * GIB
@@ -52,14 +71,21 @@ def test_strict_records_predicted_oom_without_running(tmp_path, monkeypatch, cap
             return super().run(job, timeout_s, progress)
 
     out = tmp_path / "r.json"
-    cfg = RunConfig(spec=spec, backends=["reference", "gqa-shared"], nodes=[100], output=out,
-                    settings=BenchSettings(strict=True, batch_size=64))
+    cfg = RunConfig(
+        spec=spec,
+        backends=["reference", "gqa-shared"],
+        nodes=[100],
+        output=out,
+        settings=BenchSettings(strict=True, batch_size=64),
+    )
     doc = Runner(cfg, CountingLauncher(), progress=__import__("sys").stderr).run()
     err = capsys.readouterr().err
     cells = {c["backend"]: c for c in doc["cells"]}
     assert launched == ["gqa-shared"]
     assert cells["reference"]["status"] == "oom" and cells["reference"]["wall_s"] is None
-    assert "predicted peak" in cells["reference"]["error"] and cells["reference"]["error"].endswith("not run (--strict)")
+    assert "predicted peak" in cells["reference"]["error"] and cells["reference"]["error"].endswith(
+        "not run (--strict)"
+    )
     assert cells["gqa-shared"]["status"] == "ok"
     assert "warning: reference nodes=100: predicted peak" in err
     assert json.loads(out.read_text())["settings"]["strict"] is True

@@ -25,8 +25,9 @@ def tiny():
 
     built = build_workload(preset("tiny"))
     backend = get_backends()["gqa-shared"]
-    result = backend.attribute(backend.prepare(built, "cpu", torch.float32),
-                               AttributeSettings(max_feature_nodes=NODES, batch_size=64))
+    result = backend.attribute(
+        backend.prepare(built, "cpu", torch.float32), AttributeSettings(max_feature_nodes=NODES, batch_size=64)
+    )
     return built, result
 
 
@@ -109,7 +110,7 @@ def test_json_blockwise_matches_one_block(tiny):
     blocks = graph_json_model(result, built, block_rows=7).model_dump()
     assert one["links"] == blocks["links"] and one["metadata"] == blocks["metadata"]
     assert [n["node_id"] for n in one["nodes"]] == [n["node_id"] for n in blocks["nodes"]]
-    for a, b in zip(one["nodes"], blocks["nodes"]):  # influences: blockwise sums differ in the last bits
+    for a, b in zip(one["nodes"], blocks["nodes"], strict=False):  # influences: blockwise sums differ in the last bits
         assert a["influence"] == pytest.approx(b["influence"], abs=1e-6) if a["influence"] is not None else b == a
 
 
@@ -125,13 +126,16 @@ def test_pt_from_memory_mapped_result(tmp_path, tiny):
     assert torch.equal(Graph.from_pt(str(path)).adjacency_matrix, result.adjacency_matrix)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--backend", "no-such-backend", "--nodes", "10"], "unknown backend"),
-    (["--backend", "gqa-shared", "--nodes", "0"], "--nodes must be a positive integer"),
-    (["--backend", "gqa-shared", "--nodes", "10", "--model", "tiny", "--option", "nope=1"], "--option nope"),
-    (["--backend", "gqa-shared", "--nodes", "999999", "--model", "tiny"], "active features"),
-    (["--backend", "gqa-shared", "--nodes", "10", "--format", "xml"], "xml"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--backend", "no-such-backend", "--nodes", "10"], "unknown backend"),
+        (["--backend", "gqa-shared", "--nodes", "0"], "--nodes must be a positive integer"),
+        (["--backend", "gqa-shared", "--nodes", "10", "--model", "tiny", "--option", "nope=1"], "--option nope"),
+        (["--backend", "gqa-shared", "--nodes", "999999", "--model", "tiny"], "active features"),
+        (["--backend", "gqa-shared", "--nodes", "10", "--format", "xml"], "xml"),
+    ],
+)
 def test_attribute_bad_usage(tmp_path, capsys, args, message):
     code, _, err = invoke(capsys, ["attribute", *args, "-o", str(tmp_path / "x.pt")])
     assert code == 2
@@ -142,6 +146,19 @@ def test_attribute_bad_usage(tmp_path, capsys, args, message):
 def test_attribute_help_documents_every_option(capsys):
     code, out, _ = invoke(capsys, ["attribute", "--help"])
     assert code == 0
-    for flag in ("--backend", "--nodes", "--model", "--workload", "--device", "--dtype", "--batch-size",
-                 "--update-interval", "--max-logits", "--logit-prob", "--option", "--format", "--output"):
+    for flag in (
+        "--backend",
+        "--nodes",
+        "--model",
+        "--workload",
+        "--device",
+        "--dtype",
+        "--batch-size",
+        "--update-interval",
+        "--max-logits",
+        "--logit-prob",
+        "--option",
+        "--format",
+        "--output",
+    ):
         assert flag in out

@@ -38,9 +38,11 @@ def _hostile_docs() -> dict[str, tuple[str, str]]:
     """name -> (file text, fragment of the expected error line)."""
     base = json.loads(BASELINE.read_text())
     out: dict[str, tuple[str, str]] = {}
-    for name, value, fragment in (("nan", math.nan, "NaN, not a finite number"),
-                                  ("inf", math.inf, "Infinity, not a finite number"),
-                                  ("zero", 0.0, "wall_s")):
+    for name, value, fragment in (
+        ("nan", math.nan, "NaN, not a finite number"),
+        ("inf", math.inf, "Infinity, not a finite number"),
+        ("zero", 0.0, "wall_s"),
+    ):
         doc = json.loads(json.dumps(base))
         _first_ok(doc, "gqa-shared")["wall_s"] = value
         out[f"wall_s {name}"] = (json.dumps(doc, allow_nan=True), fragment)
@@ -52,10 +54,14 @@ def _hostile_docs() -> dict[str, tuple[str, str]]:
     doc = json.loads(json.dumps(base))
     doc["cells"][0]["nodes"] = 10**100
     out["huge node count"] = (json.dumps(doc), "cells[0].nodes")
-    out["5,000-digit integer"] = (json.dumps(base).replace('"nodes": 800', '"nodes": ' + "9" * 5000, 1),
-                                  "cannot be read")
-    out["deep nesting"] = (json.dumps(base).replace('"info": {', '"info": {"deep": ' + "[" * 50_000 + "]" * 50_000
-                                                     + ', ', 1), "nested too deeply")
+    out["5,000-digit integer"] = (
+        json.dumps(base).replace('"nodes": 800', '"nodes": ' + "9" * 5000, 1),
+        "cannot be read",
+    )
+    out["deep nesting"] = (
+        json.dumps(base).replace('"info": {', '"info": {"deep": ' + "[" * 50_000 + "]" * 50_000 + ", ", 1),
+        "nested too deeply",
+    )
     doc = json.loads(json.dumps(base))
     doc["cells"] = {"not": "a list"}
     out["cells not a list"] = (json.dumps(doc), "cells")
@@ -89,20 +95,36 @@ def test_the_baseline_itself_passes_the_schema(capsys):
     assert "gate passed" in out
 
 
-@pytest.mark.parametrize("args", [["report", "/dev/zero"], ["gate", "--baseline", "/dev/zero", str(BASELINE)],
-                                  ["run", "--model", "tiny", "--resume", "/dev/zero"],
-                                  ["run", "--workload", "/dev/zero"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["report", "/dev/zero"],
+        ["gate", "--baseline", "/dev/zero", str(BASELINE)],
+        ["run", "--model", "tiny", "--resume", "/dev/zero"],
+        ["run", "--workload", "/dev/zero"],
+    ],
+)
 def test_dev_zero_as_an_input_file_is_refused_without_reading_it(args, capsys):
     """Before: read until memory ran out."""
     code, _, err = invoke(capsys, args)
     _one_line_exit_2(code, err, "/dev/zero", "not a regular file")
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--timeout", "nan"), ("--timeout", "inf"), ("--timeout", "1e30"),
-                                             ("--memory-limit", "nan"), ("--memory-limit", "inf"),
-                                             ("--memory-limit", "1e30"), ("--repeats", "100000000"),
-                                             ("--logit-prob", "nan"), ("--batch-size", "9" * 30),
-                                             ("--nodes", "9" * 30)])
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--timeout", "nan"),
+        ("--timeout", "inf"),
+        ("--timeout", "1e30"),
+        ("--memory-limit", "nan"),
+        ("--memory-limit", "inf"),
+        ("--memory-limit", "1e30"),
+        ("--repeats", "100000000"),
+        ("--logit-prob", "nan"),
+        ("--batch-size", "9" * 30),
+        ("--nodes", "9" * 30),
+    ],
+)
 def test_numeric_options_are_finite_and_in_range(flag, value, capsys):
     """Before: --timeout nan was accepted and never enforced; --timeout inf, --memory-limit nan|inf|1e30 raised
     OverflowError; --repeats 1e8 built the whole plan in memory."""
@@ -116,11 +138,16 @@ def test_plan_size_is_capped_with_a_clear_message(capsys):
     _one_line_exit_2(code, err, "cells", "at most 10,000")
 
 
-@pytest.mark.parametrize(("name", "value"), [("ATTRBENCH_PROGRESS_INTERVAL", "nan"),
-                                             ("ATTRBENCH_PROGRESS_INTERVAL", "inf"),
-                                             ("ATTRBENCH_CACHE", "/dev/null/cache"),
-                                             ("ATTRBENCH_GRAPH_DIR", "/dev/null/graphs"),
-                                             ("ATTRBENCH_LARGE_PRUNE_PARITY", "yes")])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ATTRBENCH_PROGRESS_INTERVAL", "nan"),
+        ("ATTRBENCH_PROGRESS_INTERVAL", "inf"),
+        ("ATTRBENCH_CACHE", "/dev/null/cache"),
+        ("ATTRBENCH_GRAPH_DIR", "/dev/null/graphs"),
+        ("ATTRBENCH_LARGE_PRUNE_PARITY", "yes"),
+    ],
+)
 def test_bad_environment_variables_are_named(name, value, monkeypatch, capsys):
     """Before: ATTRBENCH_PROGRESS_INTERVAL=inf raised OverflowError, nan was silently never printed; a bad
     ATTRBENCH_CACHE or ATTRBENCH_GRAPH_DIR failed without naming the variable."""

@@ -52,15 +52,21 @@ def test_content_hash_covers_the_files(saved, tmp_path):
     assert local_spec(copy / "model", copy / "transcoders", PROMPT).content_hash() != before
 
 
-@pytest.mark.parametrize("case", ["missing-model", "no-config", "wrong-type", "layer-count", "shape", "no-prompt",
-                                  "no-transcoders"])
+@pytest.mark.parametrize(
+    "case", ["missing-model", "no-config", "wrong-type", "layer-count", "shape", "no-prompt", "no-transcoders"]
+)
 def test_bad_local_folders_are_one_line_usage_errors(saved, tmp_path, capsys, case):
     copy = _bad_copy(saved, tmp_path)
     model, tcs, prompt = copy / "model", copy / "transcoders", PROMPT
-    expect = {"missing-model": "neither a preset nor an existing folder", "no-config": "no config.json",
-              "wrong-type": "model_type 'gpt2' is not supported", "layer-count": "layer_3.safetensors does not exist",
-              "shape": "W_dec", "no-prompt": "needs --transcoders DIR and --prompt TEXT",
-              "no-transcoders": "needs --transcoders DIR"}[case]
+    expect = {
+        "missing-model": "neither a preset nor an existing folder",
+        "no-config": "no config.json",
+        "wrong-type": "model_type 'gpt2' is not supported",
+        "layer-count": "layer_3.safetensors does not exist",
+        "shape": "W_dec",
+        "no-prompt": "needs --transcoders DIR and --prompt TEXT",
+        "no-transcoders": "needs --transcoders DIR",
+    }[case]
     args = None
     if case == "missing-model":
         model = copy / "nothing-here"

@@ -40,8 +40,9 @@ def test_a_full_disk_keeps_the_finished_cells_and_stops_cleanly(instant, tmp_pat
         return real_fsync(fd)
 
     monkeypatch.setattr(results_module.os, "fsync", fsync)
-    code, stdout, err = invoke(capsys, [*RUN, "--backends", "reference,copy,gqa-shared", "--nodes", "200",
-                                        "--output", str(out)])
+    code, stdout, err = invoke(
+        capsys, [*RUN, "--backends", "reference,copy,gqa-shared", "--nodes", "200", "--output", str(out)]
+    )
     monkeypatch.setattr(results_module.os, "fsync", real_fsync)
     assert code == 1, err
     assert "Traceback" not in err

@@ -9,11 +9,24 @@ from attrbench.bench.summary import render, summarise
 
 
 def _run(ref_device: str, other_device: str) -> dict:
-    doc = new_results({"name": "tiny", "hash": "h", "config": {}, "n_active": 1000}, {"device": "cpu", "dtype": "float32"},
-                      environment={})
+    doc = new_results(
+        {"name": "tiny", "hash": "h", "config": {}, "n_active": 1000},
+        {"device": "cpu", "dtype": "float32"},
+        environment={},
+    )
     for backend, wall, device in (("reference", 2.0, ref_device), ("gqa-shared", 0.5, other_device)):
-        doc["cells"].append(new_cell(backend, True, 200, 0, status="ok", wall_s=wall, n_selected=200,
-                                     info={"placement": {"node": f"node-{device}", "device": device}}))
+        doc["cells"].append(
+            new_cell(
+                backend,
+                True,
+                200,
+                0,
+                status="ok",
+                wall_s=wall,
+                n_selected=200,
+                info={"placement": {"node": f"node-{device}", "device": device}},
+            )
+        )
     return doc
 
 

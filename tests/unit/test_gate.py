@@ -10,8 +10,13 @@ import pytest
 from attrbench.bench.gate import fingerprint, load_and_gate, run_gate
 from attrbench.errors import NotComparableError, UsageError
 
-BACKENDS = [("reference", True, 3.4), ("autodiff-free", True, 1.7), ("causal-trick", True, 2.0),
-            ("gqa-shared", True, 1.0), ("approximate-pruned", False, 0.5)]
+BACKENDS = [
+    ("reference", True, 3.4),
+    ("autodiff-free", True, 1.7),
+    ("causal-trick", True, 2.0),
+    ("gqa-shared", True, 1.0),
+    ("approximate-pruned", False, 0.5),
+]
 
 
 def make_results(nodes=(100, 400), dtype="float32", device="cpu", workload_hash="h123") -> dict:
@@ -20,19 +25,44 @@ def make_results(nodes=(100, 400), dtype="float32", device="cpu", workload_hash=
         for backend, exact, wall in BACKENDS:
             parity = None
             if backend != "reference":
-                parity = {"against": "reference", "selected_jaccard": 1.0 if exact else 0.98,
-                          "rel_frobenius": 3e-6 if exact else 4e-3, "max_abs": 1e-6,
-                          "edge_recall": 1.0 if exact else 0.995, "pruned_node_jaccard": 1.0 if exact else 0.97}
-            cells.append({"backend": backend, "exact": exact, "nodes": n, "repeat": 0, "status": "ok",
-                          "error": None, "wall_s": wall * n / 100, "phases_s": {},
-                          "peak_host_bytes": int(wall * 2**28), "peak_gpu_bytes": None,
-                          "peak_gpu_torch_bytes": None, "n_selected": n, "n_active": 1200, "n_logits": 10,
-                          "info": {}, "parity": parity})
-    return {"schema_version": 1, "attrbench_version": "0.1.0", "created": "2025-01-01T00:00:00",
-            "environment": {"git_revision": "abc"},
-            "workload": {"name": "tiny", "hash": workload_hash, "config": {}, "n_active": 1200},
-            "settings": {"device": device, "dtype": dtype, "batch_size": 64, "repeats": 1},
-            "yardstick_note": None, "cells": cells}
+                parity = {
+                    "against": "reference",
+                    "selected_jaccard": 1.0 if exact else 0.98,
+                    "rel_frobenius": 3e-6 if exact else 4e-3,
+                    "max_abs": 1e-6,
+                    "edge_recall": 1.0 if exact else 0.995,
+                    "pruned_node_jaccard": 1.0 if exact else 0.97,
+                }
+            cells.append(
+                {
+                    "backend": backend,
+                    "exact": exact,
+                    "nodes": n,
+                    "repeat": 0,
+                    "status": "ok",
+                    "error": None,
+                    "wall_s": wall * n / 100,
+                    "phases_s": {},
+                    "peak_host_bytes": int(wall * 2**28),
+                    "peak_gpu_bytes": None,
+                    "peak_gpu_torch_bytes": None,
+                    "n_selected": n,
+                    "n_active": 1200,
+                    "n_logits": 10,
+                    "info": {},
+                    "parity": parity,
+                }
+            )
+    return {
+        "schema_version": 1,
+        "attrbench_version": "0.1.0",
+        "created": "2025-01-01T00:00:00",
+        "environment": {"git_revision": "abc"},
+        "workload": {"name": "tiny", "hash": workload_hash, "config": {}, "n_active": 1200},
+        "settings": {"device": device, "dtype": dtype, "batch_size": 64, "repeats": 1},
+        "yardstick_note": None,
+        "cells": cells,
+    }
 
 
 def cells_of(res, backend, nodes=None):
@@ -153,8 +183,10 @@ def test_different_workload_hash_is_not_comparable(baseline):
         run_gate(baseline, other)
 
 
-@pytest.mark.parametrize("kwargs,reason", [({"dtype": "bfloat16"}, "dtype"), ({"device": "cuda"}, "device kind"),
-                                           ({"nodes": (100,)}, "nodes")])
+@pytest.mark.parametrize(
+    "kwargs,reason",
+    [({"dtype": "bfloat16"}, "dtype"), ({"device": "cuda"}, "device kind"), ({"nodes": (100,)}, "nodes")],
+)
 def test_other_fingerprint_mismatches(baseline, kwargs, reason):
     with pytest.raises(NotComparableError, match=reason):
         run_gate(baseline, make_results(**kwargs))

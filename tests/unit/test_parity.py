@@ -18,9 +18,17 @@ LOGIT_IDS = [7, 3, 11]
 def make_graph(seed: int = 0, n_active: int = 60, n_sel: int = 30) -> AttributionResult:
     """A DAG-shaped graph: edges only from lower 'levels' (tokens < layer 0 < layer 1 ... < logits)."""
     g = torch.Generator().manual_seed(seed)
-    feats = sorted({(int(l), int(p), int(f)) for l, p, f in zip(
-        torch.randint(0, N_LAYERS, (4 * n_active,), generator=g), torch.randint(1, N_POS, (4 * n_active,), generator=g),
-        torch.randint(0, 50, (4 * n_active,), generator=g))})[:n_active]
+    feats = sorted(
+        {
+            (int(l), int(p), int(f))
+            for l, p, f in zip(
+                torch.randint(0, N_LAYERS, (4 * n_active,), generator=g),
+                torch.randint(1, N_POS, (4 * n_active,), generator=g),
+                torch.randint(0, 50, (4 * n_active,), generator=g),
+                strict=False,
+            )
+        }
+    )[:n_active]
     active = torch.tensor(feats, dtype=torch.long)
     selected = torch.sort(torch.randperm(len(feats), generator=g)[:n_sel]).values
     return _assemble(active, selected, seed)
@@ -41,12 +49,16 @@ def _assemble(active, selected, seed):
     adj = torch.randn(n, n, generator=g) * (torch.rand(n, n, generator=g) < 0.5)
     adj *= (lv[None, :] < lv[:, None]).float()
     n_sel = selected.numel()
-    adj[n_sel:n_sel + N_LAYERS * N_POS + N_POS] = 0  # errors and tokens have no incoming edges
+    adj[n_sel : n_sel + N_LAYERS * N_POS + N_POS] = 0  # errors and tokens have no incoming edges
     return AttributionResult(
-        input_tokens=torch.arange(N_POS) + 4, logit_token_ids=torch.tensor(LOGIT_IDS),
-        logit_probabilities=torch.tensor([0.5, 0.3, 0.2]), active_features=active,
-        activation_values=torch.rand(n_sel, generator=g), selected_features=selected,
-        adjacency_matrix=adj, n_layers=N_LAYERS,
+        input_tokens=torch.arange(N_POS) + 4,
+        logit_token_ids=torch.tensor(LOGIT_IDS),
+        logit_probabilities=torch.tensor([0.5, 0.3, 0.2]),
+        active_features=active,
+        activation_values=torch.rand(n_sel, generator=g),
+        selected_features=selected,
+        adjacency_matrix=adj,
+        n_layers=N_LAYERS,
     )
 
 
@@ -66,10 +78,14 @@ def permuted(result: AttributionResult, seed: int = 5) -> AttributionResult:
     order = torch.cat([order_sel, torch.arange(n_sel, n_sel + n_mid), n_sel + n_mid + order_logits])
     adj = result.adjacency_matrix[order][:, order]
     return AttributionResult(
-        input_tokens=result.input_tokens, logit_token_ids=result.logit_token_ids[order_logits],
-        logit_probabilities=result.logit_probabilities[order_logits], active_features=new_active,
-        activation_values=result.activation_values[order_sel], selected_features=new_selected,
-        adjacency_matrix=adj, n_layers=result.n_layers,
+        input_tokens=result.input_tokens,
+        logit_token_ids=result.logit_token_ids[order_logits],
+        logit_probabilities=result.logit_probabilities[order_logits],
+        active_features=new_active,
+        activation_values=result.activation_values[order_sel],
+        selected_features=new_selected,
+        adjacency_matrix=adj,
+        n_layers=result.n_layers,
     )
 
 
@@ -151,7 +167,9 @@ def test_blockwise_matches_dense(monkeypatch):
     import attrbench.graph.parity as parity
 
     a, b = make_graph(1), make_graph(1)
-    b.adjacency_matrix.mul_(1 + 1e-3 * torch.randn(b.adjacency_matrix.shape, generator=torch.Generator().manual_seed(3)))
+    b.adjacency_matrix.mul_(
+        1 + 1e-3 * torch.randn(b.adjacency_matrix.shape, generator=torch.Generator().manual_seed(3))
+    )
     dense = compare(b, a, "reference")
     monkeypatch.setattr(parity, "BLOCK_ELEMENTS", 7)  # one row per block
     blocked = compare(b, a, "reference")

@@ -15,17 +15,25 @@ from attrbench.workload.spec import preset
 def test_cell_order_puts_yardsticks_first():
     known = get_backends()
     assert ordered_backends(["gqa-shared", "autodiff-free", "reference"], known) == [
-        "reference", "autodiff-free", "gqa-shared"]
+        "reference",
+        "autodiff-free",
+        "gqa-shared",
+    ]
     cells = plan_cells(["gqa-shared", "reference"], [200, 800], 2, known)
-    assert [c.key for c in cells[:4]] == [("reference", 200, 0), ("gqa-shared", 200, 0), ("reference", 200, 1),
-                                          ("gqa-shared", 200, 1)]
+    assert [c.key for c in cells[:4]] == [
+        ("reference", 200, 0),
+        ("gqa-shared", 200, 0),
+        ("reference", 200, 1),
+        ("gqa-shared", 200, 1),
+    ]
     assert len(cells) == 8
 
 
 def test_yardstick_falls_back_to_autodiff_free():
     def pick(backend, status):
-        group = GroupYardsticks(["gqa-shared", "autodiff-free", "reference"], get_backends(), preset("tiny"),
-                                rerun=lambda cell: None)
+        group = GroupYardsticks(
+            ["gqa-shared", "autodiff-free", "reference"], get_backends(), preset("tiny"), rerun=lambda cell: None
+        )
         for name, value in status.items():
             group.record(name, value)
         return group.pick(backend)
@@ -49,16 +57,20 @@ def test_results_file_helpers(tmp_path):
     )
     from attrbench.errors import UsageError
 
-    doc = new_results({"name": "tiny", "hash": "h", "config": {}, "n_active": None}, {"device": "cpu"},
-                      environment=environment_info())
+    doc = new_results(
+        {"name": "tiny", "hash": "h", "config": {}, "n_active": None}, {"device": "cpu"}, environment=environment_info()
+    )
     doc["cells"].append(new_cell("reference", True, 200, 0, status="ok", wall_s=1.0))
     path = tmp_path / "sub" / "r.json"
     write_results_atomic(path, doc)
     assert load_results(path) == json.loads(json.dumps(doc))
     assert [p.name for p in path.parent.iterdir()] == ["r.json"]  # no temp file left
     assert cell_key(doc["cells"][0]) == ("reference", 200, 0)
-    for content, fragment in [("{", "not valid JSON"), ("[]", "not an attrbench results file"),
-                              (json.dumps({"schema_version": 2}), "schema_version 2")]:
+    for content, fragment in [
+        ("{", "not valid JSON"),
+        ("[]", "not an attrbench results file"),
+        (json.dumps({"schema_version": 2}), "schema_version 2"),
+    ]:
         path.write_text(content)
         with pytest.raises(UsageError, match=fragment):
             load_results(path)

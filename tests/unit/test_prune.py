@@ -24,9 +24,12 @@ def _layout(n_features, n_layers, n_pos, n_logits, g):
     order = torch.argsort(f_layer * n_pos + f_pos, stable=True)
     f_layer, f_pos = f_layer[order], f_pos[order]
     e_layer = torch.arange(n_layers).repeat_interleave(n_pos)
-    level = torch.cat([f_layer + 1, e_layer + 1, torch.zeros(n_pos, dtype=torch.long),
-                       torch.full((n_logits,), n_layers + 1)])
-    pos = torch.cat([f_pos, torch.arange(n_pos).repeat(n_layers), torch.arange(n_pos), torch.full((n_logits,), n_pos - 1)])
+    level = torch.cat(
+        [f_layer + 1, e_layer + 1, torch.zeros(n_pos, dtype=torch.long), torch.full((n_logits,), n_layers + 1)]
+    )
+    pos = torch.cat(
+        [f_pos, torch.arange(n_pos).repeat(n_layers), torch.arange(n_pos), torch.full((n_logits,), n_pos - 1)]
+    )
     return f_layer, f_pos, level, pos
 
 
@@ -34,10 +37,14 @@ def _rows(level, pos, r0, r1, n_sources_zero, g, density=0.5):
     """Rows r0:r1 of a DAG adjacency: edges from lower levels at earlier-or-same positions, heavy-tailed weights."""
     n = level.numel()
     b = r1 - r0
-    block = torch.randn(b, n, generator=g) * torch.rand(b, n, generator=g).pow(4) * (torch.rand(b, n, generator=g) < density)
+    block = (
+        torch.randn(b, n, generator=g)
+        * torch.rand(b, n, generator=g).pow(4)
+        * (torch.rand(b, n, generator=g) < density)
+    )
     block *= ((level[None, :] < level[r0:r1, None]) & (pos[None, :] <= pos[r0:r1, None])).float()
     lo, hi = n_sources_zero
-    block[max(lo, r0) - r0:max(0, min(hi, r1) - r0)] = 0  # errors and tokens have no incoming edges
+    block[max(lo, r0) - r0 : max(0, min(hi, r1) - r0)] = 0  # errors and tokens have no incoming edges
     return block
 
 
@@ -55,10 +62,15 @@ def random_graph(n_features=300, n_layers=4, n_pos=8, n_logits=5, seed=0, adjace
     probs = torch.rand(n_logits, generator=g)
     probs = probs / probs.sum() * 0.9
     return SimpleNamespace(
-        adjacency_matrix=adjacency, input_tokens=torch.arange(n_pos) + 4, logit_targets=list(range(n_logits)),
-        logit_probabilities=probs, selected_features=torch.arange(n_features),
+        adjacency_matrix=adjacency,
+        input_tokens=torch.arange(n_pos) + 4,
+        logit_targets=list(range(n_logits)),
+        logit_probabilities=probs,
+        selected_features=torch.arange(n_features),
         active_features=torch.stack([f_layer, f_pos, torch.randint(0, 1000, (n_features,), generator=g)], 1),
-        activation_values=torch.rand(n_features, generator=g), n_layers=n_layers)
+        activation_values=torch.rand(n_features, generator=g),
+        n_layers=n_layers,
+    )
 
 
 def assert_same_as_circuit_tracer(graph, got, node_threshold=0.8, edge_threshold=0.98):
@@ -71,12 +83,15 @@ def assert_same_as_circuit_tracer(graph, got, node_threshold=0.8, edge_threshold
     assert 0 < int(ref.node_mask.sum()) < ref.node_mask.numel()  # a real prune, not a trivial one
 
 
-@pytest.mark.parametrize("n_features,n_pos,seed,block_rows", [
-    (250, 8, 0, None),  # one block: bit-identical influences
-    (250, 8, 1, 7),
-    (900, 12, 2, 64),
-    (1900, 20, 3, 333),
-])
+@pytest.mark.parametrize(
+    "n_features,n_pos,seed,block_rows",
+    [
+        (250, 8, 0, None),  # one block: bit-identical influences
+        (250, 8, 1, 7),
+        (900, 12, 2, 64),
+        (1900, 20, 3, 333),
+    ],
+)
 def test_random_graphs_match_prune_graph(n_features, n_pos, seed, block_rows):
     graph = random_graph(n_features, 4, n_pos, 5, seed=seed)
     assert_same_as_circuit_tracer(graph, prune(graph, block_rows=block_rows))
@@ -111,8 +126,11 @@ def test_radix_threshold_is_find_threshold(seed, threshold):
     x = torch.rand(n, generator=g) ** 6 * (torch.rand(n, generator=g) < 0.7)
     if seed % 2:
         x = torch.round(x * 50) / 50  # many ties
-    t, _, total = radix_select(lambda: iter([x[: n // 3], x[n // 3:]]),
-                               lambda mass, _c: max(cumsum_need(mass, threshold), 5e-324), by_mass=True)
+    t, _, total = radix_select(
+        lambda: iter([x[: n // 3], x[n // 3 :]]),
+        lambda mass, _c: max(cumsum_need(mass, threshold), 5e-324),
+        by_mass=True,
+    )
     assert total == pytest.approx(float(x.double().sum()), rel=1e-12)
     assert _bits_to_float(t) == float(find_threshold(x, threshold))
 
@@ -202,9 +220,23 @@ def test_streaming_on_memmap_never_allocates_n_by_n(tmp_path):
     # peak anonymous (non file-backed) memory of the same prune in a fresh process
     if _rss_anon() is None:
         return
-    proc = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(path), str(n_features), str(n_pos), str(n_logits),
-                           str(block_rows), json.dumps(graph.logit_probabilities.tolist())], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)})  # freed blocks go back
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _RSS_SCRIPT,
+            str(path),
+            str(n_features),
+            str(n_pos),
+            str(n_logits),
+            str(block_rows),
+            json.dumps(graph.logit_probabilities.tolist()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)},
+    )  # freed blocks go back
     # to the OS, so RssAnon follows live memory rather than what glibc keeps around
     assert proc.returncode == 0, proc.stderr[-2000:]
     growth, kept = json.loads(proc.stdout.strip().splitlines()[-1])

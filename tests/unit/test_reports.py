@@ -15,12 +15,18 @@ from attrbench.bench.summary import render, summarise
 from attrbench.errors import UsageError
 from attrbench.formatting import fmt_bytes, fmt_seconds
 
-BACKENDS = [("reference", True, 3.4), ("autodiff-free", True, 1.7), ("causal-trick", True, 2.0),
-            ("gqa-shared", True, 1.0), ("approximate-pruned", False, 0.5)]
+BACKENDS = [
+    ("reference", True, 3.4),
+    ("autodiff-free", True, 1.7),
+    ("causal-trick", True, 2.0),
+    ("gqa-shared", True, 1.0),
+    ("approximate-pruned", False, 0.5),
+]
 
 
-def make_results(nodes=(100, 400), repeats=2, dtype="float32", device="cpu", rev="abcdef1234",
-                 workload_hash="h123", flops=True) -> dict:
+def make_results(
+    nodes=(100, 400), repeats=2, dtype="float32", device="cpu", rev="abcdef1234", workload_hash="h123", flops=True
+) -> dict:
     """A results dict shaped like `attrbench run` output; reference wall 3.4 s, gqa-shared 1.0 s (3.40x)."""
     cells = []
     for n in nodes:
@@ -29,28 +35,62 @@ def make_results(nodes=(100, 400), repeats=2, dtype="float32", device="cpu", rev
             for rep in range(repeats):
                 parity = None
                 if backend != "reference":
-                    parity = {"against": "reference", "selected_jaccard": 1.0 if exact else 0.98,
-                              "rel_frobenius": 3e-6 if exact else 4e-3, "max_abs": 1e-6,
-                              "edge_recall": 1.0 if exact else 0.995,
-                              "pruned_node_jaccard": 1.0 if exact else 0.97}
-                cells.append({
-                    "backend": backend, "exact": exact, "nodes": n, "repeat": rep, "status": "ok", "error": None,
-                    "wall_s": wall * scale * (1.0 + 0.01 * rep),
-                    "phases_s": {"setup": 0.1, "forward": 0.2 * wall, "feature_rows": 0.6 * wall},
-                    "peak_host_bytes": int(wall * 300 * 2**20), "peak_gpu_bytes": None,
-                    "peak_gpu_torch_bytes": None, "n_selected": n, "n_active": 1200, "n_logits": 10,
-                    "info": {"flop_fraction": 0.5} if flops and backend != "reference" else {},
-                    "parity": parity,
-                })
+                    parity = {
+                        "against": "reference",
+                        "selected_jaccard": 1.0 if exact else 0.98,
+                        "rel_frobenius": 3e-6 if exact else 4e-3,
+                        "max_abs": 1e-6,
+                        "edge_recall": 1.0 if exact else 0.995,
+                        "pruned_node_jaccard": 1.0 if exact else 0.97,
+                    }
+                cells.append(
+                    {
+                        "backend": backend,
+                        "exact": exact,
+                        "nodes": n,
+                        "repeat": rep,
+                        "status": "ok",
+                        "error": None,
+                        "wall_s": wall * scale * (1.0 + 0.01 * rep),
+                        "phases_s": {"setup": 0.1, "forward": 0.2 * wall, "feature_rows": 0.6 * wall},
+                        "peak_host_bytes": int(wall * 300 * 2**20),
+                        "peak_gpu_bytes": None,
+                        "peak_gpu_torch_bytes": None,
+                        "n_selected": n,
+                        "n_active": 1200,
+                        "n_logits": 10,
+                        "info": {"flop_fraction": 0.5} if flops and backend != "reference" else {},
+                        "parity": parity,
+                    }
+                )
     return {
-        "schema_version": 1, "attrbench_version": "0.1.0", "created": "2025-01-01T00:00:00",
-        "environment": {"python": "3.11", "torch": "2.13", "circuit_tracer": "0.5.0", "transformers": "4.57",
-                        "platform": "linux", "cpu": "test cpu", "cpu_count": 2, "gpu": None, "cuda": None,
-                        "git_revision": rev},
+        "schema_version": 1,
+        "attrbench_version": "0.1.0",
+        "created": "2025-01-01T00:00:00",
+        "environment": {
+            "python": "3.11",
+            "torch": "2.13",
+            "circuit_tracer": "0.5.0",
+            "transformers": "4.57",
+            "platform": "linux",
+            "cpu": "test cpu",
+            "cpu_count": 2,
+            "gpu": None,
+            "cuda": None,
+            "git_revision": rev,
+        },
         "workload": {"name": "tiny", "hash": workload_hash, "config": {}, "n_active": 1200},
-        "settings": {"device": device, "dtype": dtype, "batch_size": 64, "update_interval": 4,
-                     "max_n_logits": 10, "desired_logit_prob": 0.95, "repeats": repeats, "timeout_s": 600,
-                     "backend_options": {}},
+        "settings": {
+            "device": device,
+            "dtype": dtype,
+            "batch_size": 64,
+            "update_interval": 4,
+            "max_n_logits": 10,
+            "desired_logit_prob": 0.95,
+            "repeats": repeats,
+            "timeout_s": 600,
+            "backend_options": {},
+        },
         "yardstick_note": "reference = circuit-tracer 0.5.0 attribute()",
         "cells": cells,
     }
@@ -94,8 +134,13 @@ def test_autodiff_free_is_the_yardstick_where_the_reference_ran_out_of_memory():
         else:
             c["parity"]["against"] = "autodiff-free"
     verdicts = {r["backend"]: r["parity_verdict"] for r in summarise([results])}
-    assert verdicts == {"reference": "-", "autodiff-free": "yardstick", "causal-trick": "ok", "gqa-shared": "ok",
-                        "approximate-pruned": "approx"}
+    assert verdicts == {
+        "reference": "-",
+        "autodiff-free": "yardstick",
+        "causal-trick": "ok",
+        "gqa-shared": "ok",
+        "approximate-pruned": "approx",
+    }
     text = render([results], "markdown")
     assert "- `autodiff-free`: the yardstick" in text
     # autodiff-free 1.7 s, gqa-shared 1.0 s; peaks scale with the wall times
@@ -164,8 +209,12 @@ def test_bf16_tolerance():
         if c["parity"] and c["exact"]:
             c["parity"]["rel_frobenius"] = 1e-2
     assert {r["backend"]: r["parity_verdict"] for r in summarise([res])} == {
-        "reference": "yardstick", "autodiff-free": "ok", "causal-trick": "ok", "gqa-shared": "ok",
-        "approximate-pruned": "approx"}
+        "reference": "yardstick",
+        "autodiff-free": "ok",
+        "causal-trick": "ok",
+        "gqa-shared": "ok",
+        "approximate-pruned": "approx",
+    }
 
 
 def test_csv(results):

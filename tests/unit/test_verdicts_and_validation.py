@@ -22,28 +22,36 @@ def graph(n_sel=3, n_layers=2, n_pos=4, n_logits=2, n_active=6) -> AttributionRe
     n = n_sel + n_layers * n_pos + n_pos + n_logits
     active = torch.tensor([[i % n_layers, i % n_pos, i] for i in range(n_active)])
     return AttributionResult(
-        input_tokens=torch.arange(n_pos), logit_token_ids=torch.tensor([5, 7][:n_logits]),
-        logit_probabilities=torch.full((n_logits,), 0.4), active_features=active,
-        activation_values=torch.ones(n_active), selected_features=torch.arange(n_sel),
-        adjacency_matrix=torch.randn(n, n), n_layers=n_layers)
+        input_tokens=torch.arange(n_pos),
+        logit_token_ids=torch.tensor([5, 7][:n_logits]),
+        logit_probabilities=torch.full((n_logits,), 0.4),
+        active_features=active,
+        activation_values=torch.ones(n_active),
+        selected_features=torch.arange(n_sel),
+        adjacency_matrix=torch.randn(n, n),
+        n_layers=n_layers,
+    )
 
 
 def test_a_graph_that_keeps_the_contract_has_no_problems():
     assert result_problems(graph(), n_layers=2, n_pos=4, vocab_size=10, max_feature_nodes=3) == []
 
 
-@pytest.mark.parametrize("breakage, expected", [
-    (lambda g: setattr(g, "adjacency_matrix", g.adjacency_matrix[:-1, :-1]), "expected (17, 17)"),
-    (lambda g: g.adjacency_matrix.__setitem__((0, 0), float("nan")), "non-finite"),
-    (lambda g: setattr(g, "selected_features", torch.tensor([2, 1, 0])), "sorted ascending"),
-    (lambda g: setattr(g, "selected_features", torch.tensor([0, 1, 1])), "without duplicates"),
-    (lambda g: setattr(g, "selected_features", torch.tensor([0, 1, 6])), "index into active_features"),
-    (lambda g: setattr(g, "logit_token_ids", torch.tensor([5, 10])), "[0, 10)"),
-    (lambda g: setattr(g, "selected_features", torch.tensor([0.0, 1.0, 2.0])), "integer tensor"),
-    (lambda g: setattr(g, "adjacency_matrix", torch.zeros(17, 17, dtype=torch.int32)), "floating point"),
-    (lambda g: setattr(g, "activation_values", torch.ones(5)), "n_active=6"),
-    (lambda g: setattr(g, "adjacency_file", "/nonexistent/adj.npy"), "does not exist"),
-])
+@pytest.mark.parametrize(
+    "breakage, expected",
+    [
+        (lambda g: setattr(g, "adjacency_matrix", g.adjacency_matrix[:-1, :-1]), "expected (17, 17)"),
+        (lambda g: g.adjacency_matrix.__setitem__((0, 0), float("nan")), "non-finite"),
+        (lambda g: setattr(g, "selected_features", torch.tensor([2, 1, 0])), "sorted ascending"),
+        (lambda g: setattr(g, "selected_features", torch.tensor([0, 1, 1])), "without duplicates"),
+        (lambda g: setattr(g, "selected_features", torch.tensor([0, 1, 6])), "index into active_features"),
+        (lambda g: setattr(g, "logit_token_ids", torch.tensor([5, 10])), "[0, 10)"),
+        (lambda g: setattr(g, "selected_features", torch.tensor([0.0, 1.0, 2.0])), "integer tensor"),
+        (lambda g: setattr(g, "adjacency_matrix", torch.zeros(17, 17, dtype=torch.int32)), "floating point"),
+        (lambda g: setattr(g, "activation_values", torch.ones(5)), "n_active=6"),
+        (lambda g: setattr(g, "adjacency_file", "/nonexistent/adj.npy"), "does not exist"),
+    ],
+)
 def test_each_breach_of_the_contract_is_named(breakage, expected):
     g = graph()
     breakage(g)
@@ -78,8 +86,10 @@ def test_bf16_rule_against_the_fp32_truth():
     ct = {"against": "reference@fp32", "selected_jaccard": 0.995, "rel_frobenius": 0.0107, "edge_recall": 0.9966}
     # one more near-tie swapped than circuit-tracer's bf16 graph, closer in error: ok, although against the
     # bf16 reference it selects other features (today's rule: failed)
-    near = dict(_cell(selected_jaccard=0.99, rel_frobenius=0.0119),
-                truth_parity={"selected_jaccard": 0.985, "rel_frobenius": 0.0092, "edge_recall": 0.9964})
+    near = dict(
+        _cell(selected_jaccard=0.99, rel_frobenius=0.0119),
+        truth_parity={"selected_jaccard": 0.985, "rel_frobenius": 0.0092, "edge_recall": 0.9964},
+    )
     assert judge(near, "bfloat16")[0] == "failed"
     verdict, why = judge(near, "bfloat16", reference_truth=ct)
     assert verdict == "ok" and "vs fp32 truth" in why
@@ -95,16 +105,28 @@ def test_bf16_report_and_gate_use_the_truth_rule():
     from attrbench.bench.gate import run_gate
 
     res = make_results(nodes=(200,), repeats=1, dtype="bfloat16")
-    truth = {"against": "reference@fp32", "selected_jaccard": 0.99, "rel_frobenius": 0.011, "edge_recall": 0.996,
-             "max_abs": 0.2, "pruned_node_jaccard": 1.0}
+    truth = {
+        "against": "reference@fp32",
+        "selected_jaccard": 0.99,
+        "rel_frobenius": 0.011,
+        "edge_recall": 0.996,
+        "max_abs": 0.2,
+        "pruned_node_jaccard": 1.0,
+    }
     for c in res["cells"]:
         c["truth_parity"] = dict(truth)
         if c["parity"] and c["exact"]:
             c["parity"]["selected_jaccard"] = 0.98  # near-ties broken otherwise than circuit-tracer's bf16 graph
     res["cells"].insert(0, dict(res["cells"][0], backend="reference@fp32", truth_parity=None, verdict="truth"))
     verdicts = {r["backend"]: r["parity_verdict"] for r in summarise([res])}
-    assert verdicts == {"reference": "yardstick", "reference@fp32": "truth", "autodiff-free": "ok",
-                        "causal-trick": "ok", "gqa-shared": "ok", "approximate-pruned": "approx"}
+    assert verdicts == {
+        "reference": "yardstick",
+        "reference@fp32": "truth",
+        "autodiff-free": "ok",
+        "causal-trick": "ok",
+        "gqa-shared": "ok",
+        "approximate-pruned": "approx",
+    }
     text = render([res], "markdown")
     assert "truth jaccard" in text and "**ok** vs fp32 truth" in text
     code, gate_text = run_gate(res, res)
@@ -126,8 +148,18 @@ def test_old_results_without_the_new_keys_still_report():
 
 
 def test_exit_code_fails_on_errors_invalid_and_parity_unless_allowed(capsys):
-    doc = {"cells": [{"backend": "a", "nodes": 1, "repeat": 0, "status": "ok", "verdict": "failed",
-                      "verdict_note": "rel_frobenius 0.01 <= 0.0001 FAILS"}]}
+    doc = {
+        "cells": [
+            {
+                "backend": "a",
+                "nodes": 1,
+                "repeat": 0,
+                "status": "ok",
+                "verdict": "failed",
+                "verdict_note": "rel_frobenius 0.01 <= 0.0001 FAILS",
+            }
+        ]
+    }
     assert exit_code(doc) == 1
     assert exit_code(doc, allow_parity_failures=True) == 0
     assert "allowed by --allow-parity-failures" in capsys.readouterr().err

@@ -72,8 +72,10 @@ class ExampleSummaryReporter(Reporter):
         for doc in results:
             for cell in doc["cells"]:
                 wall = f"{cell['wall_s']:.3f} s" if cell.get("wall_s") is not None else "-"
-                lines.append(f"{cell['backend']} nodes={cell['nodes']} repeat={cell['repeat']}: {cell['status']}, "
-                             f"parity {cell.get('verdict') or 'not judged (older results file)'}, {wall}")
+                lines.append(
+                    f"{cell['backend']} nodes={cell['nodes']} repeat={cell['repeat']}: {cell['status']}, "
+                    f"parity {cell.get('verdict') or 'not judged (older results file)'}, {wall}"
+                )
         return "\n".join(lines) + "\n"
 
 
