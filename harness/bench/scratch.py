@@ -2,9 +2,9 @@
 
 Graphs are written under ``--scratch`` (or ``$ATTRBENCH_GRAPH_DIR``, else next to the results file) in a
 folder of the run's own, ``.attrbench-graphs-XXXX``, removed when the run ends. Inside it every cell gets a
-generated name, so no backend label or option ever becomes part of a path. Each folder holds an ``owner.json`` (the run's pid
-and output file): a run killed before it could clean up leaves its folder behind, and the next run on the
-same output (or any run, once the owning process is gone) removes it.
+generated name, so no backend label or option ever becomes part of a path. Each folder holds an
+``owner.json`` (the run's pid and output file): a run killed before it could clean up leaves its folder
+behind, and the next run on the same output (or any run, once the owning process is gone) removes it.
 """
 
 from __future__ import annotations
