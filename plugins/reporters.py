@@ -83,14 +83,16 @@ def _comparison_rows(rows: list[dict], n_runs: int) -> tuple[list[str], list[lis
         headers += [f"wall (run {i + 1})", f"speedup (run {i + 1})"]
     keys: list[tuple] = []
     for nodes, group in _nodes_groups(rows):
-        for r in group:
-            if (r["backend"], nodes) not in keys:
-                keys.append((r["backend"], nodes))
+        for row in group:
+            if (row["backend"], nodes) not in keys:
+                keys.append((row["backend"], nodes))
     table = []
     for backend, nodes in keys:
         line = [backend, str(nodes)]
         for i in range(n_runs):
-            r = next((x for x in rows if x["run_index"] == i and x["backend"] == backend and x["nodes"] == nodes), None)
+            r: dict | None = next(
+                (x for x in rows if x["run_index"] == i and x["backend"] == backend and x["nodes"] == nodes), None
+            )
             if r is None:
                 line += ["", ""]
             elif r["status"] != "ok":

@@ -47,7 +47,7 @@ class Cell:
 
 def yardsticks_of(names: list[str], backends: Mapping[str, Backend]) -> list[str]:
     """The selected backends that declare themselves yardsticks, best first."""
-    ranked = [(backends[n].yardstick, n) for n in names if backends[n].yardstick is not None]
+    ranked = [(rank, n) for n in names if (rank := backends[n].yardstick) is not None]
     return [n for _, n in sorted(ranked, key=lambda rn: rn[0])]
 
 

@@ -127,7 +127,7 @@ def _worst_parity(given: list[dict | None]) -> dict | None:
         return None
     out: dict[str, Any] = {"against": parities[0].get("against")}
     for name in PARITY_FIELDS:
-        values = [p.get(name) for p in parities if p.get(name) is not None]
+        values = [float(v) for p in parities if (v := p.get(name)) is not None]
         if not values:
             out[name] = None
         else:
@@ -245,7 +245,7 @@ def summarise(results: list[dict]) -> list[dict]:
                 row["speedup"] = None
                 row["mem_ratio"] = None
                 row["device_note"] = None
-                if ok and ref_ok:
+                if ok and ref is not None and ref_ok:
                     if ref["wall_s"] and cell["wall_s"]:
                         row["speedup"] = ref["wall_s"] / cell["wall_s"]
                         row["device_note"] = device_mismatch(ref, cell)
