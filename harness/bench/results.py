@@ -20,7 +20,7 @@ import tempfile
 import threading
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from attrbench.bench.schema import NonFinite, check_results_schema, parse_json
 from attrbench.errors import UsageError
@@ -194,6 +194,19 @@ class ResultsWriteError(Exception):
         super().__init__(f"cannot write {output}: {error.strerror or error}")
         self.output, self.error, self.cell = output, error, cell
 
+    def report(self, stream: TextIO) -> None:
+        """The unwritten cell as one JSON line, then one line saying what happened."""
+        if self.cell is None:
+            print(f"attrbench: {self}; no cell has run; stopping", file=stream, flush=True)
+            return
+        print(json.dumps(self.cell, default=str), file=stream, flush=True)
+        print(
+            f"attrbench: {self}; the file keeps the cells written before it, the cell above (JSON) was not "
+            "written; stopping",
+            file=stream,
+            flush=True,
+        )
+
 
 class ResultsDocument:
     """The results document of a run: every record of ``--resume`` first (its ok cells are not run again;
@@ -224,6 +237,11 @@ class ResultsDocument:
             if resume.get("yardstick_note"):
                 self.notes.append(resume["yardstick_note"])
 
+    def record(self, key: tuple[str, int, int]) -> dict[str, Any]:
+        """The record of the cell ``key`` (one kept from ``--resume``, or written by this run)."""
+        with self.lock:
+            return next(c for c in self.doc["cells"] if cell_key(c) == key)
+
     def put(self, cell: CellRecord) -> None:
         """Add ``cell`` (replacing a record of the same key) and write the file."""
         record = cell.to_dict()
@@ -240,6 +258,20 @@ class ResultsDocument:
         with self.lock:
             if text and text not in self.notes:
                 self.notes.append(text)
+
+    def start(self) -> None:
+        """The first write, before any cell runs (a full disk stops the run here, with nothing lost)."""
+        try:
+            self.write()
+        except OSError as exc:
+            raise ResultsWriteError(self.output or Path("-"), exc, None) from exc
+
+    def close(self) -> None:
+        """The last write (the yardstick notes); a failure here was already reported."""
+        try:
+            self.write()
+        except OSError:
+            pass
 
     def write(self) -> None:
         with self.lock:

@@ -11,7 +11,6 @@ fit are recorded as ``oom`` without running.
 from __future__ import annotations
 
 import itertools
-import json
 import shutil
 import sys
 import time
@@ -21,12 +20,12 @@ from typing import Any, TextIO
 
 from attrbench.api import CellJob, Launcher
 from attrbench.bench.estimate import predict_unfit
-from attrbench.bench.plan import TRUTH_DTYPE, Cell, plan_cells, truth_cell, yardsticks_of
+from attrbench.bench.plan import TRUTH_DTYPE, Cell, plan_cells, truth_cell
 from attrbench.bench.results import CellRecord, ResultsDocument, ResultsWriteError
-from attrbench.bench.schedule import run_groups
+from attrbench.bench.schedule import run_groups, run_with_retries
 from attrbench.bench.scratch import ScratchFolder
 from attrbench.bench.settings import BenchSettings
-from attrbench.bench.yardstick import GroupYardsticks
+from attrbench.bench.yardstick import GroupYardsticks, no_yardstick_advice
 from attrbench.graph.verdicts import NO_YARDSTICK
 from attrbench.plugin_manager import BackendRegistry, get_backends
 from attrbench.workload.spec import WorkloadSpec
@@ -96,10 +95,7 @@ class Runner:
 
         try:
             self.scratch.remove_stale(self.say)
-            try:
-                self.results.write()
-            except OSError as exc:  # e.g. the disk is full before the first cell: nothing measured is lost
-                raise ResultsWriteError(self.results.output or Path("-"), exc, None) from exc
+            self.results.start()
             groups = [list(g) for _, g in itertools.groupby(plan, key=lambda cell: (cell.nodes, cell.repeat))]
             run_groups(groups, run_group, self.launcher)
             return self.results.doc
@@ -108,29 +104,17 @@ class Runner:
             self.say("interrupted; stopping (finished cells are kept)")
             raise
         except ResultsWriteError as exc:  # disk full: the file keeps what it had, this cell goes to stderr
-            if exc.cell is None:
-                self.say(f"{exc}; no cell has run; stopping")
-                raise
-            print(json.dumps(exc.cell, default=str), file=self.stream, flush=True)
-            self.say(
-                f"{exc}; the file keeps the cells written before it, the cell above (JSON) was not written; stopping"
-            )
+            exc.report(self.stream)
             raise
         finally:
-            try:
-                self.results.write()
-            except OSError:
-                pass  # already reported, or nothing new to write
-            finally:
-                self.scratch.remove()
+            self.results.close()
+            self.scratch.remove()
 
     def _one(self, cell: Cell, tag: str, too_big: str | None, yardsticks: GroupYardsticks) -> str:
         """Run (or keep, or skip) one cell and record it; returns its status."""
         if cell.key in self.results.kept:
             self.say(f"{tag}: kept from --resume (ok)")
-            kept = next(c for c in self.results.doc["cells"] if (c["backend"], c["nodes"], c["repeat"]) == cell.key)
-            if kept.get("truth_parity"):
-                yardsticks.truth_parity[cell.backend] = kept["truth_parity"]
+            yardsticks.keep(cell, self.results.record(cell.key))
             return "ok"
         record = CellRecord(cell.backend, self.backends[cell.runs].exact, cell.nodes, cell.repeat)
         if too_big is not None and self.config.settings.strict:
@@ -157,13 +141,7 @@ class Runner:
         self.say(f"{tag}: {record.status}{wall}{verdict}" + (f" ({record.error})" if record.error else ""))
         if record.verdict == NO_YARDSTICK and not self.said_no_yardstick:
             self.said_no_yardstick = True
-            names = yardsticks_of(list(self.backends), self.backends)
-            add = (
-                f"add {names[0]} to --backends" + (f" (or {', '.join(names[1:])})" if names[1:] else "")
-                if names
-                else "register a yardstick backend"
-            )
-            self.say(f"no yardstick: the graph of {cell.backend} was compared with nothing; {add} to check parity")
+            self.say(no_yardstick_advice(cell, self.backends))
         return record.status
 
     def _launch(self, cell: Cell, tag: str) -> tuple[dict[str, Any], Path | None]:
@@ -175,23 +153,18 @@ class Runner:
         job = CellJob(
             self.config.spec.to_dict(), cell.runs, cell.nodes, cell.repeat, settings.to_dict(), str(graph_dir)
         )
-        for attempt in range(settings.retries + 1):
-            values = self.launcher.run(job, settings.timeout_s, progress=lambda text: self.say(f"{tag}: {text}"))
-            lost = values.pop("worker_lost", False)
-            if not lost or attempt == settings.retries or self.stopping:
-                break
-            # recorded once, so that a run stopped now still shows what happened; the retry replaces it
-            self.results.put(
-                CellRecord(
-                    cell.backend,
-                    self.backends[cell.runs].exact,
-                    cell.nodes,
-                    cell.repeat,
-                    status="error",
-                    error=values.get("error"),
-                )
-            )
-            self.say(f"{tag}: {values.get('error')}; retrying ({attempt + 1}/{settings.retries})")
+
+        def lost(values: dict[str, Any], attempt: int) -> bool:
+            """Record a lost worker once (a run stopped now still shows it; the retry replaces it)."""
+            if self.stopping:
+                return False
+            exact = self.backends[cell.runs].exact
+            self.results.put(CellRecord(cell.backend, exact, cell.nodes, cell.repeat, "error", values.get("error")))
+            self.say(f"{tag}: {values.get('error')}; retrying ({attempt}/{settings.retries})")
+            return True
+
+        progress = lambda text: self.say(f"{tag}: {text}")  # noqa: E731
+        values = run_with_retries(self.launcher, job, settings.timeout_s, progress, settings.retries, lost)
         if "traceback" in values:
             values["error_traceback"] = values.pop("traceback")
         if values["status"] == "ok" and (graph_dir / "adjacency.npy").exists():

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from attrbench.api import Launcher
+from attrbench.api import CellJob, Launcher
 
 G = TypeVar("G")
 
@@ -49,3 +49,23 @@ def run_groups(groups: Sequence[G], run_group: Callable[[G], None], launcher: La
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_with_retries(
+    launcher: Launcher,
+    job: CellJob,
+    timeout_s: float | None,
+    progress: Callable[[str], None],
+    retries: int,
+    on_lost: Callable[[dict[str, Any], int], bool],
+) -> dict[str, Any]:
+    """``launcher.run(job)``, again up to ``retries`` times while its worker is lost (``worker_lost``).
+
+    ``on_lost(values, attempt)`` is told of each lost worker before the retry and returns False to stop
+    retrying (the run is being interrupted).
+    """
+    for attempt in range(1, retries + 2):
+        values = launcher.run(job, timeout_s, progress=progress)
+        if not values.pop("worker_lost", False) or attempt > retries or not on_lost(values, attempt):
+            return values
+    raise AssertionError("unreachable")

@@ -58,6 +58,11 @@ class GroupYardsticks:
         for folder in self.graphs.values():
             shutil.rmtree(folder, ignore_errors=True)
 
+    def keep(self, cell: Cell, kept: dict[str, Any]) -> None:
+        """A cell kept from ``--resume``: its distance from the truth still counts for the others' verdicts."""
+        if kept.get("truth_parity"):
+            self.truth_parity[cell.backend] = kept["truth_parity"]
+
     def record(self, backend: str, status: str) -> None:
         self.status[backend] = status
 
@@ -150,3 +155,13 @@ class GroupYardsticks:
         if folder is not None:
             self.graphs[against] = folder
         return folder
+
+
+def no_yardstick_advice(cell: Cell, backends: Mapping[str, Backend]) -> str:
+    """One line saying which backend to add when ``cell``'s graph had nothing to be compared with."""
+    names = yardsticks_of(list(backends), backends)
+    if names:
+        add = f"add {names[0]} to --backends" + (f" (or {', '.join(names[1:])})" if names[1:] else "")
+    else:
+        add = "register a yardstick backend"
+    return f"no yardstick: the graph of {cell.backend} was compared with nothing; {add} to check parity"
