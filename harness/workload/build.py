@@ -265,7 +265,8 @@ def _load_cached(spec: WorkloadSpec, folder: Path) -> BuiltWorkload:
 
     token_ids = torch.tensor(json.loads((folder / "prompt.json").read_text())["token_ids"], dtype=torch.long)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder / "model"))
-    ct, transcoders = load_folder(folder / "transcoders", spec.model.num_hidden_layers, spec.model.hidden_size)
+    ct, transcoders = load_folder(folder / "transcoders", spec.model.num_hidden_layers, spec.model.hidden_size,
+                                  spec.model.model_type)
     check_read_back(spec, transcoders)
     return BuiltWorkload(spec, load_hf_model(folder / "model"), tokenizer, str(folder / "model"), transcoders,
                          token_ids, ct, spec.transcoders.kind)
@@ -284,7 +285,8 @@ def build_local(spec: WorkloadSpec) -> BuiltWorkload:
     # read by circuit-tracer's own loaders; the engine's weights come from the object they return
     tsrc = transcoder_files.resolve(src.transcoders_dir)
     ct = transcoder_files.load(tsrc, lazy=True)
-    transcoder_files.check_against_model(ct, tsrc, spec.model.num_hidden_layers, spec.model.hidden_size)
+    transcoder_files.check_against_model(ct, tsrc, spec.model.num_hidden_layers, spec.model.hidden_size,
+                                         spec.model.model_type)
     transcoders = transcoder_files.engine_weights(ct, spec.model.num_hidden_layers)
     token_ids = torch.tensor(spec.prompt.token_ids, dtype=torch.long)
     return BuiltWorkload(spec, load_hf_model(model_dir), tokenizer, str(model_dir), transcoders, token_ids,
@@ -335,6 +337,6 @@ def build_workload(spec: WorkloadSpec, use_cache: bool | None = None) -> BuiltWo
     built.ct_transcoders, built.transcoders = through_files(
         transcoders, spec.transcoders.kind, spec.model.hidden_size,
         cache_dir() / "transcoders-ct" / cache_key(spec), scan=f"attrbench-{spec.content_hash()}",
-        hooks=family_hooks(spec))
+        hooks=family_hooks(spec), model_type=spec.model.model_type)
     check_read_back(spec, built.transcoders)
     return built

@@ -164,19 +164,19 @@ def build_seeded(spec: WorkloadSpec, hf_model: torch.nn.Module, token_ids: torch
 
 
 def through_files(weights: list, kind: str, d_model: int, folder: Path, scan: str,
-                  hooks: tuple[str, str] = ("mlp.hook_in", "mlp.hook_out")):
+                  hooks: tuple[str, str] = ("mlp.hook_in", "mlp.hook_out"), model_type: str | None = None):
     """Write ``weights`` in circuit-tracer's layout under ``folder`` (once) and read them back with its
     loaders; returns (circuit-tracer object, engine weights taken from it)."""
     if not (folder / "config.yaml").exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
         tf.write_transcoders(weights, kind, d_model, folder, scan=scan, hooks=hooks)
-    return load_folder(folder, len(weights), d_model)
+    return load_folder(folder, len(weights), d_model, model_type)
 
 
-def load_folder(folder: Path, n_layers: int, d_model: int):
+def load_folder(folder: Path, n_layers: int, d_model: int, model_type: str | None = None):
     src = tf.resolve(folder)
     obj = tf.load(src, lazy=True)
-    tf.check_against_model(obj, src, n_layers, d_model)
+    tf.check_against_model(obj, src, n_layers, d_model, model_type)
     return obj, tf.engine_weights(obj, n_layers)
 
 

@@ -183,3 +183,27 @@ def test_cross_layer_transcoders_read_the_familys_hook_resid_mid(name):
         assert (cache[f"blocks.{layer}.hook_resid_mid"][0] - mid).abs().max().item() < 1e-4, (name, layer)
     n_active = linearise(prepare_weights(built, "cpu", torch.float32), built.token_ids).n_active
     assert abs(n_active - built.spec.estimated_active_features) <= 0.1 * built.spec.estimated_active_features
+
+
+@pytest.mark.parametrize("model_type,kind,hooks,ok", [
+    ("gemma2", "transcoder_set", ("ln2.hook_normalized", "hook_mlp_out"), True),
+    ("gemma3", "cross_layer_transcoder", ("hook_resid_mid", "hook_mlp_out"), True),
+    # Gemma's mlp.hook_in is after the (1 + w) gain and its mlp.hook_out before post_feedforward_layernorm
+    ("gemma2", "transcoder_set", ("mlp.hook_in", "mlp.hook_out"), False),
+    ("gemma2", "cross_layer_transcoder", ("hook_resid_mid", "mlp.hook_out"), False),
+    ("gemma3", "transcoder_set", ("mlp.hook_in", "hook_mlp_out"), False),
+    ("llama", "cross_layer_transcoder", ("hook_resid_mid", "mlp.hook_out"), True),
+    ("llama", "transcoder_set", ("mlp.hook_in", "hook_mlp_out"), True),
+    # Llama's ln2.hook_normalized is before the gain that the Llama layout's transcoder input includes
+    ("llama", "transcoder_set", ("ln2.hook_normalized", "hook_mlp_out"), False),
+])
+def test_transcoder_hooks_must_be_where_the_family_reads_and_writes(model_type, kind, hooks, ok):
+    from attrbench.workload.transcoder_files import TranscoderSource, check_hooks_for_family
+
+    src = TranscoderSource(kind, hooks[0], hooks[1], "/t", config_file="/t/config.yaml")
+    if ok:
+        check_hooks_for_family(src, model_type)
+    else:
+        with pytest.raises(UsageError, match=f"not supported for .* transcoders on {model_type}") as info:
+            check_hooks_for_family(src, model_type)
+        assert "\n" not in str(info.value) and "feature_input_hook:" in str(info.value)
