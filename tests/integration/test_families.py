@@ -207,3 +207,27 @@ def test_transcoder_hooks_must_be_where_the_family_reads_and_writes(model_type, 
         with pytest.raises(UsageError, match=f"not supported for .* transcoders on {model_type}") as info:
             check_hooks_for_family(src, model_type)
         assert "\n" not in str(info.value) and "feature_input_hook:" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["gemma2-clt", "gemma3"])
+def test_gemma_from_saved_folders_gives_circuit_tracers_graph(name, tmp_path):
+    """A Gemma model folder and transcoders written in circuit-tracer's layout (config.yaml with the family's
+    hooks), read back as ``--model DIR --transcoders DIR``: the exact backend's graph is circuit-tracer's."""
+    from attrbench.api import AttributeSettings
+    from attrbench.graph.parity import compare
+    from attrbench.plugin_manager import get_backends
+    from attrbench.workload.build import save_workload
+    from attrbench.workload.spec import local_spec
+
+    save_workload(build_workload(load_workload_file(WORKLOADS / f"{name}.json")), tmp_path / "entry")
+    built = build_workload(local_spec(tmp_path / "entry" / "model", tmp_path / "entry" / "transcoders",
+                                      "t1 t5 t9 t17 t33 t2 t8 t100 t41 t77 t90 t12"))
+    assert built.transcoder_kind == ("clt" if name.endswith("-clt") else "plt")
+    graphs = {}
+    for backend_name in ("reference", "gqa-shared"):
+        backend = get_backends()[backend_name]
+        graphs[backend_name] = backend.attribute(backend.prepare(built, "cpu", torch.float32),
+                                                 AttributeSettings(max_feature_nodes=200, batch_size=64))
+    parity = compare(graphs["gqa-shared"], graphs["reference"], "reference")
+    assert parity["selected_jaccard"] == 1.0 and parity["rel_frobenius"] <= 1e-4, parity
+    assert graphs["reference"].active_features.shape[0] > 200
