@@ -21,7 +21,13 @@ import torch
 
 from attrbench.guard import CACHE_ENV, env_folder
 from attrbench.workload import families, transcoder_files
-from attrbench.workload.seeded_transcoders import build_seeded, check_read_back, load_folder, through_files
+from attrbench.workload.seeded_transcoders import (
+    build_seeded,
+    cache_key,
+    check_read_back,
+    load_folder,
+    through_files,
+)
 from attrbench.workload.spec import WorkloadSpec
 from attrbench.workload.transcoder_files import TranscoderWeights
 
@@ -259,10 +265,11 @@ def _load_cached(spec: WorkloadSpec, folder: Path) -> BuiltWorkload:
 
     token_ids = torch.tensor(json.loads((folder / "prompt.json").read_text())["token_ids"], dtype=torch.long)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder / "model"))
-    ct, transcoders = load_folder(folder / "transcoders", spec.model.num_hidden_layers, spec.model.hidden_size)
+    ct, transcoders = load_folder(folder / "transcoders", spec.model.num_hidden_layers, spec.model.hidden_size,
+                                  spec.model.model_type)
     check_read_back(spec, transcoders)
-    return BuiltWorkload(spec, load_hf_model(folder / "model"), tokenizer, str(folder / "model"), transcoders, token_ids,
-                         ct, spec.transcoders.kind)
+    return BuiltWorkload(spec, load_hf_model(folder / "model"), tokenizer, str(folder / "model"), transcoders,
+                         token_ids, ct, spec.transcoders.kind)
 
 
 def build_local(spec: WorkloadSpec) -> BuiltWorkload:
@@ -278,7 +285,8 @@ def build_local(spec: WorkloadSpec) -> BuiltWorkload:
     # read by circuit-tracer's own loaders; the engine's weights come from the object they return
     tsrc = transcoder_files.resolve(src.transcoders_dir)
     ct = transcoder_files.load(tsrc, lazy=True)
-    transcoder_files.check_against_model(ct, tsrc, spec.model.num_hidden_layers, spec.model.hidden_size)
+    transcoder_files.check_against_model(ct, tsrc, spec.model.num_hidden_layers, spec.model.hidden_size,
+                                         spec.model.model_type)
     transcoders = transcoder_files.engine_weights(ct, spec.model.num_hidden_layers)
     token_ids = torch.tensor(spec.prompt.token_ids, dtype=torch.long)
     return BuiltWorkload(spec, load_hf_model(model_dir), tokenizer, str(model_dir), transcoders, token_ids,
@@ -303,7 +311,7 @@ def build_workload(spec: WorkloadSpec, use_cache: bool | None = None) -> BuiltWo
         use_cache = parameter_count(spec) > CACHE_MIN_PARAMS
     # "workloads-ct": caches in circuit-tracer's transcoder layout (older caches under "workloads" stored the
     # JumpReLU threshold under a key circuit-tracer does not read)
-    folder = cache_dir() / "workloads-ct" / spec.content_hash()
+    folder = cache_dir() / "workloads-ct" / cache_key(spec)
     if use_cache:
         clean_stale_temporaries(folder.parent)
     if use_cache and folder.exists():
@@ -328,7 +336,7 @@ def build_workload(spec: WorkloadSpec, use_cache: bool | None = None) -> BuiltWo
     # exact backends both use what circuit-tracer read
     built.ct_transcoders, built.transcoders = through_files(
         transcoders, spec.transcoders.kind, spec.model.hidden_size,
-        cache_dir() / "transcoders-ct" / spec.content_hash(), scan=f"attrbench-{spec.content_hash()}",
-        hooks=family_hooks(spec))
+        cache_dir() / "transcoders-ct" / cache_key(spec), scan=f"attrbench-{spec.content_hash()}",
+        hooks=family_hooks(spec), model_type=spec.model.model_type)
     check_read_back(spec, built.transcoders)
     return built

@@ -53,6 +53,10 @@ def mlp_inputs(hf_model: torch.nn.Module, token_ids: torch.Tensor) -> list[torch
 #: no pre-activation of the prompt lies closer than this to its feature's threshold (pre-activations are
 #: about unit scale). bf16 forward passes of HF and TransformerLens differ by about 0.01 there.
 THRESHOLD_MARGIN = 0.05
+#: the same for cross-layer transcoders, whose encoders read the un-normalised ``hook_resid_mid``: there the
+#: bf16 forward pass moves pre-activations near the cut (about 2) by up to 0.07 by the last layer (gemma3-clt),
+#: and 0.05 let one of its 953 features switch off in bf16
+CLT_THRESHOLD_MARGIN = 0.1
 
 
 def calibrated_thresholds(pre_acts: torch.Tensor, target_l0: float, margin: float = THRESHOLD_MARGIN) -> torch.Tensor:
@@ -93,10 +97,14 @@ def build_transcoders(spec: WorkloadSpec, inputs: list[torch.Tensor]) -> list[Tr
 
 @torch.no_grad()
 def resid_mids(hf_model: torch.nn.Module, token_ids: torch.Tensor) -> list[torch.Tensor]:
-    """Each layer's residual stream after attention (``hook_resid_mid``, the input of the second norm)."""
+    """Each layer's residual stream after attention (``hook_resid_mid``, the input of the norm before the MLP):
+    ``post_attention_layernorm``'s input for Qwen3/Llama, ``pre_feedforward_layernorm``'s for Gemma (whose
+    ``post_attention_layernorm`` normalises the attention output *before* the residual add)."""
     captured: list[torch.Tensor] = []
+    gemma = getattr(hf_model.config, "model_type", "") in ("gemma2", "gemma3_text")
+    norm = "pre_feedforward_layernorm" if gemma else "post_attention_layernorm"
     handles = [
-        layer.post_attention_layernorm.register_forward_pre_hook(lambda _m, args: captured.append(args[0][0].float()))
+        getattr(layer, norm).register_forward_pre_hook(lambda _m, args: captured.append(args[0][0].float()))
         for layer in hf_model.model.layers
     ]
     try:
@@ -107,8 +115,25 @@ def resid_mids(hf_model: torch.nn.Module, token_ids: torch.Tensor) -> list[torch
     return captured
 
 
+def builder_revision(spec: WorkloadSpec) -> int:
+    """Revision of what :func:`build_seeded` writes for ``spec`` (1 unless a fix changed its bytes).
+
+    2: cross-layer transcoders, calibrated with :data:`CLT_THRESHOLD_MARGIN` (revision 1: 0.05) and, for
+    Gemma, on ``pre_feedforward_layernorm``'s input (revision 1 used ``post_attention_layernorm``'s, which
+    there is the attention output, not ``hook_resid_mid``)."""
+    return 2 if spec.transcoders.kind == "clt" else 1
+
+
+def cache_key(spec: WorkloadSpec) -> str:
+    """The cache folder name of a seeded workload: its content hash, plus ``-r{revision}`` where the builder's
+    bytes for it changed, so that files written by an older builder are never read back."""
+    revision = builder_revision(spec)
+    return spec.content_hash() + (f"-r{revision}" if revision > 1 else "")
+
+
 def build_seeded(spec: WorkloadSpec, hf_model: torch.nn.Module, token_ids: torch.Tensor) -> list:
-    """The workload's transcoders in the engine's layout (:class:`attrbench.workload.transcoder_files.TranscoderWeights`)."""
+    """The workload's transcoders in the engine's layout
+    (:class:`attrbench.workload.transcoder_files.TranscoderWeights`)."""
 
     t = spec.transcoders
     if t.kind == "plt":
@@ -131,7 +156,7 @@ def build_seeded(spec: WorkloadSpec, hf_model: torch.nn.Module, token_ids: torch
         W_dec = torch.randn(F, L - layer, d, generator=g) * (0.5 / (F * (L - layer)) ** 0.5)
         b_enc, b_dec = torch.zeros(F), torch.zeros(d)
         W_skip = torch.randn(d, d, generator=g) * (0.1 / d**0.5) if t.skip_connection else None
-        threshold = calibrated_thresholds(m[1:] @ W_enc.T, t.target_l0)
+        threshold = calibrated_thresholds(m[1:] @ W_enc.T, t.target_l0, CLT_THRESHOLD_MARGIN)
         if t.activation == "relu":
             b_enc, threshold = -threshold, torch.zeros(F)
         out.append(TranscoderWeights(W_enc, W_dec, b_enc, b_dec, threshold, W_skip, t.activation, t.k))
@@ -139,19 +164,19 @@ def build_seeded(spec: WorkloadSpec, hf_model: torch.nn.Module, token_ids: torch
 
 
 def through_files(weights: list, kind: str, d_model: int, folder: Path, scan: str,
-                  hooks: tuple[str, str] = ("mlp.hook_in", "mlp.hook_out")):
+                  hooks: tuple[str, str] = ("mlp.hook_in", "mlp.hook_out"), model_type: str | None = None):
     """Write ``weights`` in circuit-tracer's layout under ``folder`` (once) and read them back with its
     loaders; returns (circuit-tracer object, engine weights taken from it)."""
     if not (folder / "config.yaml").exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
         tf.write_transcoders(weights, kind, d_model, folder, scan=scan, hooks=hooks)
-    return load_folder(folder, len(weights), d_model)
+    return load_folder(folder, len(weights), d_model, model_type)
 
 
-def load_folder(folder: Path, n_layers: int, d_model: int):
+def load_folder(folder: Path, n_layers: int, d_model: int, model_type: str | None = None):
     src = tf.resolve(folder)
     obj = tf.load(src, lazy=True)
-    tf.check_against_model(obj, src, n_layers, d_model)
+    tf.check_against_model(obj, src, n_layers, d_model, model_type)
     return obj, tf.engine_weights(obj, n_layers)
 
 

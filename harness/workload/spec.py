@@ -284,7 +284,8 @@ def validate(spec: WorkloadSpec) -> WorkloadSpec:
     if t.kind not in TRANSCODER_KINDS:
         raise UsageError(f"workload: transcoders.kind must be one of {', '.join(TRANSCODER_KINDS)}, got {t.kind!r}")
     if t.activation not in ACTIVATIONS:
-        raise UsageError(f"workload: transcoders.activation must be one of {', '.join(ACTIVATIONS)}, got {t.activation!r}")
+        raise UsageError(f"workload: transcoders.activation must be one of {', '.join(ACTIVATIONS)}, "
+                         f"got {t.activation!r}")
     if t.activation == "topk":
         k = _positive_int("transcoders", "k", t.k)
         if k > t.d_transcoder:
@@ -485,7 +486,7 @@ def local_spec(model_dir: str | Path, transcoders_dir: str | Path, prompt: str) 
         _transcoder_shapes(weights, "model weights file")
     src = transcoder_files.resolve(transcoders_dir)
     found = transcoder_files.check_against_model(transcoder_files.load(src, lazy=True), src,
-                                                 model.num_hidden_layers, model.hidden_size)
+                                                 model.num_hidden_layers, model.hidden_size, model.model_type)
     transcoders = TranscoderSpec(d_transcoder=found["d_transcoder"], skip_connection=found["skip_connection"],
                                  kind=found["kind"], activation=found["activation"], k=found["k"])
     tdir = Path(src.config_file or src.root)

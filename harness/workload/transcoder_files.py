@@ -55,6 +55,12 @@ class TranscoderWeights:
 #: and writes the post-feedforward norm's output, as circuit-tracer's configs for them say
 PLT_HOOKS = {("mlp.hook_in", "mlp.hook_out"), ("mlp.hook_in", "hook_mlp_out"), ("ln2.hook_normalized", "hook_mlp_out")}
 CLT_HOOKS = {("hook_resid_mid", "hook_mlp_out"), ("hook_resid_mid", "mlp.hook_out")}
+#: Gemma-2/3 (the pre/post-norm families): the hooks the engine's Gemma layout implements. Its ``mlp.hook_in``
+#: is after the pre-feedforward norm's (1 + w) gain and its ``mlp.hook_out`` before the post-feedforward norm,
+#: so only ln2.hook_normalized / hook_resid_mid -> hook_mlp_out (circuit-tracer's Gemma configs) are taken;
+#: Qwen3/Llama take the others (their ``ln2.hook_normalized`` is before the gain the engine's layout includes)
+GEMMA_HOOKS = {"transcoder_set": {("ln2.hook_normalized", "hook_mlp_out")},
+               "cross_layer_transcoder": {("hook_resid_mid", "hook_mlp_out")}}
 CONFIG_NAMES = ("config.yaml", "config.yml")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*(/[^/].*)?$")
 
@@ -342,10 +348,36 @@ def activation_of(fn) -> tuple[str, int | None]:
     raise UsageError(f"transcoder activation {fn!r} is not supported (JumpReLU, ReLU or TopK)")
 
 
-def check_against_model(obj, src: TranscoderSource, n_layers: int, d_model: int) -> dict[str, Any]:
-    """Layer count, widths, hooks against the model; the transcoder section of the workload (a dict)."""
+def check_hooks_for_family(src: TranscoderSource, model_type: str) -> None:
+    """One UsageError line when the transcoders' hooks are not where the engine reads and writes for the
+    model family (see :data:`GEMMA_HOOKS`)."""
+    from attrbench.workload.families import family
+
     where = src.config_file or src.root
     hooks = (src.feature_input_hook, src.feature_output_hook)
+    f = family(model_type)
+    if f.is_gemma:
+        allowed = GEMMA_HOOKS[src.model_kind]
+    elif src.model_kind == "transcoder_set":
+        allowed = PLT_HOOKS - GEMMA_HOOKS["transcoder_set"]
+    else:
+        allowed = CLT_HOOKS
+    if hooks not in allowed:
+        want = sorted(allowed)[0]
+        what = "per-layer" if src.model_kind == "transcoder_set" else "cross-layer"
+        raise UsageError(f"--transcoders {where}: hooks {hooks[0]!r} -> {hooks[1]!r} are not supported for "
+                         f"{what} transcoders on {f.model_type} (give a config.yaml with feature_input_hook: "
+                         f"{want[0]}, feature_output_hook: {want[1]})")
+
+
+def check_against_model(obj, src: TranscoderSource, n_layers: int, d_model: int,
+                        model_type: str | None = None) -> dict[str, Any]:
+    """Layer count, widths, hooks against the model (and its family, when ``model_type`` is given); the
+    transcoder section of the workload (a dict)."""
+    where = src.config_file or src.root
+    hooks = (src.feature_input_hook, src.feature_output_hook)
+    if model_type is not None:
+        check_hooks_for_family(src, model_type)
     if src.model_kind == "transcoder_set":
         if hooks not in PLT_HOOKS:
             raise UsageError(f"--transcoders {where}: hooks {hooks[0]!r} -> {hooks[1]!r} are not supported for "
@@ -357,7 +389,7 @@ def check_against_model(obj, src: TranscoderSource, n_layers: int, d_model: int)
                                  f"the model has hidden_size {d_model}")
             if (tc.W_skip is not None) != skip:
                 raise UsageError(f"--transcoders {where}: layers differ in having W_skip")
-        for i, path in sorted(src.paths.items()):
+        for _, path in sorted(src.paths.items()):
             if path.endswith(".safetensors"):
                 _check_plt_file(Path(path), F, d_model)
         acts = {activation_of(tc.activation_function) for tc in obj}

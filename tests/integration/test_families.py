@@ -1,7 +1,7 @@
 """Model families (issue 14): config fields honoured or refused, HF and TransformerLens models equal per family.
 
 The per-family parity of the exact backends against circuit-tracer is in test_backend_parity.py (the
-llama32, gemma2 and gemma3 workloads).
+llama32, gemma2 and gemma3 workloads, and llama32-clt, gemma2-clt, gemma3-clt with cross-layer transcoders).
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ def test_pasted_gemma_configs_are_accepted_with_their_fields():
     ({"model_type": "qwen3", "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "not supported for qwen3"),
     ({"model_type": "qwen3", "rope_scaling": None, "tie_word_embeddings": False, "use_sliding_window": True},
      "use_sliding_window=True changes the computation"),
-    ({"rope_local_base_freq": 10.0}, "rope_local_base_freq=10.0 changes the computation and is not supported for llama"),
+    ({"rope_local_base_freq": 10.0},
+     "rope_local_base_freq=10.0 changes the computation and is not supported for llama"),
     ({**GEMMA2_CONFIG, "rope_local_base_freq": 10.0}, "not supported for gemma2"),
     ({**GEMMA2_CONFIG, "hidden_activation": "gelu"}, "hidden_activation='gelu' is not supported for gemma2"),
     ({"model_type": "gemma3", "text_config": {}}, "multimodal Gemma-3 config"),
@@ -128,7 +129,8 @@ def test_presets_have_the_real_shapes():
     assert (g.num_hidden_layers, g.hidden_size, g.head_dim, g.num_attention_heads, g.num_key_value_heads,
             g.vocab_size, g.final_logit_softcapping) == (26, 2304, 256, 8, 4, 256000, 30.0)
     ll = preset("llama-3.2-1b").model
-    assert (ll.num_hidden_layers, ll.hidden_size, ll.tie_word_embeddings, ll.rope_scaling["factor"]) == (16, 2048, True, 32.0)
+    assert (ll.num_hidden_layers, ll.hidden_size, ll.tie_word_embeddings,
+            ll.rope_scaling["factor"]) == (16, 2048, True, 32.0)
     g3 = preset("gemma-3-1b").model
     assert (g3.num_hidden_layers, g3.hidden_size, g3.num_key_value_heads, g3.sliding_window) == (26, 1152, 1, 512)
 
@@ -158,3 +160,74 @@ def test_hf_and_transformer_lens_logits_agree(name):
     path = reference_path(model)
     hooks = "mlp.hook_in -> mlp.hook_out" if name == "llama32" else "ln2.hook_normalized -> hook_mlp_out"
     assert hooks in path and ("per attention type" in path) == (name == "gemma3"), path
+
+
+@pytest.mark.parametrize("name", ["llama32-clt", "gemma2-clt", "gemma3-clt"])
+def test_cross_layer_transcoders_read_the_familys_hook_resid_mid(name):
+    """The seeded CLT is calibrated on TransformerLens' ``hook_resid_mid`` of the family (for Gemma the input of
+    pre_feedforward_layernorm, not of post_attention_layernorm), so it has about ``target_l0`` active features
+    per position; the reference's replacement model with the CLT still gives the HF logits."""
+    from attrbench.backends.exact.linearised import linearise, prepare_weights
+    from attrbench.backends.reference import build_replacement_model, reference_path
+    from attrbench.workload.seeded_transcoders import resid_mids
+
+    built = build_workload(load_workload_file(WORKLOADS / f"{name}.json"))
+    model = build_replacement_model(built, "cpu", torch.float32)
+    tokens = built.token_ids[None]
+    with torch.no_grad():
+        tl, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_resid_mid"))
+        hf = built.hf_model(tokens).logits
+    assert (hf - tl).abs().max().item() < 1e-5, name
+    assert "hook_resid_mid -> hook_mlp_out" in reference_path(model)
+    for layer, mid in enumerate(resid_mids(built.hf_model, built.token_ids)):
+        assert (cache[f"blocks.{layer}.hook_resid_mid"][0] - mid).abs().max().item() < 1e-4, (name, layer)
+    n_active = linearise(prepare_weights(built, "cpu", torch.float32), built.token_ids).n_active
+    assert abs(n_active - built.spec.estimated_active_features) <= 0.1 * built.spec.estimated_active_features
+
+
+@pytest.mark.parametrize("model_type,kind,hooks,ok", [
+    ("gemma2", "transcoder_set", ("ln2.hook_normalized", "hook_mlp_out"), True),
+    ("gemma3", "cross_layer_transcoder", ("hook_resid_mid", "hook_mlp_out"), True),
+    # Gemma's mlp.hook_in is after the (1 + w) gain and its mlp.hook_out before post_feedforward_layernorm
+    ("gemma2", "transcoder_set", ("mlp.hook_in", "mlp.hook_out"), False),
+    ("gemma2", "cross_layer_transcoder", ("hook_resid_mid", "mlp.hook_out"), False),
+    ("gemma3", "transcoder_set", ("mlp.hook_in", "hook_mlp_out"), False),
+    ("llama", "cross_layer_transcoder", ("hook_resid_mid", "mlp.hook_out"), True),
+    ("llama", "transcoder_set", ("mlp.hook_in", "hook_mlp_out"), True),
+    # Llama's ln2.hook_normalized is before the gain that the Llama layout's transcoder input includes
+    ("llama", "transcoder_set", ("ln2.hook_normalized", "hook_mlp_out"), False),
+])
+def test_transcoder_hooks_must_be_where_the_family_reads_and_writes(model_type, kind, hooks, ok):
+    from attrbench.workload.transcoder_files import TranscoderSource, check_hooks_for_family
+
+    src = TranscoderSource(kind, hooks[0], hooks[1], "/t", config_file="/t/config.yaml")
+    if ok:
+        check_hooks_for_family(src, model_type)
+    else:
+        with pytest.raises(UsageError, match=f"not supported for .* transcoders on {model_type}") as info:
+            check_hooks_for_family(src, model_type)
+        assert "\n" not in str(info.value) and "feature_input_hook:" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["gemma2-clt", "gemma3"])
+def test_gemma_from_saved_folders_gives_circuit_tracers_graph(name, tmp_path):
+    """A Gemma model folder and transcoders written in circuit-tracer's layout (config.yaml with the family's
+    hooks), read back as ``--model DIR --transcoders DIR``: the exact backend's graph is circuit-tracer's."""
+    from attrbench.api import AttributeSettings
+    from attrbench.graph.parity import compare
+    from attrbench.plugin_manager import get_backends
+    from attrbench.workload.build import save_workload
+    from attrbench.workload.spec import local_spec
+
+    save_workload(build_workload(load_workload_file(WORKLOADS / f"{name}.json")), tmp_path / "entry")
+    built = build_workload(local_spec(tmp_path / "entry" / "model", tmp_path / "entry" / "transcoders",
+                                      "t1 t5 t9 t17 t33 t2 t8 t100 t41 t77 t90 t12"))
+    assert built.transcoder_kind == ("clt" if name.endswith("-clt") else "plt")
+    graphs = {}
+    for backend_name in ("reference", "gqa-shared"):
+        backend = get_backends()[backend_name]
+        graphs[backend_name] = backend.attribute(backend.prepare(built, "cpu", torch.float32),
+                                                 AttributeSettings(max_feature_nodes=200, batch_size=64))
+    parity = compare(graphs["gqa-shared"], graphs["reference"], "reference")
+    assert parity["selected_jaccard"] == 1.0 and parity["rel_frobenius"] <= 1e-4, parity
+    assert graphs["reference"].active_features.shape[0] > 200
