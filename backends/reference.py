@@ -13,6 +13,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -68,8 +69,13 @@ def transcoder_set(workload: BuiltWorkload, device: str, dtype: torch.dtype):
     layers = {}
     for layer, w in enumerate(workload.transcoders):
         tc = SingleLayerTranscoder(
-            d_model, w.W_enc.shape[0], JumpReLU(w.threshold.clone(), 0.1), layer,
-            skip_connection=w.W_skip is not None, device=torch.device(device), dtype=dtype,
+            d_model,
+            w.W_enc.shape[0],
+            JumpReLU(w.threshold.clone(), 0.1),
+            layer,
+            skip_connection=w.W_skip is not None,
+            device=torch.device(device),
+            dtype=dtype,
         )
         with torch.no_grad():
             for name in ("W_enc", "W_dec", "b_enc", "b_dec", "W_skip"):
@@ -81,12 +87,15 @@ def transcoder_set(workload: BuiltWorkload, device: str, dtype: torch.dtype):
     from attrbench.workload.families import family
 
     hooks = family(workload.spec.model.model_type)  # where circuit-tracer's configs for the family read/write
-    return TranscoderSet(layers, feature_input_hook=hooks.feature_input_hook,
-                         feature_output_hook=hooks.feature_output_hook,
-                         scan=f"attrbench-{workload.spec.content_hash()}")
+    return TranscoderSet(
+        layers,
+        feature_input_hook=hooks.feature_input_hook,
+        feature_output_hook=hooks.feature_output_hook,
+        scan=f"attrbench-{workload.spec.content_hash()}",
+    )
 
 
-def build_replacement_model(workload: BuiltWorkload, device: str, dtype: torch.dtype):
+def build_replacement_model(workload: BuiltWorkload, device: str, dtype: torch.dtype) -> Any:
     """circuit-tracer's TransformerLens replacement model for the workload."""
     from circuit_tracer.replacement_model.replacement_model_transformerlens import (
         TransformerLensReplacementModel,
@@ -95,12 +104,16 @@ def build_replacement_model(workload: BuiltWorkload, device: str, dtype: torch.d
     from attrbench.workload.families import convert_weights
 
     cfg = transformer_lens_config(workload, device, dtype)
-    model = TransformerLensReplacementModel(cfg, tokenizer=workload.tokenizer)
+    model: Any = TransformerLensReplacementModel(cfg, tokenizer=workload.tokenizer)
     state_dict = convert_weights(workload.spec.model, workload.hf_model, cfg)
     # Order matters: a state-dict load after configuring transcoders would replace them with empty tensors.
     model.load_and_process_state_dict(
-        state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False,
-        fold_value_biases=False, refactor_factored_attn_matrices=False,
+        state_dict,
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
     )
     rotary = _rotary_by_attention_type(model)
     tcs = circuit_tracer_transcoders(workload, device, dtype)
@@ -139,9 +152,11 @@ def _rotary_by_attention_type(model) -> dict[str, tuple]:
 def reference_path(model) -> str:
     """How the yardstick was built, for the results: circuit-tracer backend, architecture, transcoder hooks."""
     cfg = model.cfg
-    path = (f"circuit-tracer TransformerLensReplacementModel, hand-built HookedTransformerConfig "
-            f"({cfg.original_architecture}), weights by TransformerLens' converter, transcoders at "
-            f"{model.feature_input_hook} -> {model.original_feature_output_hook}")
+    path = (
+        f"circuit-tracer TransformerLensReplacementModel, hand-built HookedTransformerConfig "
+        f"({cfg.original_architecture}), weights by TransformerLens' converter, transcoders at "
+        f"{model.feature_input_hook} -> {model.original_feature_output_hook}"
+    )
     blocks = list(model.blocks)
     if any(b.attn.rotary_sin is not blocks[-1].attn.rotary_sin for b in blocks if hasattr(b.attn, "rotary_sin")):
         path += "; local/global RoPE buffers kept per attention type (circuit-tracer 0.5.0 shares one)"
@@ -166,7 +181,7 @@ def circuit_tracer_transcoders(workload: BuiltWorkload, device: str, dtype: torc
 
 @dataclass
 class _Prepared:
-    model: object
+    model: Any  # circuit-tracer's TransformerLensReplacementModel
     token_ids: torch.Tensor
     n_layers: int
 
@@ -214,9 +229,13 @@ class ReferenceBackend(Backend):
         # bar and log lines do not mix with ours (they reach settings.progress instead).
         with contextlib.redirect_stderr(log), _fresh_attribution_logger(), _timed_ranking(phases):
             graph = attribute(
-                prepared.token_ids, prepared.model, max_n_logits=settings.max_n_logits,
-                desired_logit_prob=settings.desired_logit_prob, batch_size=settings.batch_size,
-                max_feature_nodes=settings.max_feature_nodes, update_interval=settings.update_interval,
+                prepared.token_ids,
+                prepared.model,
+                max_n_logits=settings.max_n_logits,
+                desired_logit_prob=settings.desired_logit_prob,
+                batch_size=settings.batch_size,
+                max_feature_nodes=settings.max_feature_nodes,
+                update_interval=settings.update_interval,
                 verbose=True,
             )
         for line in log.getvalue().splitlines():

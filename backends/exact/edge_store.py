@@ -27,7 +27,7 @@ class DenseEdgeStore:
     def append(self, block: torch.Tensor, nodes: torch.Tensor) -> None:
         """Store ``block`` (``[b, row_size]``, row_size <= nodes) as the next rows, for target ``nodes``."""
         start, stop = self.n_filled, self.n_filled + block.shape[0]
-        self.edges[start:stop, :block.shape[1]] = block
+        self.edges[start:stop, : block.shape[1]] = block
         self.row_sums[start:stop] = self.edges[start:stop].abs().sum(1)
         self.row_nodes[start:stop] = nodes
         self.n_filled = stop
@@ -37,8 +37,9 @@ class DenseEdgeStore:
         rows = slice(0, self.n_filled)
         if rule == "circuit-tracer":
             return ranking.circuit_tracer_influences(self.edges[rows], logit_probabilities, self.row_nodes[rows])
-        return ranking.streamed_influences(self.edges[rows], logit_probabilities, self.row_nodes[rows],
-                                           self.row_sums[rows])
+        return ranking.streamed_influences(
+            self.edges[rows], logit_probabilities, self.row_nodes[rows], self.row_sums[rows]
+        )
 
     def package(self, selected: torch.Tensor, n_active: int, n_logits: int) -> torch.Tensor:
         """circuit-tracer's square adjacency: rows and columns in node order, only selected features kept."""
@@ -48,7 +49,7 @@ class DenseEdgeStore:
         adjacency = torch.zeros(n, n, dtype=torch.float32)
         order = self.row_nodes.argsort()  # feature rows first (by feature index), then logit rows
         for s in range(0, order.numel(), PACKAGE_BLOCK_ROWS):
-            rows = order[s:s + PACKAGE_BLOCK_ROWS]
+            rows = order[s : s + PACKAGE_BLOCK_ROWS]
             dest = torch.arange(s, s + rows.numel())
             dest[dest >= n_features] += n - n_features - n_logits  # logit rows are the last n_logits rows
             adjacency[dest] = edges[rows.to(edges.device)][:, cols].cpu()
@@ -78,12 +79,12 @@ class PrunedEdgeStore:
         block = block.float()
         magnitude = block.abs()
         start = self.n_filled
-        self.row_sums[start:start + block.shape[0]] = magnitude.sum(1)
+        self.row_sums[start : start + block.shape[0]] = magnitude.sum(1)
         keep = magnitude >= self.threshold * magnitude.amax(1, keepdim=True)
         keep &= magnitude > 0
         r, c = keep.nonzero(as_tuple=True)
         self.chunks.append(((r + start).int(), c.int(), block[r, c]))
-        self.row_nodes[start:start + block.shape[0]] = nodes
+        self.row_nodes[start : start + block.shape[0]] = nodes
         self.n_filled += block.shape[0]
         self.n_dense += block.numel()
 
@@ -96,8 +97,9 @@ class PrunedEdgeStore:
             return empty, empty, torch.zeros(0, device=self.device)
         return self.chunks[0]
 
-    def influences(self, logit_probabilities: torch.Tensor, rule: str = "streamed",
-                   max_iter: int = 128) -> torch.Tensor:
+    def influences(
+        self, logit_probabilities: torch.Tensor, rule: str = "streamed", max_iter: int = 128
+    ) -> torch.Tensor:
         """:func:`attrbench.backends.exact.ranking.streamed_influences` over the kept entries."""
         rows, cols, values = self._entries()
         rows, cols = rows.long(), cols.long()
@@ -113,7 +115,9 @@ class PrunedEdgeStore:
         n_logits = logit_probabilities.numel()
         x = torch.zeros(n, dtype=torch.float32, device=self.device)
         is_logit = row_nodes >= self.n_nodes - n_logits
-        x[is_logit] = logit_probabilities.to(self.device, torch.float32)[row_nodes[is_logit] - (self.n_nodes - n_logits)]
+        x[is_logit] = logit_probabilities.to(self.device, torch.float32)[
+            row_nodes[is_logit] - (self.n_nodes - n_logits)
+        ]
         total = torch.zeros_like(x)
         for _ in range(max_iter):
             total += x
@@ -132,9 +136,12 @@ class PrunedEdgeStore:
         column_of_node = torch.full((self.n_nodes,), -1, dtype=torch.long)
         column_of_node[selected] = torch.arange(n_features)
         column_of_node[n_active:] = torch.arange(n_features, n)
-        row_nodes = self.row_nodes[:self.n_filled]
-        dest_row = torch.where(row_nodes >= n_active, row_nodes - n_active + n_features,
-                               torch.searchsorted(selected, row_nodes.clamp(max=n_active - 1)))
+        row_nodes = self.row_nodes[: self.n_filled]
+        dest_row = torch.where(
+            row_nodes >= n_active,
+            row_nodes - n_active + n_features,
+            torch.searchsorted(selected, row_nodes.clamp(max=n_active - 1)),
+        )
         keep = column_of_node[cols] >= 0
         adjacency = torch.zeros(n, n, dtype=torch.float32)
         adjacency[dest_row[rows[keep]], column_of_node[cols[keep]]] = values.cpu()[keep]
@@ -145,35 +152,47 @@ class PrunedEdgeStore:
 class LayeredEdgeStore:
     """Lean storage for large graphs: each row keeps only the columns its target can reach.
 
-    A row whose target sits at layer ``l`` (logits: ``l = n_layers``) has non-zero edges only from features
-    and error nodes of layers below ``l`` and from tokens; features are numbered layer by layer, so those
-    columns are a prefix of the feature range plus a prefix of the error range. Rows are kept per target
-    layer at that width, about half of a dense row on average, as magnitudes plus packed sign bits (ranking
-reads only magnitudes, so it needs no temporary copy).
+        A row whose target sits at layer ``l`` (logits: ``l = n_layers``) has non-zero edges only from features
+        and error nodes of layers below ``l`` and from tokens; features are numbered layer by layer, so those
+        columns are a prefix of the feature range plus a prefix of the error range. Rows are kept per target
+        layer at that width, about half of a dense row on average, as magnitudes plus packed sign bits (ranking
+    reads only magnitudes, so it needs no temporary copy).
 
-    Ranking is one pass over the rows in topological order (top layer first), which gives the same
-    influences as circuit-tracer's power iteration. Packaging writes the square adjacency to a ``.npy``
-    file row block by row block, so it never exists twice in memory (or once: it is memory-mapped back).
+        Ranking is one pass over the rows in topological order (top layer first), which gives the same
+        influences as circuit-tracer's power iteration. Packaging writes the square adjacency to a ``.npy``
+        file row block by row block, so it never exists twice in memory (or once: it is memory-mapped back).
     """
 
-    def __init__(self, model, n_rows: int, n_nodes: int, device: torch.device, scratch_dir: str | None,
-                 prune_threshold: float = 0.0):
+    def __init__(
+        self,
+        model,
+        n_rows: int,
+        n_nodes: int,
+        device: torch.device,
+        scratch_dir: str | None,
+        prune_threshold: float = 0.0,
+    ):
         self.prune_threshold = prune_threshold  # approximate-pruned: zero entries below this x row max
         self.n_layers, self.n_pos = model.n_layers, model.n_pos
         self.n_active = model.n_active
         self.n_nodes = n_nodes
         self.device = device
         self.scratch_dir = scratch_dir
-        self.node_layer = torch.cat([model.active_features[:, 0],
-                                     torch.full((n_nodes - model.n_active,), self.n_layers)])
+        self.node_layer = torch.cat(
+            [model.active_features[:, 0], torch.full((n_nodes - model.n_active,), self.n_layers)]
+        )
         self.columns: list[torch.Tensor] = []  # per target layer: the row columns it keeps
         for layer in range(self.n_layers + 1):
             n_feat = model.layer_offsets[layer]
-            self.columns.append(torch.cat([
-                torch.arange(n_feat),
-                torch.arange(model.error_offset, model.error_offset + layer * self.n_pos),
-                torch.arange(model.token_offset, model.token_offset + self.n_pos),
-            ]).to(device))
+            self.columns.append(
+                torch.cat(
+                    [
+                        torch.arange(n_feat),
+                        torch.arange(model.error_offset, model.error_offset + layer * self.n_pos),
+                        torch.arange(model.token_offset, model.token_offset + self.n_pos),
+                    ]
+                ).to(device)
+            )
         self.feature_prefix = list(model.layer_offsets)
         self.rows: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers + 1)]  # |edges|
         self.signs: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers + 1)]  # packed sign bits
@@ -196,7 +215,7 @@ reads only magnitudes, so it needs no temporary copy).
             self.rows[layer].append(rows.abs_())  # ranking reads |edges|; signs come back at packaging
             self.nodes[layer].append(nodes[here])
             self.sums[layer].append(sums[here_dev])
-        self.row_nodes[self.n_filled:self.n_filled + len(nodes)] = nodes
+        self.row_nodes[self.n_filled : self.n_filled + len(nodes)] = nodes
         self.n_filled += len(nodes)
 
     def influences(self, logit_probabilities: torch.Tensor, rule: str = "streamed") -> torch.Tensor:
@@ -205,7 +224,7 @@ reads only magnitudes, so it needs no temporary copy).
         first_logit = self.n_nodes - logit_probabilities.numel()
         probs = logit_probabilities.to(self.device, torch.float32)
         for layer in range(self.n_layers, -1, -1):
-            for rows, nodes, sums in zip(self.rows[layer], self.nodes[layer], self.sums[layer]):
+            for rows, nodes, sums in zip(self.rows[layer], self.nodes[layer], self.sums[layer], strict=False):
                 nodes = nodes.to(self.device)
                 # total weight of the row = its own logit probability + everything flowing into its node
                 x = infl[nodes] + torch.where(nodes >= first_logit, probs[(nodes - first_logit).clamp(min=0)], 0.0)
@@ -247,11 +266,11 @@ reads only magnitudes, so it needs no temporary copy).
                 n_feat = self.feature_prefix[layer]
                 keep_sel = int(torch.searchsorted(selected, n_feat))  # selected features below this layer
                 for s in range(0, order.numel(), PACKAGE_BLOCK_ROWS // 8):
-                    part = rows[order[s:s + PACKAGE_BLOCK_ROWS // 8].to(rows.device)].cpu()
+                    part = rows[order[s : s + PACKAGE_BLOCK_ROWS // 8].to(rows.device)].cpu()
                     features = part[:, selected[:keep_sel]].numpy()
                     tail_rows = torch.zeros(part.shape[0], (L + 1) * n_pos, dtype=torch.float32)
-                    tail_rows[:, :layer * n_pos] = part[:, n_feat:n_feat + layer * n_pos]
-                    tail_rows[:, L * n_pos:] = part[:, n_feat + layer * n_pos:]
+                    tail_rows[:, : layer * n_pos] = part[:, n_feat : n_feat + layer * n_pos]
+                    tail_rows[:, L * n_pos :] = part[:, n_feat + layer * n_pos :]
                     tail = tail_rows.numpy()
                     for i in range(part.shape[0]):
                         offset = data_start + (dest + i) * row_bytes

@@ -125,8 +125,9 @@ class ExactBackend(Backend):
         """
         return len(batch)
 
-    def attention_vjp(self, model: LinearisedModel, prepared: Prepared, layout: Any, layer: int,
-                      grad_out: torch.Tensor) -> torch.Tensor:
+    def attention_vjp(
+        self, model: LinearisedModel, prepared: Prepared, layout: Any, layer: int, grad_out: torch.Tensor
+    ) -> torch.Tensor:
         """VJP of attention's value/output path with frozen patterns: d(attn_out) -> d(ln1 output).
 
         One GEMM per query head: every head applies its (shared) V projection separately.
@@ -140,8 +141,9 @@ class ExactBackend(Backend):
         W_V_per_head = w.W_V[layer].repeat_interleave(H // KV, dim=0)  # [H, dh, d]
         return torch.einsum("bjhd,hde->bje", grad_v, W_V_per_head)
 
-    def contract_features(self, model: LinearisedModel, prepared: Prepared, layout: Any, layer: int,
-                          grad: torch.Tensor, out: torch.Tensor) -> None:
+    def contract_features(
+        self, model: LinearisedModel, prepared: Prepared, layout: Any, layer: int, grad: torch.Tensor, out: torch.Tensor
+    ) -> None:
         """Write ``<grad at mlp_out_layer[pos_s], decoder_s>`` for layer ``layer``'s features into ``out``.
 
         One GEMM per position: ``grad[:, p] @ decoders(layer, p)^T``.
@@ -152,8 +154,9 @@ class ExactBackend(Backend):
             if e > s:
                 out[:, s:e] += grad[:, p] @ model.decoder_vecs[s:e].T
 
-    def contract_cross_features(self, model: LinearisedModel, prepared: Prepared, layout: Any, layer: int,
-                                grad: torch.Tensor, out: torch.Tensor) -> None:
+    def contract_cross_features(
+        self, model: LinearisedModel, prepared: Prepared, layout: Any, layer: int, grad: torch.Tensor, out: torch.Tensor
+    ) -> None:
         """Cross-layer transcoders: add ``<grad at mlp_out_layer[pos_s], decoder_{s -> layer}>`` for the
         features of every source layer ``s < layer`` (a feature's edge sums over all its decoders)."""
         for source in range(layer):
@@ -164,7 +167,7 @@ class ExactBackend(Backend):
             for p in range(grad.shape[1]):
                 s, e = bounds[p], bounds[p + 1]
                 if e > s:
-                    out[:, s:e] += grad[:, p] @ vecs[s - first:e - first].T
+                    out[:, s:e] += grad[:, p] @ vecs[s - first : e - first].T
 
     def edge_storage(self, model: LinearisedModel, n_rows: int, n_nodes: int, settings: AttributeSettings) -> str:
         """``"dense"`` (circuit-tracer's float32 rows) or ``"lean"`` (the layered store).
@@ -180,8 +183,7 @@ class ExactBackend(Backend):
             choice = "dense" if fits else "lean"
         return str(choice)
 
-    def make_edge_store(self, model: LinearisedModel, n_rows: int, n_nodes: int,
-                        settings: AttributeSettings) -> Any:
+    def make_edge_store(self, model: LinearisedModel, n_rows: int, n_nodes: int, settings: AttributeSettings) -> Any:
         """Storage of the edge rows, as :meth:`edge_storage` chooses."""
         device = model.weights.device
         if self.edge_storage(model, n_rows, n_nodes, settings) == "lean":
@@ -189,8 +191,9 @@ class ExactBackend(Backend):
         return DenseEdgeStore(n_rows, n_nodes, device)
 
     # ------------------------------------------------------------------ the VJP chain
-    def backward_rows(self, model: LinearisedModel, prepared: Prepared, layout: Any, batch: TargetBatch,
-                      out: torch.Tensor) -> None:
+    def backward_rows(
+        self, model: LinearisedModel, prepared: Prepared, layout: Any, batch: TargetBatch, out: torch.Tensor
+    ) -> None:
         """Fill ``out`` ([len(batch), row_size], zeros) with the batch's edge rows: one VJP per target."""
         w = model.weights
         n_pos, L = model.n_pos, model.n_layers
@@ -209,27 +212,33 @@ class ExactBackend(Backend):
                 if model.cross_decoders:
                     self.contract_cross_features(model, prepared, layout, layer, grad[:reached], out[:reached])
                 e0 = model.error_offset + layer * n_pos
-                out[:reached, e0:e0 + P] = torch.einsum("bpd,pd->bp", grad[:reached], model.error_vecs[layer, :P])
+                out[:reached, e0 : e0 + P] = torch.einsum("bpd,pd->bp", grad[:reached], model.error_vecs[layer, :P])
             live = self.live_rows(batch, layer)
             g = grad[:live]
             here = batch.layers[:live] == layer
             if model.reads_resid_mid:  # cross-layer: skip and features read the residual after attention
                 grad_mid = g + g @ w.W_skip[layer] if w.W_skip is not None else g.clone()
                 if here.any():
-                    grad_mid.index_put_((batch_index[:live][here], batch.positions[:live][here]),
-                                        batch.vectors[:live][here], accumulate=True)
+                    grad_mid.index_put_(
+                        (batch_index[:live][here], batch.positions[:live][here]),
+                        batch.vectors[:live][here],
+                        accumulate=True,
+                    )
             else:
                 grad_x = g @ w.W_skip[layer] if w.W_skip is not None else torch.zeros_like(g)
                 if here.any():
-                    grad_x.index_put_((batch_index[:live][here], batch.positions[:live][here]),
-                                      batch.vectors[:live][here], accumulate=True)
+                    grad_x.index_put_(
+                        (batch_index[:live][here], batch.positions[:live][here]),
+                        batch.vectors[:live][here],
+                        accumulate=True,
+                    )
                 grad_mid = g + grad_x * model.ln2_gain[layer, :P]
             # Gemma: the frozen post-attention norm sits between attention and the residual
             grad_attn = grad_mid if model.post_attn_gain is None else grad_mid * model.post_attn_gain[layer, :P]
             grad_ln1 = self.attention_vjp(model, prepared, layout, layer, grad_attn)
             grad[:live] = grad_mid + grad_ln1 * model.ln1_gain[layer, :P]
         t0 = model.token_offset
-        out[:, t0:t0 + P] = torch.einsum("bpd,pd->bp", grad, model.token_vecs[:P])
+        out[:, t0 : t0 + P] = torch.einsum("bpd,pd->bp", grad, model.token_vecs[:P])
 
     # ------------------------------------------------------------------ circuit-tracer's loop
     def attribute(self, prepared: Prepared, settings: AttributeSettings) -> AttributionResult:
@@ -258,7 +267,7 @@ class ExactBackend(Backend):
 
         with timer("logit_rows"):
             for i in range(0, n_logits, B):
-                vecs = targets.vectors[i:i + B]
+                vecs = targets.vectors[i : i + B]
                 layers = torch.full((len(vecs),), model.n_layers, device=w.device)
                 batch = TargetBatch(layers, torch.full_like(layers, model.n_pos - 1), vecs)
                 compute(batch, torch.arange(i, i + len(vecs)) + row_size)
@@ -280,7 +289,7 @@ class ExactBackend(Backend):
             with timer("feature_rows"):
                 pending = self.order_window(model, pending, B)
                 for i in range(0, len(pending), B):
-                    idx = pending[i:i + B]
+                    idx = pending[i : i + B]
                     idx_dev = idx.to(w.device)
                     batch = TargetBatch(feat_layers[idx_dev], feat_pos[idx_dev], model.encoder_vecs[idx_dev])
                     compute(batch, idx)

@@ -23,8 +23,11 @@ def row_flop_floor(model: LinearisedModel, layers: torch.Tensor, positions: torc
     L, n = model.n_layers, model.n_pos
     # features at (layer, position) counted cumulatively over positions: reach[l, p] = nodes at pos <= p
     counts = torch.zeros(L, n, dtype=torch.float64)
-    counts.index_put_((model.active_features[:, 0], model.active_features[:, 1]),
-                      torch.ones(model.n_active, dtype=torch.float64), accumulate=True)
+    counts.index_put_(
+        (model.active_features[:, 0], model.active_features[:, 1]),
+        torch.ones(model.n_active, dtype=torch.float64),
+        accumulate=True,
+    )
     if model.cross_decoders:  # cross-layer: layer l's MLP output is contracted with every feature read at <= l
         counts = counts.cumsum(0)
     nodes_reached = (counts + 1).cumsum(1)  # + the error node at each position

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import torch
 
@@ -43,7 +44,7 @@ class ModelWeights:
     ``[L, d_model, H * d_head]`` (HF ``o_proj.weight``), ``W_skip`` is ``[L, d_model, d_model]`` or None.
     """
 
-    hf_model: torch.nn.Module
+    hf_model: Any
     W_V: torch.Tensor
     W_O: torch.Tensor
     W_skip: torch.Tensor | None
@@ -100,11 +101,14 @@ def prepare_weights(workload: BuiltWorkload, device: str, dtype: torch.dtype) ->
     layout = linearisation_layout(spec)
     off = layout.norm_offset  # Gemma's RMSNorms multiply by (1 + w), computed in float32 as HF does
 
-    def gain(norm: torch.nn.Module) -> torch.Tensor:
+    def gain(norm: Any) -> torch.Tensor:
         return norm.weight.detach().float() + off if off else norm.weight.detach()
 
-    ln2_w = (torch.stack([gain(getattr(m, layout.pre_mlp_norm)) for m in layers]) if layout.input_has_gain
-             else torch.ones(len(layers), spec.hidden_size, device=device))  # transcoder reads before the gain
+    ln2_w = (
+        torch.stack([gain(getattr(m, layout.pre_mlp_norm)) for m in layers])
+        if layout.input_has_gain
+        else torch.ones(len(layers), spec.hidden_size, device=device)
+    )  # transcoder reads before the gain
     W_E = hf.model.embed_tokens.weight.detach()
     if layout.embed_scale != 1.0:  # Gemma scales embeddings by sqrt(d_model) in the hidden dtype
         W_E = W_E * torch.tensor(layout.embed_scale, dtype=dtype)
@@ -116,13 +120,22 @@ def prepare_weights(workload: BuiltWorkload, device: str, dtype: torch.dtype) ->
         ln1_w=torch.stack([gain(m.input_layernorm) for m in layers]),
         ln2_w=ln2_w,
         final_w=gain(hf.model.norm),
-        W_enc=tc("W_enc"), W_dec=tc("W_dec"), b_enc=tc("b_enc"), b_dec=tc("b_dec"),
+        W_enc=tc("W_enc"),
+        W_dec=tc("W_dec"),
+        b_enc=tc("b_enc"),
+        b_dec=tc("b_dec"),
         threshold=tc("threshold"),
-        W_U=hf.lm_head.weight.detach(), W_E=W_E,
-        n_heads=H, n_kv_heads=KV, d_head=dh, eps=spec.rms_norm_eps,
-        device=torch.device(device), dtype=dtype,
-        post_attn_w=(torch.stack([gain(getattr(m, layout.post_attn_norm)) for m in layers])
-                     if layout.post_attn_norm else None),
+        W_U=hf.lm_head.weight.detach(),
+        W_E=W_E,
+        n_heads=H,
+        n_kv_heads=KV,
+        d_head=dh,
+        eps=spec.rms_norm_eps,
+        device=torch.device(device),
+        dtype=dtype,
+        post_attn_w=(
+            torch.stack([gain(getattr(m, layout.post_attn_norm)) for m in layers]) if layout.post_attn_norm else None
+        ),
         layout=layout,
         activations=[(t.activation, t.k) for t in workload.transcoders],
         cross_layer=workload.transcoder_kind == "clt",
@@ -207,12 +220,15 @@ def linearise(weights: ModelWeights, token_ids: torch.Tensor) -> LinearisedModel
     hf = weights.hf_model
     layers = hf.model.layers
     layout = weights.layout or linearisation_layout(None)
-    cache: dict[str, list[torch.Tensor]] = {k: [] for k in ("r", "m", "x", "mlp_out", "pattern", "final_in", "attn_out")}
+    cache: dict[str, list[torch.Tensor]] = {
+        k: [] for k in ("r", "m", "x", "mlp_out", "pattern", "final_in", "attn_out")
+    }
 
     def keep(key: str, index: int = 0):
         def hook(_module, args, output=None):
             source = args[0] if output is None else (output[index] if isinstance(output, tuple) else output)
             cache[key].append(source[0])
+
         return hook
 
     handles = []
@@ -238,17 +254,19 @@ def linearise(weights: ModelWeights, token_ids: torch.Tensor) -> LinearisedModel
     if not layout.input_has_gain:  # ln2.hook_normalized: the pre-feedforward norm before its (1 + w) gain
         cache["x"] = [(m.float() * _rms_inverse_scale(m, weights.eps)[:, None]).to(dtype) for m in cache["m"]]
     post_attn_gain = None
-    if layout.post_attn_norm:
-        post_attn_gain = torch.stack([
-            (weights.post_attn_w[i] * _rms_inverse_scale(a, weights.eps)[:, None]).to(dtype)
-            for i, a in enumerate(cache["attn_out"])
-        ])
-    ln1_gain = torch.stack([
-        (weights.ln1_w[i] * _rms_inverse_scale(r, weights.eps)[:, None]).to(dtype) for i, r in enumerate(cache["r"])
-    ])
-    ln2_gain = torch.stack([
-        (weights.ln2_w[i] * _rms_inverse_scale(m, weights.eps)[:, None]).to(dtype) for i, m in enumerate(cache["m"])
-    ])
+    if layout.post_attn_norm and weights.post_attn_w is not None:
+        post_attn_gain = torch.stack(
+            [
+                (weights.post_attn_w[i] * _rms_inverse_scale(a, weights.eps)[:, None]).to(dtype)
+                for i, a in enumerate(cache["attn_out"])
+            ]
+        )
+    ln1_gain = torch.stack(
+        [(weights.ln1_w[i] * _rms_inverse_scale(r, weights.eps)[:, None]).to(dtype) for i, r in enumerate(cache["r"])]
+    )
+    ln2_gain = torch.stack(
+        [(weights.ln2_w[i] * _rms_inverse_scale(m, weights.eps)[:, None]).to(dtype) for i, m in enumerate(cache["m"])]
+    )
     final_in = cache["final_in"][0]
     final_gain = (weights.final_w * _rms_inverse_scale(final_in, weights.eps)[:, None]).to(dtype)
 
@@ -259,8 +277,9 @@ def linearise(weights: ModelWeights, token_ids: torch.Tensor) -> LinearisedModel
     for layer, x in enumerate(inputs):
         W_enc, W_dec = weights.W_enc[layer], weights.W_dec[layer]
         pre = torch.nn.functional.linear(x, W_enc, weights.b_enc[layer])
-        acts = activate(pre, weights.threshold[layer], *(weights.activations[layer] if weights.activations
-                                                         else ("jumprelu", None)))
+        acts = activate(
+            pre, weights.threshold[layer], *(weights.activations[layer] if weights.activations else ("jumprelu", None))
+        )
         acts[0] = 0  # circuit-tracer zeroes the BOS position
         pos, feat = acts.nonzero(as_tuple=True)  # row-major: position, then feature
         act = acts[pos, feat]
@@ -278,7 +297,7 @@ def linearise(weights: ModelWeights, token_ids: torch.Tensor) -> LinearisedModel
         encoders.append(W_enc[feat])
         decoders.append(scaled_dec)
         offsets.append(offsets[-1] + pos.numel())
-    for layer, (x, mlp_out) in enumerate(zip(inputs, cache["mlp_out"])):
+    for layer, (x, mlp_out) in enumerate(zip(inputs, cache["mlp_out"], strict=False)):
         reconstruction = decoded[layer] + weights.b_dec[layer]
         if weights.W_skip is not None:
             reconstruction = reconstruction + x @ weights.W_skip[layer].T
@@ -313,6 +332,7 @@ def activate(pre: torch.Tensor, threshold: torch.Tensor, kind: str, k: int | Non
     if kind == "relu":
         return torch.relu(pre)
     if kind == "topk":
+        assert k is not None, "TopK transcoders carry k"
         _, idx = torch.topk(pre, k=k, dim=-1)
         gate = torch.zeros_like(pre).scatter_(-1, idx, 1)
         return pre * gate

@@ -15,8 +15,9 @@ from __future__ import annotations
 import torch
 
 
-def circuit_tracer_influences(edges: torch.Tensor, logit_probabilities: torch.Tensor,
-                              row_nodes: torch.Tensor) -> torch.Tensor:
+def circuit_tracer_influences(
+    edges: torch.Tensor, logit_probabilities: torch.Tensor, row_nodes: torch.Tensor
+) -> torch.Tensor:
     """circuit-tracer's own ranking function, called as ``attribute()`` calls it."""
     from circuit_tracer.graph import compute_partial_influences
 
@@ -25,8 +26,14 @@ def circuit_tracer_influences(edges: torch.Tensor, logit_probabilities: torch.Te
     )
 
 
-def streamed_influences(edges: torch.Tensor, logit_probabilities: torch.Tensor, row_nodes: torch.Tensor,
-                        row_sums: torch.Tensor, max_iter: int = 128, block_rows: int = 8192) -> torch.Tensor:
+def streamed_influences(
+    edges: torch.Tensor,
+    logit_probabilities: torch.Tensor,
+    row_nodes: torch.Tensor,
+    row_sums: torch.Tensor,
+    max_iter: int = 128,
+    block_rows: int = 8192,
+) -> torch.Tensor:
     """The same influences as :func:`circuit_tracer_influences`, reading ``edges`` once."""
     device = edges.device
     n_rows, n_nodes = edges.shape
@@ -35,7 +42,9 @@ def streamed_influences(edges: torch.Tensor, logit_probabilities: torch.Tensor, 
     square = edges[:, row_nodes].abs_().mul_(scale[:, None])  # M[:, rows]
     x = torch.zeros(n_rows, dtype=torch.float32, device=device)
     is_logit = row_nodes >= n_nodes - logit_probabilities.numel()
-    x[is_logit] = logit_probabilities.to(device, torch.float32)[row_nodes[is_logit] - (n_nodes - logit_probabilities.numel())]
+    x[is_logit] = logit_probabilities.to(device, torch.float32)[
+        row_nodes[is_logit] - (n_nodes - logit_probabilities.numel())
+    ]
     total = torch.zeros_like(x)
     for _ in range(max_iter):
         total += x
@@ -47,5 +56,5 @@ def streamed_influences(edges: torch.Tensor, logit_probabilities: torch.Tensor, 
     weights = total * scale
     influences = torch.zeros(n_nodes, dtype=torch.float32, device=device)
     for s in range(0, n_rows, block_rows):
-        influences += weights[s:s + block_rows] @ edges[s:s + block_rows].abs()
+        influences += weights[s : s + block_rows] @ edges[s : s + block_rows].abs()
     return influences

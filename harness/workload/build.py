@@ -41,13 +41,15 @@ class BuiltWorkload:
     """Everything a backend needs, on CPU in float32."""
 
     spec: WorkloadSpec
-    hf_model: torch.nn.Module
-    tokenizer: object
+    #: a transformers ``PreTrainedModel`` (typed Any: its submodules are reached by attribute)
+    hf_model: Any
+    #: a transformers ``PreTrainedTokenizerFast``
+    tokenizer: Any
     tokenizer_dir: str
     transcoders: list[TranscoderWeights]
     token_ids: torch.Tensor  # [n_pos], int64, starts with BOS
     #: the circuit-tracer TranscoderSet / CrossLayerTranscoder the transcoders were read from (its loaders)
-    ct_transcoders: object = None
+    ct_transcoders: Any = None
     #: "plt" (per-layer, reads mlp.hook_in) or "clt" (cross-layer, reads hook_resid_mid)
     transcoder_kind: str = "plt"
 
@@ -171,8 +173,11 @@ def build_tokenizer(vocab_size: int):
         tk.pre_tokenizer = pre_tokenizers.Whitespace()
         tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
         PreTrainedTokenizerFast(
-            tokenizer_object=tk, bos_token=f"t{BOS_ID}", eos_token=f"t{EOS_ID}",
-            unk_token=f"t{UNK_ID}", pad_token=f"t{PAD_ID}",
+            tokenizer_object=tk,
+            bos_token=f"t{BOS_ID}",
+            eos_token=f"t{EOS_ID}",
+            unk_token=f"t{UNK_ID}",
+            pad_token=f"t{PAD_ID}",
         ).save_pretrained(str(tmp))
         write_manifest(tmp, key)
         try:
@@ -186,18 +191,25 @@ def hf_config(spec: WorkloadSpec):
     """The transformers config of the workload's model (eager attention, so patterns can be read)."""
     m = spec.model
     common = dict(
-        vocab_size=m.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
-        num_hidden_layers=m.num_hidden_layers, num_attention_heads=m.num_attention_heads,
-        num_key_value_heads=m.num_key_value_heads, head_dim=m.head_dim,
-        max_position_embeddings=max(256, spec.prompt.length), rms_norm_eps=m.rms_norm_eps,
-        rope_theta=m.rope_theta, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
+        vocab_size=m.vocab_size,
+        hidden_size=m.hidden_size,
+        intermediate_size=m.intermediate_size,
+        num_hidden_layers=m.num_hidden_layers,
+        num_attention_heads=m.num_attention_heads,
+        num_key_value_heads=m.num_key_value_heads,
+        head_dim=m.head_dim,
+        max_position_embeddings=max(256, spec.prompt.length),
+        rms_norm_eps=m.rms_norm_eps,
+        rope_theta=m.rope_theta,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
         attn_implementation="eager",
     )
     # tie_word_embeddings, rope_scaling and the Gemma fields come from the family (attrbench.workload.families)
     return families.hf_config(m, common)
 
 
-def build_hf_model(spec: WorkloadSpec) -> torch.nn.Module:
+def build_hf_model(spec: WorkloadSpec) -> Any:
     from transformers import AutoModelForCausalLM
 
     cfg = hf_config(spec)
@@ -226,7 +238,7 @@ def parameter_count(spec: WorkloadSpec) -> int:
     m, t = spec.model, spec.transcoders
     attn = m.hidden_size * m.head_dim * (2 * m.num_attention_heads + 2 * m.num_key_value_heads)
     mlp = 3 * m.hidden_size * m.intermediate_size
-    tc = 2 * t.d_transcoder * m.hidden_size + (m.hidden_size**2 if t.skip_connection else 0)
+    tc: float = 2 * t.d_transcoder * m.hidden_size + (m.hidden_size**2 if t.skip_connection else 0)
     if t.kind == "clt":  # layer l's features decode into the L - l layers from l on: (L + 1) / 2 on average
         tc += t.d_transcoder * m.hidden_size * (m.num_hidden_layers - 1) / 2
     embeddings = (1 if families.value(m, "tie_word_embeddings") else 2) * m.vocab_size * m.hidden_size
@@ -242,9 +254,14 @@ def save_workload(built: BuiltWorkload, folder: Path) -> None:
         built.hf_model.save_pretrained(str(tmp / "model"), safe_serialization=True)
         built.tokenizer.save_pretrained(str(tmp / "model"))
         # circuit-tracer's own layout and a config.yaml, so that circuit-tracer can load the cache too
-        transcoder_files.write_transcoders(built.transcoders, built.transcoder_kind, built.spec.model.hidden_size,
-                                           tmp / "transcoders", scan=f"attrbench-{built.spec.content_hash()}",
-                                           hooks=family_hooks(built.spec))
+        transcoder_files.write_transcoders(
+            built.transcoders,
+            built.transcoder_kind,
+            built.spec.model.hidden_size,
+            tmp / "transcoders",
+            scan=f"attrbench-{built.spec.content_hash()}",
+            hooks=family_hooks(built.spec),
+        )
         (tmp / "prompt.json").write_text(json.dumps({"token_ids": built.token_ids.tolist()}))
         write_manifest(tmp, built.spec.to_dict())
         tmp.rename(folder)
@@ -252,11 +269,12 @@ def save_workload(built: BuiltWorkload, folder: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_hf_model(folder: Path) -> torch.nn.Module:
+def load_hf_model(folder: Path) -> Any:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="eager",
-                                                 local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(folder), dtype=torch.float32, attn_implementation="eager", local_files_only=True
+    )
     return model.eval().requires_grad_(False)
 
 
@@ -265,32 +283,42 @@ def _load_cached(spec: WorkloadSpec, folder: Path) -> BuiltWorkload:
 
     token_ids = torch.tensor(json.loads((folder / "prompt.json").read_text())["token_ids"], dtype=torch.long)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder / "model"))
-    ct, transcoders = load_folder(folder / "transcoders", spec.model.num_hidden_layers, spec.model.hidden_size,
-                                  spec.model.model_type)
+    ct, transcoders = load_folder(
+        folder / "transcoders", spec.model.num_hidden_layers, spec.model.hidden_size, spec.model.model_type
+    )
     check_read_back(spec, transcoders)
-    return BuiltWorkload(spec, load_hf_model(folder / "model"), tokenizer, str(folder / "model"), transcoders,
-                         token_ids, ct, spec.transcoders.kind)
+    return BuiltWorkload(
+        spec,
+        load_hf_model(folder / "model"),
+        tokenizer,
+        str(folder / "model"),
+        transcoders,
+        token_ids,
+        ct,
+        spec.transcoders.kind,
+    )
 
 
 def build_local(spec: WorkloadSpec) -> BuiltWorkload:
     """Load a workload of real weights from its local folders (``spec.source``); never contacts a hub."""
     from transformers import AutoTokenizer
 
-    from attrbench.workload import transcoder_files
-
     src = spec.source
+    assert src is not None, "build_local needs a workload with local folders"
     os.environ["HF_HUB_OFFLINE"] = "1"
     model_dir = Path(src.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     # read by circuit-tracer's own loaders; the engine's weights come from the object they return
     tsrc = transcoder_files.resolve(src.transcoders_dir)
     ct = transcoder_files.load(tsrc, lazy=True)
-    transcoder_files.check_against_model(ct, tsrc, spec.model.num_hidden_layers, spec.model.hidden_size,
-                                         spec.model.model_type)
+    transcoder_files.check_against_model(
+        ct, tsrc, spec.model.num_hidden_layers, spec.model.hidden_size, spec.model.model_type
+    )
     transcoders = transcoder_files.engine_weights(ct, spec.model.num_hidden_layers)
     token_ids = torch.tensor(spec.prompt.token_ids, dtype=torch.long)
-    return BuiltWorkload(spec, load_hf_model(model_dir), tokenizer, str(model_dir), transcoders, token_ids,
-                         ct, tsrc.kind)
+    return BuiltWorkload(
+        spec, load_hf_model(model_dir), tokenizer, str(model_dir), transcoders, token_ids, ct, tsrc.kind
+    )
 
 
 def family_hooks(spec: WorkloadSpec) -> tuple[str, str]:
@@ -335,8 +363,13 @@ def build_workload(spec: WorkloadSpec, use_cache: bool | None = None) -> BuiltWo
     # written with circuit-tracer's to_safetensors and read back with its loaders: the reference and the
     # exact backends both use what circuit-tracer read
     built.ct_transcoders, built.transcoders = through_files(
-        transcoders, spec.transcoders.kind, spec.model.hidden_size,
-        cache_dir() / "transcoders-ct" / cache_key(spec), scan=f"attrbench-{spec.content_hash()}",
-        hooks=family_hooks(spec), model_type=spec.model.model_type)
+        transcoders,
+        spec.transcoders.kind,
+        spec.model.hidden_size,
+        cache_dir() / "transcoders-ct" / cache_key(spec),
+        scan=f"attrbench-{spec.content_hash()}",
+        hooks=family_hooks(spec),
+        model_type=spec.model.model_type,
+    )
     check_read_back(spec, built.transcoders)
     return built

@@ -42,24 +42,83 @@ import torch
 from attrbench.errors import UsageError
 
 #: ``config.json`` fields of every Hugging Face config that never change a forward pass's numbers
-GENERIC_IGNORED = frozenset({
-    "_name_or_path", "architectures", "transformers_version", "torch_dtype", "dtype", "use_cache",
-    "initializer_range", "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id",
-    "decoder_start_token_id", "max_position_embeddings", "attention_dropout", "cache_implementation",
-    "attn_implementation", "_attn_implementation", "model_type", "name", "add_cross_attention", "bad_words_ids",
-    "begin_suppress_tokens", "chunk_size_feed_forward", "cross_attention_hidden_size", "diversity_penalty",
-    "do_sample", "early_stopping", "encoder_no_repeat_ngram_size", "exponential_decay_length_penalty",
-    "finetuning_task", "forced_bos_token_id", "forced_eos_token_id", "id2label", "label2id", "is_decoder",
-    "is_encoder_decoder", "length_penalty", "max_length", "min_length", "no_repeat_ngram_size",
-    "num_beam_groups", "num_beams", "num_return_sequences", "output_attentions", "output_hidden_states",
-    "output_scores", "prefix", "problem_type", "remove_invalid_values", "repetition_penalty", "return_dict",
-    "return_dict_in_generate", "suppress_tokens", "task_specific_params", "temperature", "tf_legacy_loss",
-    "tie_encoder_decoder", "tokenizer_class", "top_k", "top_p", "torchscript", "typical_p", "use_bfloat16",
-})
+GENERIC_IGNORED = frozenset(
+    {
+        "_name_or_path",
+        "architectures",
+        "transformers_version",
+        "torch_dtype",
+        "dtype",
+        "use_cache",
+        "initializer_range",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "sep_token_id",
+        "decoder_start_token_id",
+        "max_position_embeddings",
+        "attention_dropout",
+        "cache_implementation",
+        "attn_implementation",
+        "_attn_implementation",
+        "model_type",
+        "name",
+        "add_cross_attention",
+        "bad_words_ids",
+        "begin_suppress_tokens",
+        "chunk_size_feed_forward",
+        "cross_attention_hidden_size",
+        "diversity_penalty",
+        "do_sample",
+        "early_stopping",
+        "encoder_no_repeat_ngram_size",
+        "exponential_decay_length_penalty",
+        "finetuning_task",
+        "forced_bos_token_id",
+        "forced_eos_token_id",
+        "id2label",
+        "label2id",
+        "is_decoder",
+        "is_encoder_decoder",
+        "length_penalty",
+        "max_length",
+        "min_length",
+        "no_repeat_ngram_size",
+        "num_beam_groups",
+        "num_beams",
+        "num_return_sequences",
+        "output_attentions",
+        "output_hidden_states",
+        "output_scores",
+        "prefix",
+        "problem_type",
+        "remove_invalid_values",
+        "repetition_penalty",
+        "return_dict",
+        "return_dict_in_generate",
+        "suppress_tokens",
+        "task_specific_params",
+        "temperature",
+        "tf_legacy_loss",
+        "tie_encoder_decoder",
+        "tokenizer_class",
+        "top_k",
+        "top_p",
+        "torchscript",
+        "typical_p",
+        "use_bfloat16",
+    }
+)
 
 #: fields that must have exactly this value (anything else changes the computation and is not modelled)
-_FIXED_COMMON = {"attention_bias": False, "mlp_bias": False, "pretraining_tp": 1, "pruned_heads": {},
-                 "use_sliding_window": False, "use_bidirectional_attention": False}
+_FIXED_COMMON = {
+    "attention_bias": False,
+    "mlp_bias": False,
+    "pretraining_tp": 1,
+    "pruned_heads": {},
+    "use_sliding_window": False,
+    "use_bidirectional_attention": False,
+}
 
 
 @dataclass(frozen=True)
@@ -82,36 +141,84 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "qwen3": Family("qwen3", "Qwen3ForCausalLM", "silu", ("tie_word_embeddings",),
-                    ignored=frozenset({"max_window_layers", "sliding_window", "layer_types"})),
+    "qwen3": Family(
+        "qwen3",
+        "Qwen3ForCausalLM",
+        "silu",
+        ("tie_word_embeddings",),
+        ignored=frozenset({"max_window_layers", "sliding_window", "layer_types"}),
+    ),
     "llama": Family("llama", "LlamaForCausalLM", "silu", ("tie_word_embeddings", "rope_scaling")),
-    "gemma2": Family("gemma2", "Gemma2ForCausalLM", "gelu_pytorch_tanh",
-                     ("tie_word_embeddings", "attn_logit_softcapping", "final_logit_softcapping",
-                      "query_pre_attn_scalar", "sliding_window"),
-                     ignored=frozenset({"layer_types"}),
-                     feature_input_hook="ln2.hook_normalized", feature_output_hook="hook_mlp_out",
-                     tied_default=True, gemma=True),
-    "gemma3": Family("gemma3", "Gemma3ForCausalLM", "gelu_pytorch_tanh",
-                     ("tie_word_embeddings", "attn_logit_softcapping", "final_logit_softcapping",
-                      "query_pre_attn_scalar", "sliding_window", "rope_local_base_freq", "sliding_window_pattern",
-                      "rope_scaling"),
-                     ignored=frozenset({"layer_types", "_sliding_window_pattern"}),
-                     feature_input_hook="ln2.hook_normalized", feature_output_hook="hook_mlp_out",
-                     tied_default=True, gemma=True),
+    "gemma2": Family(
+        "gemma2",
+        "Gemma2ForCausalLM",
+        "gelu_pytorch_tanh",
+        (
+            "tie_word_embeddings",
+            "attn_logit_softcapping",
+            "final_logit_softcapping",
+            "query_pre_attn_scalar",
+            "sliding_window",
+        ),
+        ignored=frozenset({"layer_types"}),
+        feature_input_hook="ln2.hook_normalized",
+        feature_output_hook="hook_mlp_out",
+        tied_default=True,
+        gemma=True,
+    ),
+    "gemma3": Family(
+        "gemma3",
+        "Gemma3ForCausalLM",
+        "gelu_pytorch_tanh",
+        (
+            "tie_word_embeddings",
+            "attn_logit_softcapping",
+            "final_logit_softcapping",
+            "query_pre_attn_scalar",
+            "sliding_window",
+            "rope_local_base_freq",
+            "sliding_window_pattern",
+            "rope_scaling",
+        ),
+        ignored=frozenset({"layer_types", "_sliding_window_pattern"}),
+        feature_input_hook="ln2.hook_normalized",
+        feature_output_hook="hook_mlp_out",
+        tied_default=True,
+        gemma=True,
+    ),
 }
 #: Hugging Face model_type names read as one of ours
 ALIASES = {"gemma3_text": "gemma3"}
 #: every optional ModelSpec field (None = the family's default; left out of the content hash when None)
-OPTIONAL_FIELDS = ("tie_word_embeddings", "rope_scaling", "attn_logit_softcapping", "final_logit_softcapping",
-                   "query_pre_attn_scalar", "sliding_window", "rope_local_base_freq", "sliding_window_pattern")
+OPTIONAL_FIELDS = (
+    "tie_word_embeddings",
+    "rope_scaling",
+    "attn_logit_softcapping",
+    "final_logit_softcapping",
+    "query_pre_attn_scalar",
+    "sliding_window",
+    "rope_local_base_freq",
+    "sliding_window_pattern",
+)
 #: family defaults of the optional fields (Hugging Face's defaults for that config class)
 DEFAULTS: dict[str, dict[str, Any]] = {
     "gemma2": {"attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "sliding_window": 4096},
-    "gemma3": {"attn_logit_softcapping": 0.0, "final_logit_softcapping": 0.0, "sliding_window": 4096,
-               "rope_local_base_freq": 10000.0, "sliding_window_pattern": 6},
+    "gemma3": {
+        "attn_logit_softcapping": 0.0,
+        "final_logit_softcapping": 0.0,
+        "sliding_window": 4096,
+        "rope_local_base_freq": 10000.0,
+        "sliding_window_pattern": 6,
+    },
 }
-LLAMA3_ROPE_KEYS = {"rope_type", "type", "factor", "low_freq_factor", "high_freq_factor",
-                    "original_max_position_embeddings"}
+LLAMA3_ROPE_KEYS = {
+    "rope_type",
+    "type",
+    "factor",
+    "low_freq_factor",
+    "high_freq_factor",
+    "original_max_position_embeddings",
+}
 
 
 def family(model_type: str) -> Family:
@@ -161,8 +268,10 @@ def check_config_fields(raw: dict, where: str) -> dict:
     not honoured; returns ``raw`` with the HF model_type alias and renamed fields normalised."""
     mt = raw.get("model_type", "qwen3")
     if mt == "gemma3" and "text_config" in raw:
-        raise UsageError(f"{where}: a multimodal Gemma-3 config (model_type 'gemma3' with text_config) is not "
-                         "supported; paste its text_config (model_type 'gemma3_text')")
+        raise UsageError(
+            f"{where}: a multimodal Gemma-3 config (model_type 'gemma3' with text_config) is not "
+            "supported; paste its text_config (model_type 'gemma3_text')"
+        )
     if mt not in FAMILIES and mt not in ALIASES:
         return raw  # validate() names the unsupported model_type
     f = family(mt)
@@ -178,8 +287,9 @@ def check_config_fields(raw: dict, where: str) -> dict:
             continue
         if key in _FIXED_COMMON:
             if v != _FIXED_COMMON[key] and v is not None:
-                raise UsageError(f"{where}: {key}={v!r} changes the computation and is not supported "
-                                 f"(only {_FIXED_COMMON[key]!r})")
+                raise UsageError(
+                    f"{where}: {key}={v!r} changes the computation and is not supported (only {_FIXED_COMMON[key]!r})"
+                )
             continue
         if key in ("hidden_act", "hidden_activation"):
             if v != f.activation and v is not None:
@@ -190,8 +300,10 @@ def check_config_fields(raw: dict, where: str) -> dict:
                 out.pop(key, None)
                 continue
             raise UsageError(f"{where}: {key}={v!r} changes the computation and is not supported for {f.model_type}")
-        raise UsageError(f"{where}: field {key!r} is not modelled for model_type {f.model_type}; remove it only if "
-                         "it does not change the computation")
+        raise UsageError(
+            f"{where}: field {key!r} is not modelled for model_type {f.model_type}; remove it only if "
+            "it does not change the computation"
+        )
     if f.model_type == "qwen3" and raw.get("use_sliding_window"):
         raise UsageError(f"{where}: use_sliding_window=true is not supported for qwen3")
     for key in f.fields:  # JSON null means "the family default"
@@ -265,17 +377,27 @@ def hf_config(m, common: dict):
     if f.model_type == "llama":
         return LlamaConfig(attention_bias=False, mlp_bias=False, rope_scaling=rope_scaling(m), **common)
     softcaps = {k: (value(m, k) or None) for k in ("attn_logit_softcapping", "final_logit_softcapping")}
-    gemma = dict(common, hidden_activation=f.activation, query_pre_attn_scalar=value(m, "query_pre_attn_scalar"),
-                 sliding_window=value(m, "sliding_window"), layer_types=_hf_layer_types(m), pad_token_id=0,
-                 **softcaps)
+    gemma = dict(
+        common,
+        hidden_activation=f.activation,
+        query_pre_attn_scalar=value(m, "query_pre_attn_scalar"),
+        sliding_window=value(m, "sliding_window"),
+        layer_types=_hf_layer_types(m),
+        pad_token_id=0,
+        **softcaps,
+    )
     if f.model_type == "gemma2":
         return Gemma2Config(**gemma)
-    return Gemma3TextConfig(rope_local_base_freq=value(m, "rope_local_base_freq"), rope_scaling=rope_scaling(m),
-                            sliding_window_pattern=value(m, "sliding_window_pattern"), **gemma)
+    return Gemma3TextConfig(
+        rope_local_base_freq=value(m, "rope_local_base_freq"),
+        rope_scaling=rope_scaling(m),
+        sliding_window_pattern=value(m, "sliding_window_pattern"),
+        **gemma,
+    )
 
 
 @torch.no_grad()
-def seeded_model_fixups(m, model: torch.nn.Module, seed: int) -> None:
+def seeded_model_fixups(m, model: Any, seed: int) -> None:
     """Gemma's RMSNorm weights start at 0 (gain 1 + 0): give them seeded values so that a wrong gain rule
     (w instead of 1 + w, or a missing post-norm) shows in every comparison. They lie on a 1/64 grid, so
     ``w`` and ``1 + w`` are exact in bfloat16 and HF (1 + w in float32) and TransformerLens (1 + w stored in
@@ -294,27 +416,48 @@ def transformer_lens_config(m, n_ctx: int, device: str, dtype: torch.dtype):
 
     f = family(m.model_type)
     kwargs: dict[str, Any] = dict(
-        n_layers=m.num_hidden_layers, d_model=m.hidden_size, n_heads=m.num_attention_heads,
-        n_key_value_heads=m.num_key_value_heads, d_head=m.head_dim, d_mlp=m.intermediate_size,
-        d_vocab=m.vocab_size, n_ctx=n_ctx, act_fn=f.activation, normalization_type="RMS",
-        positional_embedding_type="rotary", gated_mlp=True, final_rms=True, rotary_dim=m.head_dim,
-        rotary_base=m.rope_theta, eps=m.rms_norm_eps, original_architecture=f.architecture,
-        tokenizer_prepends_bos=False, default_prepend_bos=False, dtype=dtype, device=device,
+        n_layers=m.num_hidden_layers,
+        d_model=m.hidden_size,
+        n_heads=m.num_attention_heads,
+        n_key_value_heads=m.num_key_value_heads,
+        d_head=m.head_dim,
+        d_mlp=m.intermediate_size,
+        d_vocab=m.vocab_size,
+        n_ctx=n_ctx,
+        act_fn=f.activation,
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        gated_mlp=True,
+        final_rms=True,
+        rotary_dim=m.head_dim,
+        rotary_base=m.rope_theta,
+        eps=m.rms_norm_eps,
+        original_architecture=f.architecture,
+        tokenizer_prepends_bos=False,
+        default_prepend_bos=False,
+        dtype=dtype,
+        device=device,
         use_qk_norm=f.model_type in ("qwen3", "gemma3"),
     )
     rs = rope_scaling(m)
     if f.model_type == "llama" and rs is not None:
-        kwargs.update(use_NTK_by_parts_rope=True, NTK_by_parts_factor=float(rs["factor"]),
-                      NTK_by_parts_low_freq_factor=float(rs["low_freq_factor"]),
-                      NTK_by_parts_high_freq_factor=float(rs["high_freq_factor"]),
-                      NTK_original_ctx_len=int(rs["original_max_position_embeddings"]))
+        kwargs.update(
+            use_NTK_by_parts_rope=True,
+            NTK_by_parts_factor=float(rs["factor"]),
+            NTK_by_parts_low_freq_factor=float(rs["low_freq_factor"]),
+            NTK_by_parts_high_freq_factor=float(rs["high_freq_factor"]),
+            NTK_original_ctx_len=int(rs["original_max_position_embeddings"]),
+        )
     if f.is_gemma:
         types = layer_types(m)
         kwargs.update(
-            use_normalization_before_and_after=True, attn_scale=math.sqrt(value(m, "query_pre_attn_scalar")),
+            use_normalization_before_and_after=True,
+            attn_scale=math.sqrt(value(m, "query_pre_attn_scalar")),
             attn_scores_soft_cap=float(value(m, "attn_logit_softcapping") or -1.0),
             output_logits_soft_cap=float(value(m, "final_logit_softcapping") or -1.0),
-            use_local_attn="local" in types, attn_types=types, window_size=value(m, "sliding_window"),
+            use_local_attn="local" in types,
+            attn_types=types,
+            window_size=value(m, "sliding_window"),
         )
         if f.model_type == "gemma3":
             kwargs["rotary_base_local"] = value(m, "rope_local_base_freq")
@@ -323,16 +466,19 @@ def transformer_lens_config(m, n_ctx: int, device: str, dtype: torch.dtype):
     return HookedTransformerConfig(**kwargs)
 
 
-def convert_weights(m, hf_model: torch.nn.Module, cfg) -> dict:
+def convert_weights(m, hf_model: Any, cfg) -> dict:
     """TransformerLens state dict of the HF model, with TransformerLens' own converter for the family."""
     f = family(m.model_type)
     if f.model_type == "qwen3":
         from transformer_lens.pretrained.weight_conversions.qwen3 import convert_qwen3_weights
+
         return convert_qwen3_weights(hf_model, cfg)
     if f.model_type == "llama":
         from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
+
         return convert_llama_weights(hf_model, cfg)
     from transformer_lens.pretrained.weight_conversions.gemma import convert_gemma_weights
+
     return convert_gemma_weights(hf_model, cfg)
 
 
@@ -358,6 +504,12 @@ class LinearisationLayout:
 def linearisation_layout(m) -> LinearisationLayout:
     """The family's layout (``m=None``: the Qwen3/Llama one)."""
     if m is not None and family(m.model_type).is_gemma:
-        return LinearisationLayout(1.0, "pre_feedforward_layernorm", False, "post_feedforward_layernorm",
-                                   "post_attention_layernorm", m.hidden_size**0.5)
+        return LinearisationLayout(
+            1.0,
+            "pre_feedforward_layernorm",
+            False,
+            "post_feedforward_layernorm",
+            "post_attention_layernorm",
+            m.hidden_size**0.5,
+        )
     return LinearisationLayout(0.0, "post_attention_layernorm", True, "mlp", None, 1.0)

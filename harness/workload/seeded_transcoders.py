@@ -14,6 +14,7 @@ read from the files.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,7 +24,7 @@ from attrbench.workload.transcoder_files import TranscoderWeights
 
 
 @torch.no_grad()
-def mlp_inputs(hf_model: torch.nn.Module, token_ids: torch.Tensor) -> list[torch.Tensor]:
+def mlp_inputs(hf_model: Any, token_ids: torch.Tensor) -> list[torch.Tensor]:
     """Each layer's transcoder input for the prompt, ``[n_pos, d_model]``: the MLP input (the post-attention
     RMSNorm output) for Qwen3/Llama, ``ln2.hook_normalized`` (the pre-feedforward norm before its gain) for
     Gemma (see :mod:`attrbench.workload.families`)."""
@@ -35,8 +36,9 @@ def mlp_inputs(hf_model: torch.nn.Module, token_ids: torch.Tensor) -> list[torch
             x = args[0][0].float()
             captured.append(x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
 
-        handles = [layer.pre_feedforward_layernorm.register_forward_pre_hook(normalised)
-                   for layer in hf_model.model.layers]
+        handles = [
+            layer.pre_feedforward_layernorm.register_forward_pre_hook(normalised) for layer in hf_model.model.layers
+        ]
     else:
         handles = [
             layer.mlp.register_forward_pre_hook(lambda _m, args: captured.append(args[0][0].float()))
@@ -88,15 +90,14 @@ def build_transcoders(spec: WorkloadSpec, inputs: list[torch.Tensor]) -> list[Tr
         b_enc = torch.zeros(F)
         b_dec = torch.zeros(d)
         W_skip = torch.randn(d, d, generator=g) * (0.1 / d**0.5) if spec.transcoders.skip_connection else None
-        pre = (x[1:] @ W_enc.T + b_enc)  # position 0 (BOS) never has active features
+        pre = x[1:] @ W_enc.T + b_enc  # position 0 (BOS) never has active features
         thresholds = calibrated_thresholds(pre, spec.transcoders.target_l0)
         out.append(TranscoderWeights(W_enc, W_dec, b_enc, b_dec, thresholds, W_skip))
     return out
 
 
-
 @torch.no_grad()
-def resid_mids(hf_model: torch.nn.Module, token_ids: torch.Tensor) -> list[torch.Tensor]:
+def resid_mids(hf_model: Any, token_ids: torch.Tensor) -> list[torch.Tensor]:
     """Each layer's residual stream after attention (``hook_resid_mid``, the input of the norm before the MLP):
     ``post_attention_layernorm``'s input for Qwen3/Llama, ``pre_feedforward_layernorm``'s for Gemma (whose
     ``post_attention_layernorm`` normalises the attention output *before* the residual add)."""
@@ -131,7 +132,7 @@ def cache_key(spec: WorkloadSpec) -> str:
     return spec.content_hash() + (f"-r{revision}" if revision > 1 else "")
 
 
-def build_seeded(spec: WorkloadSpec, hf_model: torch.nn.Module, token_ids: torch.Tensor) -> list:
+def build_seeded(spec: WorkloadSpec, hf_model: Any, token_ids: torch.Tensor) -> list:
     """The workload's transcoders in the engine's layout
     (:class:`attrbench.workload.transcoder_files.TranscoderWeights`)."""
 
@@ -163,8 +164,15 @@ def build_seeded(spec: WorkloadSpec, hf_model: torch.nn.Module, token_ids: torch
     return out
 
 
-def through_files(weights: list, kind: str, d_model: int, folder: Path, scan: str,
-                  hooks: tuple[str, str] = ("mlp.hook_in", "mlp.hook_out"), model_type: str | None = None):
+def through_files(
+    weights: list,
+    kind: str,
+    d_model: int,
+    folder: Path,
+    scan: str,
+    hooks: tuple[str, str] = ("mlp.hook_in", "mlp.hook_out"),
+    model_type: str | None = None,
+):
     """Write ``weights`` in circuit-tracer's layout under ``folder`` (once) and read them back with its
     loaders; returns (circuit-tracer object, engine weights taken from it)."""
     if not (folder / "config.yaml").exists():

@@ -157,65 +157,150 @@ PRESETS: dict[str, tuple[WorkloadSpec, str]] = dict(
     [
         _preset(
             "tiny",
-            ModelSpec(num_hidden_layers=4, hidden_size=128, num_attention_heads=8, num_key_value_heads=2,
-                      head_dim=16, intermediate_size=256, vocab_size=512),
-            TranscoderSpec(d_transcoder=1024, target_l0=20), 16,
+            ModelSpec(
+                num_hidden_layers=4,
+                hidden_size=128,
+                num_attention_heads=8,
+                num_key_value_heads=2,
+                head_dim=16,
+                intermediate_size=256,
+                vocab_size=512,
+            ),
+            TranscoderSpec(d_transcoder=1024, target_l0=20),
+            16,
             "default; the whole ladder in minutes on 2 CPU cores",
         ),
         _preset(
             "small",
-            ModelSpec(num_hidden_layers=8, hidden_size=256, num_attention_heads=8, num_key_value_heads=2,
-                      head_dim=32, intermediate_size=768, vocab_size=2048),
-            TranscoderSpec(d_transcoder=4096, target_l0=176), 32,
+            ModelSpec(
+                num_hidden_layers=8,
+                hidden_size=256,
+                num_attention_heads=8,
+                num_key_value_heads=2,
+                head_dim=32,
+                intermediate_size=768,
+                vocab_size=2048,
+            ),
+            TranscoderSpec(d_transcoder=4096, target_l0=176),
+            32,
             ">= 40,000 active features; circuit-tracer at 4,000 nodes in about 3 minutes on 2 cores",
         ),
         _preset(
             "large",
-            ModelSpec(num_hidden_layers=8, hidden_size=256, num_attention_heads=8, num_key_value_heads=2,
-                      head_dim=32, intermediate_size=768, vocab_size=2048),
-            TranscoderSpec(d_transcoder=8192, target_l0=265), 48,
+            ModelSpec(
+                num_hidden_layers=8,
+                hidden_size=256,
+                num_attention_heads=8,
+                num_key_value_heads=2,
+                head_dim=32,
+                intermediate_size=768,
+                vocab_size=2048,
+            ),
+            TranscoderSpec(d_transcoder=8192, target_l0=265),
+            48,
             ">= 90,000 active features, for 70,000-node runs",
         ),
         _preset(
             "small-clt",
-            ModelSpec(num_hidden_layers=8, hidden_size=256, num_attention_heads=8, num_key_value_heads=2,
-                      head_dim=32, intermediate_size=768, vocab_size=2048),
-            TranscoderSpec(d_transcoder=4096, target_l0=176, kind="clt"), 32,
+            ModelSpec(
+                num_hidden_layers=8,
+                hidden_size=256,
+                num_attention_heads=8,
+                num_key_value_heads=2,
+                head_dim=32,
+                intermediate_size=768,
+                vocab_size=2048,
+            ),
+            TranscoderSpec(d_transcoder=4096, target_l0=176, kind="clt"),
+            32,
             "small with a cross-layer JumpReLU transcoder (>= 40,000 active features, decoders 4.5x larger)",
         ),
         _preset(
             "qwen3-4b",
-            ModelSpec(num_hidden_layers=36, hidden_size=2560, num_attention_heads=32, num_key_value_heads=8,
-                      head_dim=128, intermediate_size=9728, vocab_size=151936, rope_theta=1000000.0),
-            TranscoderSpec(d_transcoder=8192, target_l0=80), 32,
+            ModelSpec(
+                num_hidden_layers=36,
+                hidden_size=2560,
+                num_attention_heads=32,
+                num_key_value_heads=8,
+                head_dim=128,
+                intermediate_size=9728,
+                vocab_size=151936,
+                rope_theta=1000000.0,
+            ),
+            TranscoderSpec(d_transcoder=8192, target_l0=80),
+            32,
             "real Qwen3-4B shapes (36 layers, d 2560, 32/8 heads); for GPU runs",
         ),
         _preset(
             "llama-3.2-1b",
-            ModelSpec(model_type="llama", num_hidden_layers=16, hidden_size=2048, num_attention_heads=32,
-                      num_key_value_heads=8, head_dim=64, intermediate_size=8192, vocab_size=128256,
-                      rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=True,
-                      rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                                    "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
-            TranscoderSpec(d_transcoder=16384, target_l0=80), 32,
+            ModelSpec(
+                model_type="llama",
+                num_hidden_layers=16,
+                hidden_size=2048,
+                num_attention_heads=32,
+                num_key_value_heads=8,
+                head_dim=64,
+                intermediate_size=8192,
+                vocab_size=128256,
+                rms_norm_eps=1e-5,
+                rope_theta=500000.0,
+                tie_word_embeddings=True,
+                rope_scaling={
+                    "rope_type": "llama3",
+                    "factor": 32.0,
+                    "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 8192,
+                },
+            ),
+            TranscoderSpec(d_transcoder=16384, target_l0=80),
+            32,
             "real Llama-3.2-1B shapes (16 layers, d 2048, 32/8 heads, llama3 RoPE scaling, tied); for GPU runs",
         ),
         _preset(
             "gemma-2-2b",
-            ModelSpec(model_type="gemma2", num_hidden_layers=26, hidden_size=2304, num_attention_heads=8,
-                      num_key_value_heads=4, head_dim=256, intermediate_size=9216, vocab_size=256000,
-                      rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=True, query_pre_attn_scalar=256,
-                      attn_logit_softcapping=50.0, final_logit_softcapping=30.0, sliding_window=4096),
-            TranscoderSpec(d_transcoder=16384, target_l0=80), 32,
+            ModelSpec(
+                model_type="gemma2",
+                num_hidden_layers=26,
+                hidden_size=2304,
+                num_attention_heads=8,
+                num_key_value_heads=4,
+                head_dim=256,
+                intermediate_size=9216,
+                vocab_size=256000,
+                rms_norm_eps=1e-6,
+                rope_theta=10000.0,
+                tie_word_embeddings=True,
+                query_pre_attn_scalar=256,
+                attn_logit_softcapping=50.0,
+                final_logit_softcapping=30.0,
+                sliding_window=4096,
+            ),
+            TranscoderSpec(d_transcoder=16384, target_l0=80),
+            32,
             "real Gemma-2-2B shapes (26 layers, d 2304, 8/4 heads of 256, softcaps 50/30); for GPU runs",
         ),
         _preset(
             "gemma-3-1b",
-            ModelSpec(model_type="gemma3", num_hidden_layers=26, hidden_size=1152, num_attention_heads=4,
-                      num_key_value_heads=1, head_dim=256, intermediate_size=6912, vocab_size=262144,
-                      rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True, query_pre_attn_scalar=256,
-                      sliding_window=512, rope_local_base_freq=10000.0, sliding_window_pattern=6),
-            TranscoderSpec(d_transcoder=16384, target_l0=80), 32,
+            ModelSpec(
+                model_type="gemma3",
+                num_hidden_layers=26,
+                hidden_size=1152,
+                num_attention_heads=4,
+                num_key_value_heads=1,
+                head_dim=256,
+                intermediate_size=6912,
+                vocab_size=262144,
+                rms_norm_eps=1e-6,
+                rope_theta=1000000.0,
+                tie_word_embeddings=True,
+                query_pre_attn_scalar=256,
+                sliding_window=512,
+                rope_local_base_freq=10000.0,
+                sliding_window_pattern=6,
+            ),
+            TranscoderSpec(d_transcoder=16384, target_l0=80),
+            32,
             "real Gemma-3-1B shapes (26 layers, d 1152, 4/1 heads of 256, local/global RoPE); for GPU runs",
         ),
     ]
@@ -261,8 +346,9 @@ def validate(spec: WorkloadSpec) -> WorkloadSpec:
     """Raise :class:`UsageError` naming the first invalid field."""
     m = spec.model
     if m.model_type not in MODEL_TYPES:
-        raise UsageError(f"workload: model.model_type {m.model_type!r} is not supported; "
-                         f"use one of {', '.join(MODEL_TYPES)}")
+        raise UsageError(
+            f"workload: model.model_type {m.model_type!r} is not supported; use one of {', '.join(MODEL_TYPES)}"
+        )
     for f in fields(ModelSpec):
         if f.name in ("model_type",) or f.name in OPTIONAL_FIELDS:
             continue
@@ -284,25 +370,29 @@ def validate(spec: WorkloadSpec) -> WorkloadSpec:
     if t.kind not in TRANSCODER_KINDS:
         raise UsageError(f"workload: transcoders.kind must be one of {', '.join(TRANSCODER_KINDS)}, got {t.kind!r}")
     if t.activation not in ACTIVATIONS:
-        raise UsageError(f"workload: transcoders.activation must be one of {', '.join(ACTIVATIONS)}, "
-                         f"got {t.activation!r}")
+        raise UsageError(
+            f"workload: transcoders.activation must be one of {', '.join(ACTIVATIONS)}, got {t.activation!r}"
+        )
     if t.activation == "topk":
         k = _positive_int("transcoders", "k", t.k)
         if k > t.d_transcoder:
             raise UsageError(f"workload: transcoders.k ({t.k}) exceeds d_transcoder ({t.d_transcoder})")
         if t.kind == "clt":
-            raise UsageError("workload: TopK cross-layer transcoders are not supported (circuit-tracer's "
-                             "CrossLayerTranscoder has relu and jump_relu only)")
+            raise UsageError(
+                "workload: TopK cross-layer transcoders are not supported (circuit-tracer's "
+                "CrossLayerTranscoder has relu and jump_relu only)"
+            )
     elif t.k is not None:
-        raise UsageError("workload: transcoders.k goes with activation \"topk\" only")
+        raise UsageError('workload: transcoders.k goes with activation "topk" only')
     p = spec.prompt
     if p.token_ids is not None:
         if len(p.token_ids) < 2:
             raise UsageError("workload: prompt.token_ids needs at least 2 tokens")
         bad = [t for t in p.token_ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < m.vocab_size]
         if bad:
-            raise UsageError(f"workload: prompt.token_ids must be integers in [0, vocab_size={m.vocab_size}); "
-                             f"got {bad[:3]}")
+            raise UsageError(
+                f"workload: prompt.token_ids must be integers in [0, vocab_size={m.vocab_size}); got {bad[:3]}"
+            )
     else:
         _positive_int("prompt", "n_tokens", p.n_tokens)
         if p.n_tokens < 2:
@@ -335,8 +425,9 @@ def spec_from_dict(data: Any, path: str = "<dict>") -> WorkloadSpec:
         raise UsageError(f"workload file {path}: top level must be a JSON object with model/transcoders/prompt/seed")
     unknown = set(data) - {"name", "model", "transcoders", "prompt", "seed", "source"}
     if unknown:
-        raise UsageError(f"workload file {path}: unknown top-level keys {sorted(unknown)}; "
-                         "expected model, transcoders, prompt, seed")
+        raise UsageError(
+            f"workload file {path}: unknown top-level keys {sorted(unknown)}; expected model, transcoders, prompt, seed"
+        )
     if "model" not in data:
         raise UsageError(f"workload file {path}: missing the 'model' section")
     spec = WorkloadSpec(
@@ -349,8 +440,9 @@ def spec_from_dict(data: Any, path: str = "<dict>") -> WorkloadSpec:
     source = data.get("source")
     if source is not None:
         if not isinstance(source, dict) or set(source) != {"model_dir", "transcoders_dir", "prompt"}:
-            raise UsageError(f"workload file {path}: 'source' must be an object with model_dir, "
-                             "transcoders_dir, prompt")
+            raise UsageError(
+                f"workload file {path}: 'source' must be an object with model_dir, transcoders_dir, prompt"
+            )
         spec = replace(spec, source=LocalSource(**{k: str(v) for k, v in source.items()}))
     return validate(spec)
 
@@ -407,12 +499,15 @@ def check_transcoder_folder(folder: Path, model: ModelSpec) -> TranscoderSpec:
     L, d = model.num_hidden_layers, model.hidden_size
     if not folder.is_dir():
         raise UsageError(f"--transcoders {folder} is not a folder")
-    present = sorted(int(p.stem.split("_", 1)[1]) for p in folder.glob("layer_*.safetensors")
-                     if p.stem.split("_", 1)[1].isdigit())
+    present = sorted(
+        int(p.stem.split("_", 1)[1]) for p in folder.glob("layer_*.safetensors") if p.stem.split("_", 1)[1].isdigit()
+    )
     if present != list(range(L)):
-        raise UsageError(f"--transcoders {folder} has {len(present)} layer_{{i}}.safetensors files "
-                         f"({', '.join(map(str, present[:5])) or 'none'}{'...' if len(present) > 5 else ''}); "
-                         f"the model has num_hidden_layers={L}: expected layer_0 .. layer_{L - 1}")
+        raise UsageError(
+            f"--transcoders {folder} has {len(present)} layer_{{i}}.safetensors files "
+            f"({', '.join(map(str, present[:5])) or 'none'}{'...' if len(present) > 5 else ''}); "
+            f"the model has num_hidden_layers={L}: expected layer_0 .. layer_{L - 1}"
+        )
     widths, skips = set(), set()
     for layer in range(L):
         path = folder / f"layer_{layer}.safetensors"
@@ -424,12 +519,16 @@ def check_transcoder_folder(folder: Path, model: ModelSpec) -> TranscoderSpec:
         enc = shapes["W_enc"]
         expected = {"W_dec": (F, d), "b_enc": (F,), "b_dec": (d,), "threshold": (F,), "W_skip": (d, d)}
         if F is None or enc not in ((F, d), (d, F)):
-            raise UsageError(f"transcoder file {path}: W_enc {list(enc)} and W_dec {list(shapes['W_dec'])} do not "
-                             f"fit d_model={d} (expected [F, {d}])")
+            raise UsageError(
+                f"transcoder file {path}: W_enc {list(enc)} and W_dec {list(shapes['W_dec'])} do not "
+                f"fit d_model={d} (expected [F, {d}])"
+            )
         for key, shape in expected.items():
             if key in shapes and shapes[key] != shape:
-                raise UsageError(f"transcoder file {path}: {key} has shape {list(shapes[key])}, expected {list(shape)} "
-                                 f"(d_model={d}, F={F})")
+                raise UsageError(
+                    f"transcoder file {path}: {key} has shape {list(shapes[key])}, expected {list(shape)} "
+                    f"(d_model={d}, F={F})"
+                )
         widths.add(F)
         skips.add("W_skip" in shapes)
     if len(widths) > 1 or len(skips) > 1:
@@ -462,8 +561,10 @@ def tokenize_prompt(model_dir: Path, text: str) -> tuple[int, ...]:
     try:
         tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     except Exception as exc:
-        raise UsageError(f"--model {model_dir}: its tokenizer cannot be loaded ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise UsageError(
+            f"--model {model_dir}: its tokenizer cannot be loaded ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
     ids = list(tok(text, add_special_tokens=False)["input_ids"])
     bos = tok.bos_token_id
     if bos is not None and (not ids or ids[0] != bos):
@@ -485,14 +586,25 @@ def local_spec(model_dir: str | Path, transcoders_dir: str | Path, prompt: str) 
     for weights in sorted(mdir.glob("*.safetensors")):  # a truncated file is refused here, by name
         _transcoder_shapes(weights, "model weights file")
     src = transcoder_files.resolve(transcoders_dir)
-    found = transcoder_files.check_against_model(transcoder_files.load(src, lazy=True), src,
-                                                 model.num_hidden_layers, model.hidden_size, model.model_type)
-    transcoders = TranscoderSpec(d_transcoder=found["d_transcoder"], skip_connection=found["skip_connection"],
-                                 kind=found["kind"], activation=found["activation"], k=found["k"])
+    found = transcoder_files.check_against_model(
+        transcoder_files.load(src, lazy=True), src, model.num_hidden_layers, model.hidden_size, model.model_type
+    )
+    transcoders = TranscoderSpec(
+        d_transcoder=found["d_transcoder"],
+        skip_connection=found["skip_connection"],
+        kind=found["kind"],
+        activation=found["activation"],
+        k=found["k"],
+    )
     tdir = Path(src.config_file or src.root)
     if not prompt or not prompt.strip():
         raise UsageError("--prompt must be a non-empty text")
     token_ids = tokenize_prompt(mdir, prompt)
-    spec = WorkloadSpec(name=mdir.name, model=model, transcoders=transcoders, prompt=PromptSpec(token_ids=token_ids),
-                        source=LocalSource(str(mdir), str(tdir), prompt))
+    spec = WorkloadSpec(
+        name=mdir.name,
+        model=model,
+        transcoders=transcoders,
+        prompt=PromptSpec(token_ids=token_ids),
+        source=LocalSource(str(mdir), str(tdir), prompt),
+    )
     return validate(spec)

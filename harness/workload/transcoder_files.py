@@ -29,7 +29,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -50,6 +50,7 @@ class TranscoderWeights:
     activation: str = "jumprelu"
     k: int | None = None
 
+
 #: (feature_input_hook, feature_output_hook) pairs the exact engine implements, per model kind. Per-layer:
 #: Qwen3/Llama read the MLP input and write its output; Gemma reads the pre-feedforward norm before its gain
 #: and writes the post-feedforward norm's output, as circuit-tracer's configs for them say
@@ -59,8 +60,10 @@ CLT_HOOKS = {("hook_resid_mid", "hook_mlp_out"), ("hook_resid_mid", "mlp.hook_ou
 #: is after the pre-feedforward norm's (1 + w) gain and its ``mlp.hook_out`` before the post-feedforward norm,
 #: so only ln2.hook_normalized / hook_resid_mid -> hook_mlp_out (circuit-tracer's Gemma configs) are taken;
 #: Qwen3/Llama take the others (their ``ln2.hook_normalized`` is before the gain the engine's layout includes)
-GEMMA_HOOKS = {"transcoder_set": {("ln2.hook_normalized", "hook_mlp_out")},
-               "cross_layer_transcoder": {("hook_resid_mid", "hook_mlp_out")}}
+GEMMA_HOOKS = {
+    "transcoder_set": {("ln2.hook_normalized", "hook_mlp_out")},
+    "cross_layer_transcoder": {("hook_resid_mid", "hook_mlp_out")},
+}
 CONFIG_NAMES = ("config.yaml", "config.yml")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*(/[^/].*)?$")
 
@@ -90,8 +93,11 @@ class TranscoderSource:
         if self.model_kind == "transcoder_set":
             out += [Path(p) for _, p in sorted(self.paths.items())]
         else:
-            out += sorted(p for pattern in ("W_enc_*.safetensors", "W_dec_*.safetensors", "W_skip_*.safetensors")
-                          for p in Path(self.root).glob(pattern))
+            out += sorted(
+                p
+                for pattern in ("W_enc_*.safetensors", "W_dec_*.safetensors", "W_skip_*.safetensors")
+                for p in Path(self.root).glob(pattern)
+            )
         return out
 
 
@@ -111,8 +117,10 @@ def _check_contiguous(found: dict[int, Path], what: str, where: Path) -> None:
     expected = list(range(max(found) + 1))
     missing = sorted(set(expected) - set(found))
     if missing:
-        raise UsageError(f"--transcoders {where}: {what} for layer(s) {', '.join(map(str, missing[:5]))} "
-                         f"{'is' if len(missing) == 1 else 'are'} missing")
+        raise UsageError(
+            f"--transcoders {where}: {what} for layer(s) {', '.join(map(str, missing[:5]))} "
+            f"{'is' if len(missing) == 1 else 'are'} missing"
+        )
 
 
 def hf_cache_snapshot(repo: str, what: str) -> Path:
@@ -127,9 +135,11 @@ def hf_cache_snapshot(repo: str, what: str) -> Path:
     try:
         folder = Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
     except Exception as exc:  # LocalEntryNotFoundError, or an offline error
-        raise UsageError(f"{what} {repo}: neither a local path nor a repo id in the local Hugging Face cache "
-                         f"({os.environ.get('HF_HUB_CACHE') or 'default cache'}); nothing is downloaded "
-                         f"({type(exc).__name__})") from None
+        raise UsageError(
+            f"{what} {repo}: neither a local path nor a repo id in the local Hugging Face cache "
+            f"({os.environ.get('HF_HUB_CACHE') or 'default cache'}); nothing is downloaded "
+            f"({type(exc).__name__})"
+        ) from None
     folder = folder / sub if sub else folder
     if not folder.exists():
         raise UsageError(f"{what} {repo}: {sub} is not in the cached snapshot {folder.parent}")
@@ -166,13 +176,22 @@ def _from_config(path: Path) -> TranscoderSource:
     act = cfg.get("activation_function")
     k = cfg.get("k")
     if act is not None and act != "topk":
-        raise UsageError(f"--transcoders {path}: activation_function {act!r}: only 'topk' (with k) may be given; "
-                         "JumpReLU and ReLU come from the files themselves")
+        raise UsageError(
+            f"--transcoders {path}: activation_function {act!r}: only 'topk' (with k) may be given; "
+            "JumpReLU and ReLU come from the files themselves"
+        )
     if act == "topk" and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
         raise UsageError(f"--transcoders {path}: activation_function topk needs a positive integer k, got {k!r}")
-    src = TranscoderSource(kind, cfg["feature_input_hook"], cfg["feature_output_hook"], str(root),
-                           activation=act, k=k if act == "topk" else None, scan=cfg.get("scan"),
-                           config_file=str(path))
+    src = TranscoderSource(
+        kind,
+        cfg["feature_input_hook"],
+        cfg["feature_output_hook"],
+        str(root),
+        activation=act,
+        k=k if act == "topk" else None,
+        scan=cfg.get("scan"),
+        config_file=str(path),
+    )
     files = cfg.get("transcoders")
     if kind == "transcoder_set":
         if files is not None:
@@ -180,8 +199,10 @@ def _from_config(path: Path) -> TranscoderSource:
                 raise UsageError(f"--transcoders {path}: transcoders must be a list of file paths")
             for i, f in enumerate(files):
                 if f.startswith("hf://"):
-                    raise UsageError(f"--transcoders {path}: {f} is an hf:// URI; attrbench never downloads: "
-                                     "download the files first and list local paths")
+                    raise UsageError(
+                        f"--transcoders {path}: {f} is an hf:// URI; attrbench never downloads: "
+                        "download the files first and list local paths"
+                    )
                 p = Path(f) if os.path.isabs(f) else root / f
                 if not p.exists():
                     raise UsageError(f"--transcoders {path}: layer {i} file {p} does not exist")
@@ -193,8 +214,10 @@ def _from_config(path: Path) -> TranscoderSource:
             src.special_load_fn = _plt_folder(root)[1]
     else:
         if files is not None:
-            raise UsageError(f"--transcoders {path}: a cross_layer_transcoder config with a transcoders: list "
-                             "(Gemma Scope 2 CLTs) is not supported; give the folder of W_enc_{i}/W_dec_{i} files")
+            raise UsageError(
+                f"--transcoders {path}: a cross_layer_transcoder config with a transcoders: list "
+                "(Gemma Scope 2 CLTs) is not supported; give the folder of W_enc_{i}/W_dec_{i} files"
+            )
         _check_clt_folder(root)
     return src
 
@@ -219,8 +242,10 @@ def _check_clt_folder(folder: Path) -> None:
     _check_contiguous(enc, "W_enc_{i}.safetensors", folder)
     if sorted(dec) != sorted(enc):
         missing = sorted(set(enc) - set(dec))
-        raise UsageError(f"--transcoders {folder}: W_dec_{{i}}.safetensors missing for layer(s) "
-                         f"{', '.join(map(str, missing[:5])) or '(extra files)'}")
+        raise UsageError(
+            f"--transcoders {folder}: W_dec_{{i}}.safetensors missing for layer(s) "
+            f"{', '.join(map(str, missing[:5])) or '(extra files)'}"
+        )
 
 
 def resolve(arg: str | os.PathLike) -> TranscoderSource:
@@ -246,8 +271,10 @@ def resolve(arg: str | os.PathLike) -> TranscoderSource:
     if any(p.glob("layer_*.safetensors")) or any(p.glob("layer_*.npz")):
         paths, special = _plt_folder(p)
         return TranscoderSource("transcoder_set", "mlp.hook_in", "mlp.hook_out", str(p), paths, special)
-    raise UsageError(f"--transcoders {p}: unknown layout: expected a config.yaml, layer_{{i}}.safetensors, "
-                     "layer_{i}.npz or W_enc_{i}/W_dec_{i}.safetensors files")
+    raise UsageError(
+        f"--transcoders {p}: unknown layout: expected a config.yaml, layer_{{i}}.safetensors, "
+        "layer_{i}.npz or W_enc_{i}/W_dec_{i}.safetensors files"
+    )
 
 
 def resolve_model_dir(arg: str | os.PathLike) -> Path:
@@ -262,8 +289,9 @@ def resolve_model_dir(arg: str | os.PathLike) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def load(src: TranscoderSource, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-         lazy: bool = True):
+def load(
+    src: TranscoderSource, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, lazy: bool = True
+):
     """The transcoders as circuit-tracer's own loaders return them (TranscoderSet or CrossLayerTranscoder)."""
     device = torch.device(device)
     scan = src.scan or src.root
@@ -275,34 +303,54 @@ def load(src: TranscoderSource, device: str | torch.device = "cpu", dtype: torch
             from circuit_tracer.transcoder.single_layer_transcoder import load_transcoder_set
 
             lazy_ok = lazy and src.special_load_fn is None
-            obj = load_transcoder_set(dict(src.paths), scan=scan, feature_input_hook=src.feature_input_hook,
-                                      feature_output_hook=src.feature_output_hook, device=device, dtype=dtype,
-                                      special_load_fn=src.special_load_fn, lazy_encoder=False,
-                                      lazy_decoder=lazy_ok)
+            obj: Any = load_transcoder_set(
+                dict(src.paths),
+                scan=scan,
+                feature_input_hook=src.feature_input_hook,
+                feature_output_hook=src.feature_output_hook,
+                device=device,
+                dtype=dtype,
+                special_load_fn=cast(Any, src.special_load_fn),  # "gemma-scope" or None, checked on reading
+                lazy_encoder=False,
+                lazy_decoder=lazy_ok,
+            )
             if src.activation == "topk":
                 from circuit_tracer.transcoder.activation_functions import TopK
 
                 for tc in obj:
                     if not _is_relu(tc.activation_function):
-                        raise UsageError(f"--transcoders {src.config_file}: activation_function topk, but layer "
-                                         f"{tc.layer_idx}'s file has a JumpReLU threshold")
-                    tc.activation_function = TopK(src.k)
+                        raise UsageError(
+                            f"--transcoders {src.config_file}: activation_function topk, but layer "
+                            f"{tc.layer_idx}'s file has a JumpReLU threshold"
+                        )
+                    tc.activation_function = TopK(int(cast(int, src.k)))
         else:
             from circuit_tracer.transcoder.cross_layer_transcoder import load_clt
 
             if src.activation == "topk":
-                raise UsageError("--transcoders: TopK cross-layer transcoders are not supported "
-                                 "(circuit-tracer's CrossLayerTranscoder has only relu and jump_relu)")
-            obj = load_clt(src.root, feature_input_hook=src.feature_input_hook,
-                           feature_output_hook=src.feature_output_hook, scan=scan, device=device, dtype=dtype,
-                           lazy_decoder=lazy, lazy_encoder=False)
+                raise UsageError(
+                    "--transcoders: TopK cross-layer transcoders are not supported "
+                    "(circuit-tracer's CrossLayerTranscoder has only relu and jump_relu)"
+                )
+            obj = load_clt(
+                src.root,
+                feature_input_hook=src.feature_input_hook,
+                feature_output_hook=src.feature_output_hook,
+                scan=scan,
+                device=device,
+                dtype=dtype,
+                lazy_decoder=lazy,
+                lazy_encoder=False,
+            )
             _attach_clt_skip(obj, Path(src.root), device, dtype)
     except UsageError:
         raise
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise UsageError(f"--transcoders {src.config_file or src.root}: circuit-tracer cannot load it "
-                         f"({type(exc).__name__}: {first[:200]})") from None
+        raise UsageError(
+            f"--transcoders {src.config_file or src.root}: circuit-tracer cannot load it "
+            f"({type(exc).__name__}: {first[:200]})"
+        ) from None
     return obj
 
 
@@ -315,8 +363,10 @@ def _attach_clt_skip(obj, folder: Path, device, dtype) -> None:
     if not files:
         return
     if sorted(files) != list(range(obj.n_layers)):
-        raise UsageError(f"--transcoders {folder}: W_skip_{{i}}.safetensors files for layers {sorted(files)}, "
-                         f"expected 0 .. {obj.n_layers - 1}")
+        raise UsageError(
+            f"--transcoders {folder}: W_skip_{{i}}.safetensors files for layers {sorted(files)}, "
+            f"expected 0 .. {obj.n_layers - 1}"
+        )
     from safetensors.torch import load_file
 
     skips = []
@@ -365,13 +415,16 @@ def check_hooks_for_family(src: TranscoderSource, model_type: str) -> None:
     if hooks not in allowed:
         want = sorted(allowed)[0]
         what = "per-layer" if src.model_kind == "transcoder_set" else "cross-layer"
-        raise UsageError(f"--transcoders {where}: hooks {hooks[0]!r} -> {hooks[1]!r} are not supported for "
-                         f"{what} transcoders on {f.model_type} (give a config.yaml with feature_input_hook: "
-                         f"{want[0]}, feature_output_hook: {want[1]})")
+        raise UsageError(
+            f"--transcoders {where}: hooks {hooks[0]!r} -> {hooks[1]!r} are not supported for "
+            f"{what} transcoders on {f.model_type} (give a config.yaml with feature_input_hook: "
+            f"{want[0]}, feature_output_hook: {want[1]})"
+        )
 
 
-def check_against_model(obj, src: TranscoderSource, n_layers: int, d_model: int,
-                        model_type: str | None = None) -> dict[str, Any]:
+def check_against_model(
+    obj, src: TranscoderSource, n_layers: int, d_model: int, model_type: str | None = None
+) -> dict[str, Any]:
     """Layer count, widths, hooks against the model (and its family, when ``model_type`` is given); the
     transcoder section of the workload (a dict)."""
     where = src.config_file or src.root
@@ -380,13 +433,17 @@ def check_against_model(obj, src: TranscoderSource, n_layers: int, d_model: int,
         check_hooks_for_family(src, model_type)
     if src.model_kind == "transcoder_set":
         if hooks not in PLT_HOOKS:
-            raise UsageError(f"--transcoders {where}: hooks {hooks[0]!r} -> {hooks[1]!r} are not supported for "
-                             f"per-layer transcoders (use {sorted(PLT_HOOKS)[0]})")
+            raise UsageError(
+                f"--transcoders {where}: hooks {hooks[0]!r} -> {hooks[1]!r} are not supported for "
+                f"per-layer transcoders (use {sorted(PLT_HOOKS)[0]})"
+            )
         L, F, skip = len(obj), obj.d_transcoder, obj.skip_connection
         for tc in obj:
             if tc.d_model != d_model:
-                raise UsageError(f"--transcoders {where}: layer {tc.layer_idx} has d_model {tc.d_model}, "
-                                 f"the model has hidden_size {d_model}")
+                raise UsageError(
+                    f"--transcoders {where}: layer {tc.layer_idx} has d_model {tc.d_model}, "
+                    f"the model has hidden_size {d_model}"
+                )
             if (tc.W_skip is not None) != skip:
                 raise UsageError(f"--transcoders {where}: layers differ in having W_skip")
         for _, path in sorted(src.paths.items()):
@@ -398,23 +455,27 @@ def check_against_model(obj, src: TranscoderSource, n_layers: int, d_model: int,
         activation, k = acts.pop()
     else:
         if hooks not in CLT_HOOKS:
-            raise UsageError(f"--transcoders {where}: hooks {hooks[0]!r} -> {hooks[1]!r} are not supported for "
-                             f"cross-layer transcoders (use {sorted(CLT_HOOKS)[0]})")
+            raise UsageError(
+                f"--transcoders {where}: hooks {hooks[0]!r} -> {hooks[1]!r} are not supported for "
+                f"cross-layer transcoders (use {sorted(CLT_HOOKS)[0]})"
+            )
         L, F, skip = obj.n_layers, obj.d_transcoder, obj.W_skip is not None
         if obj.d_model != d_model:
             raise UsageError(f"--transcoders {where}: d_model {obj.d_model}, the model has hidden_size {d_model}")
         from safetensors import safe_open
 
         for i in range(L):
-            path = Path(src.root) / f"W_dec_{i}.safetensors"
-            with safe_open(str(path), framework="pt") as f:
+            dec_path = Path(src.root) / f"W_dec_{i}.safetensors"
+            with safe_open(str(dec_path), framework="pt") as f:
                 key = f"W_dec_{i}"
                 if key not in f.keys():
-                    raise UsageError(f"--transcoders {path} lacks {key}")
+                    raise UsageError(f"--transcoders {dec_path} lacks {key}")
                 shape = tuple(f.get_slice(key).get_shape())
             if shape != (F, L - i, d_model):
-                raise UsageError(f"--transcoders {path}: {key} has shape {list(shape)}, expected "
-                                 f"{[F, L - i, d_model]} (d_transcoder, n_layers - {i}, d_model)")
+                raise UsageError(
+                    f"--transcoders {dec_path}: {key} has shape {list(shape)}, expected "
+                    f"{[F, L - i, d_model]} (d_transcoder, n_layers - {i}, d_model)"
+                )
         activation, k = activation_of(obj.activation_function)
     if L != n_layers:
         raise UsageError(f"--transcoders {where} has {L} layers; the model has num_hidden_layers={n_layers}")
@@ -427,15 +488,23 @@ def _check_plt_file(path: Path, F: int, d: int) -> None:
 
     with safe_open(str(path), framework="pt") as f:
         shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    expected = {"W_enc": (F, d), "W_dec": (F, d), "b_enc": (F,), "b_dec": (d,),
-                "activation_function.threshold": (F,), "W_skip": (d, d)}
+    expected = {
+        "W_enc": (F, d),
+        "W_dec": (F, d),
+        "b_enc": (F,),
+        "b_dec": (d,),
+        "activation_function.threshold": (F,),
+        "W_skip": (d, d),
+    }
     missing = [k for k in ("W_enc", "W_dec", "b_enc", "b_dec") if k not in shapes]
     if missing:
         raise UsageError(f"transcoder file {path} lacks {', '.join(missing)}")
     for key, shape in expected.items():
         if key in shapes and shapes[key] != shape:
-            raise UsageError(f"transcoder file {path}: {key} has shape {list(shapes[key])}, expected {list(shape)} "
-                             f"(d_model={d}, d_transcoder={F})")
+            raise UsageError(
+                f"transcoder file {path}: {key} has shape {list(shapes[key])}, expected {list(shape)} "
+                f"(d_model={d}, d_transcoder={F})"
+            )
 
 
 def _safetensors_size(path: Path) -> int:
@@ -457,11 +526,15 @@ def _check_threshold_key(path: Path) -> None:
     except Exception as exc:
         raise UsageError(f"transcoder file {path} cannot be read as safetensors: {exc}") from None
     if not complete:
-        raise UsageError(f"transcoder file {path} is truncated ({path.stat().st_size} bytes, its header describes "
-                         f"{_safetensors_size(path)})")
+        raise UsageError(
+            f"transcoder file {path} is truncated ({path.stat().st_size} bytes, its header describes "
+            f"{_safetensors_size(path)})"
+        )
     if "threshold" in keys and "activation_function.threshold" not in keys:
-        raise UsageError(f"transcoder file {path} has a 'threshold' key, which circuit-tracer's load_relu_transcoder "
-                         "does not read (it wants 'activation_function.threshold', as to_safetensors writes)")
+        raise UsageError(
+            f"transcoder file {path} has a 'threshold' key, which circuit-tracer's load_relu_transcoder "
+            "does not read (it wants 'activation_function.threshold', as to_safetensors writes)"
+        )
 
 
 # ------------------------------------------------------------------------------------- to engine weights
@@ -472,6 +545,7 @@ def engine_weights(obj, n_layers: int) -> list:
     ``W_dec`` of layer ``l`` is ``[F, L - l, d]`` (its decoders into layers ``l .. L-1``) and ``W_skip`` is
     stored transposed from circuit-tracer's ``inputs @ W_skip[l]``, so the same ``x @ W_skip.T`` holds.
     """
+
     def f32(t):
         return None if t is None else t.detach().to(torch.float32).cpu()
 
@@ -482,16 +556,39 @@ def engine_weights(obj, n_layers: int) -> list:
                 act, k = activation_of(tc.activation_function)
                 F = tc.d_transcoder
                 thr = f32(tc.activation_function.threshold) if act == "jumprelu" else torch.zeros(F)
-                out.append(TranscoderWeights(f32(tc.W_enc), f32(tc._get_decoder_vectors()), f32(tc.b_enc),
-                                             f32(tc.b_dec), thr.expand(F).clone(), f32(tc.W_skip), act, k))
+                out.append(
+                    TranscoderWeights(
+                        f32(tc.W_enc),
+                        f32(tc._get_decoder_vectors()),
+                        f32(tc.b_enc),
+                        f32(tc.b_dec),
+                        thr.expand(F).clone(),
+                        f32(tc.W_skip),
+                        act,
+                        k,
+                    )
+                )
         else:  # CrossLayerTranscoder
             act, k = activation_of(obj.activation_function)
             for layer in range(obj.n_layers):
-                thr = (f32(obj.activation_function.threshold[layer]).reshape(-1) if act == "jumprelu"
-                       else torch.zeros(obj.d_transcoder))
+                thr = (
+                    f32(obj.activation_function.threshold[layer]).reshape(-1)
+                    if act == "jumprelu"
+                    else torch.zeros(obj.d_transcoder)
+                )
                 skip = None if obj.W_skip is None else f32(obj.W_skip[layer]).T.contiguous()
-                out.append(TranscoderWeights(f32(obj._get_encoder_weights(layer)), f32(obj._get_decoder_vectors(layer)),
-                                             f32(obj.b_enc[layer]), f32(obj.b_dec[layer]), thr, skip, act, k))
+                out.append(
+                    TranscoderWeights(
+                        f32(obj._get_encoder_weights(layer)),
+                        f32(obj._get_decoder_vectors(layer)),
+                        f32(obj.b_enc[layer]),
+                        f32(obj.b_dec[layer]),
+                        thr,
+                        skip,
+                        act,
+                        k,
+                    )
+                )
     return out
 
 
@@ -502,19 +599,30 @@ def _atomic_folder(folder: Path):
     return tmp
 
 
-def write_config(folder: Path, model_kind: str, input_hook: str, output_hook: str, n_layers: int | None = None,
-                 activation: str | None = None, k: int | None = None, scan: str | None = None) -> Path:
+def write_config(
+    folder: Path,
+    model_kind: str,
+    input_hook: str,
+    output_hook: str,
+    n_layers: int | None = None,
+    activation: str | None = None,
+    k: int | None = None,
+    scan: str | None = None,
+) -> Path:
     import yaml
 
-    cfg: dict[str, Any] = {"model_kind": model_kind, "feature_input_hook": input_hook,
-                           "feature_output_hook": output_hook}
+    cfg: dict[str, Any] = {
+        "model_kind": model_kind,
+        "feature_input_hook": input_hook,
+        "feature_output_hook": output_hook,
+    }
     if scan:
         cfg["scan"] = scan
     if model_kind == "transcoder_set" and n_layers is not None:
         cfg["transcoders"] = [f"layer_{i}.safetensors" for i in range(n_layers)]
     if activation == "topk":
         cfg["activation_function"] = "topk"
-        cfg["k"] = int(k)
+        cfg["k"] = int(cast(int, k))
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -534,8 +642,13 @@ def circuit_tracer_object(weights: list, kind: str, d_model: int):
         if kind == "plt":
             layers = {}
             for i, w in enumerate(weights):
-                fn = (JumpReLU(w.threshold.clone(), 0.1) if act == "jumprelu" else TopK(k) if act == "topk"
-                      else torch.nn.functional.relu)
+                fn = (
+                    JumpReLU(w.threshold.clone(), 0.1)
+                    if act == "jumprelu"
+                    else TopK(k)
+                    if act == "topk"
+                    else torch.nn.functional.relu
+                )
                 tc = SingleLayerTranscoder(d_model, F, fn, i, skip_connection=skip, device=cpu, dtype=torch.float32)
                 for name in ("W_enc", "W_dec", "b_enc", "b_dec", "W_skip"):
                     if getattr(w, name) is not None:
@@ -543,8 +656,16 @@ def circuit_tracer_object(weights: list, kind: str, d_model: int):
                 layers[i] = tc
             return TranscoderSet(layers, feature_input_hook="mlp.hook_in", feature_output_hook="mlp.hook_out")
         L = len(weights)
-        clt = CrossLayerTranscoder(L, F, d_model, activation_function="jump_relu" if act == "jumprelu" else "relu",
-                                   skip_connection=skip, lazy_decoder=False, device=cpu, dtype=torch.float32)
+        clt = CrossLayerTranscoder(
+            L,
+            F,
+            d_model,
+            activation_function="jump_relu" if act == "jumprelu" else "relu",
+            skip_connection=skip,
+            lazy_decoder=False,
+            device=cpu,
+            dtype=torch.float32,
+        )
         for i, w in enumerate(weights):
             clt.W_enc[i].copy_(w.W_enc)
             clt.b_enc[i].copy_(w.b_enc)
@@ -557,8 +678,14 @@ def circuit_tracer_object(weights: list, kind: str, d_model: int):
         return clt
 
 
-def write_transcoders(weights: list, kind: str, d_model: int, folder: Path, scan: str | None = None,
-                      hooks: tuple[str, str] = ("mlp.hook_in", "mlp.hook_out")) -> Path:
+def write_transcoders(
+    weights: list,
+    kind: str,
+    d_model: int,
+    folder: Path,
+    scan: str | None = None,
+    hooks: tuple[str, str] = ("mlp.hook_in", "mlp.hook_out"),
+) -> Path:
     """Write ``weights`` with circuit-tracer's own ``to_safetensors`` plus a config.yaml; returns the config.
 
     ``hooks``: where per-layer transcoders read and write (the model family's, as circuit-tracer's configs
@@ -572,8 +699,7 @@ def write_transcoders(weights: list, kind: str, d_model: int, folder: Path, scan
         for i in range(len(weights)):
             save_file({f"W_skip_{i}": obj.W_skip[i].detach().contiguous()}, str(tmp / f"W_skip_{i}.safetensors"))
     if kind == "plt":
-        write_config(tmp, "transcoder_set", hooks[0], hooks[1], len(weights),
-                     weights[0].activation, weights[0].k, scan)
+        write_config(tmp, "transcoder_set", hooks[0], hooks[1], len(weights), weights[0].activation, weights[0].k, scan)
     else:
         write_config(tmp, "cross_layer_transcoder", "hook_resid_mid", "hook_mlp_out", scan=scan)
     try:

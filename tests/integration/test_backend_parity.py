@@ -99,7 +99,10 @@ def test_exact_backend_matches_reference_bf16(bf16_reference, backend_name):
         # circuit-tracer's own bf16 graph strays from the fp32 truth (TransformerLens' bf16 arithmetic differs
         # from the HF model's): be at least as close to the truth as it is
         assert to_truth["selected_jaccard"] >= reference_to_truth["selected_jaccard"], (
-            name, to_truth, reference_to_truth)
+            name,
+            to_truth,
+            reference_to_truth,
+        )
 
 
 def test_autodiff_free_records_no_autograd_graph(monkeypatch):
@@ -157,6 +160,7 @@ def test_backend_variant_fixes_options():
     assert variant.fixed_options == {"approx_threshold": 0.1} and not variant.exact
     assert "approximate-pruned@approx_threshold=0.1" in backends and "nope@x=1" not in backends
     built = build_workload(preset("tiny"))
-    result = variant.attribute(variant.prepare(built, "cpu", torch.float32),
-                               AttributeSettings(max_feature_nodes=200, batch_size=64))
+    result = variant.attribute(
+        variant.prepare(built, "cpu", torch.float32), AttributeSettings(max_feature_nodes=200, batch_size=64)
+    )
     assert result.info["approx_threshold"] == 0.1

@@ -22,42 +22,114 @@ WORKLOADS = Path(__file__).resolve().parents[2] / "workloads"
 
 #: the field set of the real Llama-3.2-1B config.json, with small shapes
 LLAMA32_CONFIG = {
-    "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 1,
-    "eos_token_id": [2, 3], "head_dim": 16, "hidden_act": "silu", "hidden_size": 64, "initializer_range": 0.02,
-    "intermediate_size": 128, "max_position_embeddings": 131072, "mlp_bias": False, "model_type": "llama",
-    "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2, "pretraining_tp": 1,
-    "rms_norm_eps": 1e-05, "rope_scaling": {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
-                                            "original_max_position_embeddings": 32, "rope_type": "llama3"},
-    "rope_theta": 500000.0, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
-    "transformers_version": "4.45.0.dev0", "use_cache": True, "vocab_size": 256,
+    "architectures": ["LlamaForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "bos_token_id": 1,
+    "eos_token_id": [2, 3],
+    "head_dim": 16,
+    "hidden_act": "silu",
+    "hidden_size": 64,
+    "initializer_range": 0.02,
+    "intermediate_size": 128,
+    "max_position_embeddings": 131072,
+    "mlp_bias": False,
+    "model_type": "llama",
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "num_key_value_heads": 2,
+    "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": {
+        "factor": 8.0,
+        "high_freq_factor": 4.0,
+        "low_freq_factor": 1.0,
+        "original_max_position_embeddings": 32,
+        "rope_type": "llama3",
+    },
+    "rope_theta": 500000.0,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.45.0.dev0",
+    "use_cache": True,
+    "vocab_size": 256,
 }
 #: the field set of the real gemma-2-2b config.json, with small shapes
 GEMMA2_CONFIG = {
-    "architectures": ["Gemma2ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
-    "attn_logit_softcapping": 50.0, "bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": 1,
-    "final_logit_softcapping": 30.0, "head_dim": 32, "hidden_act": "gelu_pytorch_tanh",
-    "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 64, "initializer_range": 0.02, "intermediate_size": 128,
-    "max_position_embeddings": 8192, "model_type": "gemma2", "num_attention_heads": 4, "num_hidden_layers": 2,
-    "num_key_value_heads": 2, "pad_token_id": 0, "query_pre_attn_scalar": 32, "rms_norm_eps": 1e-06,
-    "rope_theta": 10000.0, "sliding_window": 4096, "torch_dtype": "float32", "transformers_version": "4.42.4",
-    "use_cache": True, "vocab_size": 256,
+    "architectures": ["Gemma2ForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "attn_logit_softcapping": 50.0,
+    "bos_token_id": 2,
+    "cache_implementation": "hybrid",
+    "eos_token_id": 1,
+    "final_logit_softcapping": 30.0,
+    "head_dim": 32,
+    "hidden_act": "gelu_pytorch_tanh",
+    "hidden_activation": "gelu_pytorch_tanh",
+    "hidden_size": 64,
+    "initializer_range": 0.02,
+    "intermediate_size": 128,
+    "max_position_embeddings": 8192,
+    "model_type": "gemma2",
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "num_key_value_heads": 2,
+    "pad_token_id": 0,
+    "query_pre_attn_scalar": 32,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 10000.0,
+    "sliding_window": 4096,
+    "torch_dtype": "float32",
+    "transformers_version": "4.42.4",
+    "use_cache": True,
+    "vocab_size": 256,
 }
 #: the field set of the real gemma-3-1b-pt config.json, with small shapes
 GEMMA3_CONFIG = {
-    "architectures": ["Gemma3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
-    "attn_logit_softcapping": None, "bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": 1,
-    "final_logit_softcapping": None, "head_dim": 32, "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 64,
-    "initializer_range": 0.02, "intermediate_size": 128, "max_position_embeddings": 32768,
-    "model_type": "gemma3_text", "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 1,
-    "pad_token_id": 0, "query_pre_attn_scalar": 32, "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000.0,
-    "rope_scaling": None, "rope_theta": 1000000.0, "sliding_window": 512, "sliding_window_pattern": 6,
-    "torch_dtype": "bfloat16", "transformers_version": "4.50.0.dev0", "use_cache": True, "vocab_size": 256,
+    "architectures": ["Gemma3ForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "attn_logit_softcapping": None,
+    "bos_token_id": 2,
+    "cache_implementation": "hybrid",
+    "eos_token_id": 1,
+    "final_logit_softcapping": None,
+    "head_dim": 32,
+    "hidden_activation": "gelu_pytorch_tanh",
+    "hidden_size": 64,
+    "initializer_range": 0.02,
+    "intermediate_size": 128,
+    "max_position_embeddings": 32768,
+    "model_type": "gemma3_text",
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "num_key_value_heads": 1,
+    "pad_token_id": 0,
+    "query_pre_attn_scalar": 32,
+    "rms_norm_eps": 1e-06,
+    "rope_local_base_freq": 10000.0,
+    "rope_scaling": None,
+    "rope_theta": 1000000.0,
+    "sliding_window": 512,
+    "sliding_window_pattern": 6,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.50.0.dev0",
+    "use_cache": True,
+    "vocab_size": 256,
 }
 
 
 def _spec(model: dict, n_tokens: int = 10):
-    return spec_from_dict({"model": model, "transcoders": {"d_transcoder": 64, "target_l0": 4},
-                           "prompt": {"n_tokens": n_tokens}, "seed": 1}, "w.json")
+    return spec_from_dict(
+        {
+            "model": model,
+            "transcoders": {"d_transcoder": 64, "target_l0": 4},
+            "prompt": {"n_tokens": n_tokens},
+            "seed": 1,
+        },
+        "w.json",
+    )
 
 
 def _logits(spec) -> torch.Tensor:
@@ -87,23 +159,40 @@ def test_pasted_gemma_configs_are_accepted_with_their_fields():
     assert build_workload(_spec(GEMMA3_CONFIG)).hf_model.config.final_logit_softcapping is None
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "type 'yarn' is not supported for llama"),
-    ({"attention_bias": True}, "attention_bias=True changes the computation"),
-    ({"hidden_act": "gelu"}, "hidden_act='gelu' is not supported for llama"),
-    ({"quantization_config": {"bits": 4}}, "field 'quantization_config' is not modelled"),
-    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0,
-                       "original_max_position_embeddings": 32}}, "high_freq_factor must exceed"),
-    ({"model_type": "qwen3", "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "not supported for qwen3"),
-    ({"model_type": "qwen3", "rope_scaling": None, "tie_word_embeddings": False, "use_sliding_window": True},
-     "use_sliding_window=True changes the computation"),
-    ({"rope_local_base_freq": 10.0},
-     "rope_local_base_freq=10.0 changes the computation and is not supported for llama"),
-    ({**GEMMA2_CONFIG, "rope_local_base_freq": 10.0}, "not supported for gemma2"),
-    ({**GEMMA2_CONFIG, "hidden_activation": "gelu"}, "hidden_activation='gelu' is not supported for gemma2"),
-    ({"model_type": "gemma3", "text_config": {}}, "multimodal Gemma-3 config"),
-    ({**GEMMA3_CONFIG, "rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "only linear"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "type 'yarn' is not supported for llama"),
+        ({"attention_bias": True}, "attention_bias=True changes the computation"),
+        ({"hidden_act": "gelu"}, "hidden_act='gelu' is not supported for llama"),
+        ({"quantization_config": {"bits": 4}}, "field 'quantization_config' is not modelled"),
+        (
+            {
+                "rope_scaling": {
+                    "rope_type": "llama3",
+                    "factor": 8.0,
+                    "low_freq_factor": 4.0,
+                    "high_freq_factor": 1.0,
+                    "original_max_position_embeddings": 32,
+                }
+            },
+            "high_freq_factor must exceed",
+        ),
+        ({"model_type": "qwen3", "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "not supported for qwen3"),
+        (
+            {"model_type": "qwen3", "rope_scaling": None, "tie_word_embeddings": False, "use_sliding_window": True},
+            "use_sliding_window=True changes the computation",
+        ),
+        (
+            {"rope_local_base_freq": 10.0},
+            "rope_local_base_freq=10.0 changes the computation and is not supported for llama",
+        ),
+        ({**GEMMA2_CONFIG, "rope_local_base_freq": 10.0}, "not supported for gemma2"),
+        ({**GEMMA2_CONFIG, "hidden_activation": "gelu"}, "hidden_activation='gelu' is not supported for gemma2"),
+        ({"model_type": "gemma3", "text_config": {}}, "multimodal Gemma-3 config"),
+        ({**GEMMA3_CONFIG, "rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "only linear"),
+    ],
+)
 def test_fields_that_change_the_computation_are_refused(change, message):
     base = {} if "Gemma" in str(change.get("architectures")) else LLAMA32_CONFIG  # the gemma cases are whole
     with pytest.raises(UsageError, match=message):
@@ -126,11 +215,22 @@ def test_existing_workload_hashes_are_unchanged():
 
 def test_presets_have_the_real_shapes():
     g = preset("gemma-2-2b").model
-    assert (g.num_hidden_layers, g.hidden_size, g.head_dim, g.num_attention_heads, g.num_key_value_heads,
-            g.vocab_size, g.final_logit_softcapping) == (26, 2304, 256, 8, 4, 256000, 30.0)
+    assert (
+        g.num_hidden_layers,
+        g.hidden_size,
+        g.head_dim,
+        g.num_attention_heads,
+        g.num_key_value_heads,
+        g.vocab_size,
+        g.final_logit_softcapping,
+    ) == (26, 2304, 256, 8, 4, 256000, 30.0)
     ll = preset("llama-3.2-1b").model
-    assert (ll.num_hidden_layers, ll.hidden_size, ll.tie_word_embeddings,
-            ll.rope_scaling["factor"]) == (16, 2048, True, 32.0)
+    assert (ll.num_hidden_layers, ll.hidden_size, ll.tie_word_embeddings, ll.rope_scaling["factor"]) == (
+        16,
+        2048,
+        True,
+        32.0,
+    )
     g3 = preset("gemma-3-1b").model
     assert (g3.num_hidden_layers, g3.hidden_size, g3.num_key_value_heads, g3.sliding_window) == (26, 1152, 1, 512)
 
@@ -185,18 +285,21 @@ def test_cross_layer_transcoders_read_the_familys_hook_resid_mid(name):
     assert abs(n_active - built.spec.estimated_active_features) <= 0.1 * built.spec.estimated_active_features
 
 
-@pytest.mark.parametrize("model_type,kind,hooks,ok", [
-    ("gemma2", "transcoder_set", ("ln2.hook_normalized", "hook_mlp_out"), True),
-    ("gemma3", "cross_layer_transcoder", ("hook_resid_mid", "hook_mlp_out"), True),
-    # Gemma's mlp.hook_in is after the (1 + w) gain and its mlp.hook_out before post_feedforward_layernorm
-    ("gemma2", "transcoder_set", ("mlp.hook_in", "mlp.hook_out"), False),
-    ("gemma2", "cross_layer_transcoder", ("hook_resid_mid", "mlp.hook_out"), False),
-    ("gemma3", "transcoder_set", ("mlp.hook_in", "hook_mlp_out"), False),
-    ("llama", "cross_layer_transcoder", ("hook_resid_mid", "mlp.hook_out"), True),
-    ("llama", "transcoder_set", ("mlp.hook_in", "hook_mlp_out"), True),
-    # Llama's ln2.hook_normalized is before the gain that the Llama layout's transcoder input includes
-    ("llama", "transcoder_set", ("ln2.hook_normalized", "hook_mlp_out"), False),
-])
+@pytest.mark.parametrize(
+    "model_type,kind,hooks,ok",
+    [
+        ("gemma2", "transcoder_set", ("ln2.hook_normalized", "hook_mlp_out"), True),
+        ("gemma3", "cross_layer_transcoder", ("hook_resid_mid", "hook_mlp_out"), True),
+        # Gemma's mlp.hook_in is after the (1 + w) gain and its mlp.hook_out before post_feedforward_layernorm
+        ("gemma2", "transcoder_set", ("mlp.hook_in", "mlp.hook_out"), False),
+        ("gemma2", "cross_layer_transcoder", ("hook_resid_mid", "mlp.hook_out"), False),
+        ("gemma3", "transcoder_set", ("mlp.hook_in", "hook_mlp_out"), False),
+        ("llama", "cross_layer_transcoder", ("hook_resid_mid", "mlp.hook_out"), True),
+        ("llama", "transcoder_set", ("mlp.hook_in", "hook_mlp_out"), True),
+        # Llama's ln2.hook_normalized is before the gain that the Llama layout's transcoder input includes
+        ("llama", "transcoder_set", ("ln2.hook_normalized", "hook_mlp_out"), False),
+    ],
+)
 def test_transcoder_hooks_must_be_where_the_family_reads_and_writes(model_type, kind, hooks, ok):
     from attrbench.workload.transcoder_files import TranscoderSource, check_hooks_for_family
 
@@ -220,14 +323,20 @@ def test_gemma_from_saved_folders_gives_circuit_tracers_graph(name, tmp_path):
     from attrbench.workload.spec import local_spec
 
     save_workload(build_workload(load_workload_file(WORKLOADS / f"{name}.json")), tmp_path / "entry")
-    built = build_workload(local_spec(tmp_path / "entry" / "model", tmp_path / "entry" / "transcoders",
-                                      "t1 t5 t9 t17 t33 t2 t8 t100 t41 t77 t90 t12"))
+    built = build_workload(
+        local_spec(
+            tmp_path / "entry" / "model",
+            tmp_path / "entry" / "transcoders",
+            "t1 t5 t9 t17 t33 t2 t8 t100 t41 t77 t90 t12",
+        )
+    )
     assert built.transcoder_kind == ("clt" if name.endswith("-clt") else "plt")
     graphs = {}
     for backend_name in ("reference", "gqa-shared"):
         backend = get_backends()[backend_name]
-        graphs[backend_name] = backend.attribute(backend.prepare(built, "cpu", torch.float32),
-                                                 AttributeSettings(max_feature_nodes=200, batch_size=64))
+        graphs[backend_name] = backend.attribute(
+            backend.prepare(built, "cpu", torch.float32), AttributeSettings(max_feature_nodes=200, batch_size=64)
+        )
     parity = compare(graphs["gqa-shared"], graphs["reference"], "reference")
     assert parity["selected_jaccard"] == 1.0 and parity["rel_frobenius"] <= 1e-4, parity
     assert graphs["reference"].active_features.shape[0] > 200

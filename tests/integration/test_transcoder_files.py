@@ -20,20 +20,37 @@ import torch
 from cli_helpers import invoke, run_cli, subprocess_env
 
 from attrbench.api import AttributeSettings
-from attrbench.workload.build import build_workload
 from attrbench.errors import UsageError
-from attrbench.plugin_manager import get_backends
 from attrbench.graph.parity import compare
+from attrbench.plugin_manager import get_backends
+from attrbench.workload.build import build_workload
 from attrbench.workload.spec import ModelSpec, PromptSpec, TranscoderSpec, WorkloadSpec, local_spec
 
 PROMPT = "t1 t5 t9 t17 t33 t2 t8 t100 t41 t77 t90 t12"
 EXACT = ["autodiff-free", "causal-trick", "gqa-shared"]
 MODELS = {
-    "qwen3": ModelSpec(model_type="qwen3", num_hidden_layers=3, hidden_size=64, num_attention_heads=4,
-                       num_key_value_heads=2, head_dim=16, intermediate_size=128, vocab_size=128),
-    "llama": ModelSpec(model_type="llama", num_hidden_layers=3, hidden_size=64, num_attention_heads=4,
-                       num_key_value_heads=2, head_dim=16, intermediate_size=128, vocab_size=128,
-                       rms_norm_eps=1e-5, rope_theta=500000.0),
+    "qwen3": ModelSpec(
+        model_type="qwen3",
+        num_hidden_layers=3,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+        vocab_size=128,
+    ),
+    "llama": ModelSpec(
+        model_type="llama",
+        num_hidden_layers=3,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+        vocab_size=128,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+    ),
 }
 KINDS = {
     "jumprelu-skip": dict(kind="plt", activation="jumprelu", skip_connection=True),
@@ -48,8 +65,13 @@ KINDS = {
 
 
 def seeded(model: str, kind: str) -> WorkloadSpec:
-    return WorkloadSpec(f"{model}-{kind}", MODELS[model],
-                        TranscoderSpec(d_transcoder=256, target_l0=10, **KINDS[kind]), PromptSpec(n_tokens=12), seed=7)
+    return WorkloadSpec(
+        f"{model}-{kind}",
+        MODELS[model],
+        TranscoderSpec(d_transcoder=256, target_l0=10, **KINDS[kind]),
+        PromptSpec(n_tokens=12),
+        seed=7,
+    )
 
 
 def write_folders(model: str, kind: str, root: Path) -> tuple[Path, Path]:
@@ -71,8 +93,15 @@ def write_folders(model: str, kind: str, root: Path) -> tuple[Path, Path]:
                 save_file({f"W_skip_{i}": obj.W_skip[i].detach().contiguous()}, str(tdir / f"W_skip_{i}.safetensors"))
         tf.write_config(tdir, "cross_layer_transcoder", "hook_resid_mid", "hook_mlp_out")
     else:
-        tf.write_config(tdir, "transcoder_set", "mlp.hook_in", "mlp.hook_out", spec.model.num_hidden_layers,
-                        spec.transcoders.activation, spec.transcoders.k)
+        tf.write_config(
+            tdir,
+            "transcoder_set",
+            "mlp.hook_in",
+            "mlp.hook_out",
+            spec.model.num_hidden_layers,
+            spec.transcoders.activation,
+            spec.transcoders.k,
+        )
     return root / "model", tdir
 
 
@@ -84,8 +113,13 @@ def circuit_tracer_loads(tdir: Path, kind: str, dtype=torch.float32):
 
     L = MODELS["qwen3"].num_hidden_layers
     if KINDS[kind]["kind"] == "clt":
-        clt = load_clt(str(tdir), feature_input_hook="hook_resid_mid", feature_output_hook="hook_mlp_out",
-                       device=torch.device("cpu"), dtype=dtype)
+        clt = load_clt(
+            str(tdir),
+            feature_input_hook="hook_resid_mid",
+            feature_output_hook="hook_mlp_out",
+            device=torch.device("cpu"),
+            dtype=dtype,
+        )
         if KINDS[kind]["skip_connection"]:
             from safetensors.torch import load_file
 
@@ -93,9 +127,14 @@ def circuit_tracer_loads(tdir: Path, kind: str, dtype=torch.float32):
             clt.W_skip = torch.nn.Parameter(torch.stack(skips).to(dtype), requires_grad=False)
             clt.skip_connection = True
         return clt
-    ts = load_transcoder_set({i: str(tdir / f"layer_{i}.safetensors") for i in range(L)}, scan="test",
-                             feature_input_hook="mlp.hook_in", feature_output_hook="mlp.hook_out",
-                             device=torch.device("cpu"), dtype=dtype)
+    ts = load_transcoder_set(
+        {i: str(tdir / f"layer_{i}.safetensors") for i in range(L)},
+        scan="test",
+        feature_input_hook="mlp.hook_in",
+        feature_output_hook="mlp.hook_out",
+        device=torch.device("cpu"),
+        dtype=dtype,
+    )
     if KINDS[kind]["activation"] == "topk":
         for tc in ts:
             tc.activation_function = TopK(KINDS[kind]["k"])
@@ -133,7 +172,10 @@ def test_exact_backends_match_circuit_tracer_from_files_fp32(case, backend_name)
     model, kind, _, _, built, graphs = case
     spec = built.spec.transcoders
     assert (spec.kind, spec.activation, spec.skip_connection) == (
-        KINDS[kind]["kind"], KINDS[kind]["activation"], KINDS[kind]["skip_connection"])
+        KINDS[kind]["kind"],
+        KINDS[kind]["activation"],
+        KINDS[kind]["skip_connection"],
+    )
     for nodes, reference in graphs.items():
         assert reference.active_features.shape[0] > 3 * 8  # a graph with something to select
         result = run(backend_name, built, nodes)
@@ -172,8 +214,9 @@ def test_jumprelu_files_read_as_plain_relu_fail_parity(tmp_path):
     built = build_workload(local_spec(mdir, tdir, PROMPT))
     reference = yardstick(built, tdir, "jumprelu-skip", 60)
     misread = copy.copy(built)
-    misread.transcoders = [replace(w, activation="relu", threshold=torch.zeros_like(w.threshold))
-                           for w in built.transcoders]
+    misread.transcoders = [
+        replace(w, activation="relu", threshold=torch.zeros_like(w.threshold)) for w in built.transcoders
+    ]
     wrong = run("gqa-shared", misread, 60)
     assert wrong.active_features.shape[0] > 3 * reference.active_features.shape[0]
     assert compare(wrong, reference, "reference")["selected_jaccard"] < 0.5
@@ -222,8 +265,24 @@ def test_cli_attribute_from_files_gives_circuit_tracers_graph(kind, tmp_path, ca
     built = build_workload(local_spec(mdir, tdir, PROMPT))
     reference = yardstick(built, tdir, kind, 50)
     out = tmp_path / "g.pt"
-    code, _, err = invoke(capsys, ["attribute", "--backend", "gqa-shared", "--model", str(mdir), "--transcoders",
-                                   str(tdir / "config.yaml"), "--prompt", PROMPT, "--nodes", "50", "-o", str(out)])
+    code, _, err = invoke(
+        capsys,
+        [
+            "attribute",
+            "--backend",
+            "gqa-shared",
+            "--model",
+            str(mdir),
+            "--transcoders",
+            str(tdir / "config.yaml"),
+            "--prompt",
+            PROMPT,
+            "--nodes",
+            "50",
+            "-o",
+            str(out),
+        ],
+    )
     assert code == 0, err
     _graph_matches(out, reference)
 
@@ -248,24 +307,71 @@ def test_cli_attribute_with_repo_ids_from_the_local_hf_cache(tmp_path):
     out = tmp_path / "g.pt"
     # a hub request would go to a closed port and fail
     env = subprocess_env(None, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9")
-    proc = run_cli(["attribute", "--backend", "gqa-shared", "--model", "acme/tiny-qwen3", "--transcoders",
-                    "acme/tiny-qwen3-clt", "--prompt", PROMPT, "--nodes", "50", "-o", str(out)], env=env)
+    proc = run_cli(
+        [
+            "attribute",
+            "--backend",
+            "gqa-shared",
+            "--model",
+            "acme/tiny-qwen3",
+            "--transcoders",
+            "acme/tiny-qwen3-clt",
+            "--prompt",
+            PROMPT,
+            "--nodes",
+            "50",
+            "-o",
+            str(out),
+        ],
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _graph_matches(out, reference)
-    proc = run_cli(["attribute", "--backend", "gqa-shared", "--model", "acme/tiny-qwen3", "--transcoders",
-                    "acme/not-cached", "--prompt", PROMPT, "--nodes", "50", "-o", str(out)], env=env)
+    proc = run_cli(
+        [
+            "attribute",
+            "--backend",
+            "gqa-shared",
+            "--model",
+            "acme/tiny-qwen3",
+            "--transcoders",
+            "acme/not-cached",
+            "--prompt",
+            PROMPT,
+            "--nodes",
+            "50",
+            "-o",
+            str(out),
+        ],
+        env=env,
+    )
     assert proc.returncode == 2 and "local Hugging Face cache" in proc.stderr, proc.stderr[-2000:]
 
 
-@pytest.mark.parametrize("case_name", ["unknown-layout", "missing-layer", "clt-missing-dec", "clt-shape", "bad-hook",
-                                       "bad-kind", "topk-no-k", "width"])
+@pytest.mark.parametrize(
+    "case_name",
+    ["unknown-layout", "missing-layer", "clt-missing-dec", "clt-shape", "bad-hook", "bad-kind", "topk-no-k", "width"],
+)
 def test_bad_transcoders_are_one_line_usage_errors(case_name, tmp_path, capsys):
-    kind = "clt-jumprelu" if case_name.startswith("clt") else "jumprelu-noskip" if case_name == "width" else "jumprelu-skip"
+    kind = (
+        "clt-jumprelu"
+        if case_name.startswith("clt")
+        else "jumprelu-noskip"
+        if case_name == "width"
+        else "jumprelu-skip"
+    )
     mdir, tdir = write_folders("qwen3", kind, tmp_path)
     cfg = tdir / "config.yaml"
-    expect = {"unknown-layout": "unknown layout", "missing-layer": "does not exist", "clt-missing-dec": "W_dec_",
-              "clt-shape": "expected [256, 2, 64]", "bad-hook": "not supported", "bad-kind": "model_kind",
-              "topk-no-k": "positive integer k", "width": "d_model"}[case_name]
+    expect = {
+        "unknown-layout": "unknown layout",
+        "missing-layer": "does not exist",
+        "clt-missing-dec": "W_dec_",
+        "clt-shape": "expected [256, 2, 64]",
+        "bad-hook": "not supported",
+        "bad-kind": "model_kind",
+        "topk-no-k": "positive integer k",
+        "width": "d_model",
+    }[case_name]
     text = cfg.read_text()
     target = str(cfg)
     if case_name == "unknown-layout":
@@ -291,10 +397,28 @@ def test_bad_transcoders_are_one_line_usage_errors(case_name, tmp_path, capsys):
 
         for i in range(3):
             d = load_file(str(tdir / f"layer_{i}.safetensors"))
-            save_file({k: v[..., :32].contiguous() if v.shape[-1] == 64 else v for k, v in d.items()},
-                      str(tdir / f"layer_{i}.safetensors"))
-    code, _, err = invoke(capsys, ["attribute", "--backend", "gqa-shared", "--model", str(mdir), "--transcoders",
-                                   target, "--prompt", PROMPT, "--nodes", "10", "-o", str(tmp_path / "g.pt")])
+            save_file(
+                {k: v[..., :32].contiguous() if v.shape[-1] == 64 else v for k, v in d.items()},
+                str(tdir / f"layer_{i}.safetensors"),
+            )
+    code, _, err = invoke(
+        capsys,
+        [
+            "attribute",
+            "--backend",
+            "gqa-shared",
+            "--model",
+            str(mdir),
+            "--transcoders",
+            target,
+            "--prompt",
+            PROMPT,
+            "--nodes",
+            "10",
+            "-o",
+            str(tmp_path / "g.pt"),
+        ],
+    )
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert expect in err, err
