@@ -291,6 +291,115 @@ def _choose_store(model: str, s: Shape, device: str, options: dict[str, Any]) ->
     return dense if dense_fits(s.n_rows, s.total_nodes, s.L, s.n_pos, torch.device(device)) else "lean"
 
 
+@dataclass
+class _Inputs:
+    """The sizes every cost model reads (bytes, rows, passes), derived once per cell."""
+
+    s: Shape
+    cuda: bool
+    wb: int  # bytes per weight in the run's dtype
+    B: int  # batch size
+    update_interval: int
+    rate: float  # GEMM FLOP/s
+    bw: float  # memory bandwidth, bytes/s
+
+    @property
+    def model_b(self) -> int:
+        return 4 * self.s.model_params()
+
+    @property
+    def tc_b(self) -> int:
+        return 4 * self.s.transcoder_params()
+
+    @property
+    def E(self) -> int:  # dense fp32 edge rows
+        return 4 * self.s.n_rows * self.s.total_nodes
+
+    @property
+    def S(self) -> int:  # square adjacency
+        return 4 * self.s.n_square**2
+
+    @property
+    def S_cols(self) -> int:  # the edge rows' selected columns
+        return 4 * self.s.n_rows * self.s.n_square
+
+    @property
+    def ranks(self) -> int:
+        s = self.s
+        return len(_windows(s, self.B, self.update_interval)) if s.nodes < s.n_active else 0
+
+    def ranking_passes(self, factor: float) -> float:
+        """Bytes read by the re-rankings: ``factor`` passes over the rows there are at each."""
+        s, B = self.s, self.B
+        return sum(4 * factor * (s.n_logits + i * self.update_interval * B) * s.total_nodes for i in range(self.ranks))
+
+
+def _autograd_cost(c: _Inputs, terms: dict[str, int]) -> tuple[float, float, float, float]:
+    """circuit-tracer's loop: (host bytes, GPU bytes, compute s, memory s)."""
+    s, B, E, S, S_cols = c.s, c.B, c.E, c.S, c.S_cols
+    # HF model (workload, fp32 on host) + TL copy and transcoders in the replacement model (device dtype)
+    device_w = (c.model_b + c.tc_b) * c.wb // 4
+    terms["weights"] = c.model_b + c.tc_b + device_w
+    acts = B * s.n_pos * s.d * s.L * REF_ACTIVATION_TENSORS_PER_LAYER * c.wb
+    contract = B * math.ceil(s.n_active / s.L) * s.d * c.wb
+    acts, contract = int(acts * REF_ACTIVATION_SCALE), int(contract * REF_ACTIVATION_SCALE)
+    terms["activations"] = acts + contract
+    ranking, gpu = (2 * E if c.ranks else E), 0
+    if c.cuda:  # the ranking copy goes to the GPU, the edge matrix stays on the host
+        ranking = E
+        gpu = device_w + acts + contract + (E if c.ranks else 0)
+    packaging = max(E + S_cols, 2 * S_cols, S_cols + S) if s.nodes < s.n_active else max(2 * E, E + S)
+    terms["edges"] = max(ranking, packaging)
+    host = c.model_b + c.tc_b + terms["edges"] + (0 if c.cuda else device_w + acts + contract)
+    feat_macs, _ = _row_macs(s, "autograd")
+    windows = _windows(s, B, c.update_interval)
+    padded_rows = B * (math.ceil(s.n_logits / B) + sum(math.ceil(w / B) for w in windows))
+    forward = 2 * B * s.n_pos * (s.model_params() + s.L * 2 * s.F * s.d) / c.rate
+    compute = 2 * feat_macs * padded_rows / c.rate + forward
+    memory = (c.ranking_passes(s.L + 4) + 3 * E + 2 * S) / c.bw
+    return host, gpu, compute, memory
+
+
+def _vjp_edges(c: _Inputs, kind: str, store: str) -> tuple[float, float, float]:
+    """The exact engine's edge rows in ``store``: (bytes on the device, bytes on the host, bytes read)."""
+    s, E, S = c.s, c.E, c.S
+    if store == "pruned":
+        kept = PRUNED_KEPT_FRACTION * s.n_rows * s.row_size
+        edges = int(2 * 12 * kept)  # the coordinate chunks and their concatenation
+        return edges, max(edges, int(kept * 12) + S), c.ranks * kept * 40 + kept * 40
+    if store == "lean":
+        lean = 4 * (s.nodes * (s.n_active / 2 + s.L * s.n_pos / 2 + s.n_pos) + s.n_logits * s.row_size)
+        dev_edges = int(lean * (1 + 1 / s.L))
+        host_edges = dev_edges + 4 * 512 * s.n_square  # packaging blocks; the adjacency goes to a file
+        return dev_edges, host_edges, c.ranks * lean + 2 * lean + S
+    plain = kind in ("vjp", "vjp-causal")
+    rank_tmp = E if plain else 4 * s.n_rows**2 + 4 * min(8192, s.n_rows) * s.total_nodes  # circuit-tracer's copy
+    dev_edges = E + (rank_tmp if c.ranks else 0)
+    host_edges = max(dev_edges, E + S + 2 * 4 * min(4096, s.n_rows) * s.n_square)
+    return dev_edges, host_edges, c.ranking_passes((s.L + 4) if plain else 3) + E + 2 * S
+
+
+def _vjp_cost(c: _Inputs, kind: str, store: str, terms: dict[str, int]) -> tuple[float, float, float, float]:
+    """The exact engine's rungs: (host bytes, GPU bytes, compute s, memory s)."""
+    s, B = c.s, c.B
+    weights = c.model_b + c.tc_b + 4 * s.L * (s.KV * s.dh * s.d + s.d * s.H * s.dh + (s.d * s.d if s.skip else 0))
+    if kind in ("vjp-causal-gqa", "vjp-causal-gqa-pruned"):  # padded per-position decoder layouts
+        per_pos = max(1, math.ceil(s.n_active / s.L / max(1, s.n_pos - 1)))
+        weights += int(4 * s.L * (s.n_pos * s.d * per_pos * 2) * s.decoder_factor)
+    buffers = 4 * B * s.row_size + 6 * 4 * B * s.n_pos * s.d
+    terms["weights"], terms["buffers"] = weights, buffers
+    dev_edges, host_edges, passes = _vjp_edges(c, kind, store)
+    terms["edges"] = int(host_edges)
+    if c.cuda:
+        gpu = weights * c.wb // 4 + buffers * c.wb // 4 + dev_edges
+        host = c.model_b + c.tc_b + (c.S if store != "lean" else 0)
+    else:
+        gpu, host = 0, weights + buffers + host_edges
+    feat_macs, logit_macs = _row_macs(s, kind)
+    compute = 2 * (feat_macs * s.nodes + logit_macs * s.n_logits) / c.rate
+    return host, gpu, compute, passes / c.bw
+
+
 def estimate_cell(
     spec: WorkloadSpec,
     model: str,
@@ -306,91 +415,27 @@ def estimate_cell(
     """Predicted peaks and time of one cell of cost model ``model`` (one of :data:`COST_MODELS`)."""
     if model not in COST_MODELS:
         raise ValueError(f"unknown cost model {model!r}; known: {', '.join(COST_MODELS)}")
-    options = dict(options or {})
     s = Shape.of(spec, nodes, max_n_logits)
     cuda = str(device).startswith("cuda")
-    wb = _dtype_bytes(dtype)
-    B = batch_size
-    model_b, tc_b = 4 * s.model_params(), 4 * s.transcoder_params()
-    E = 4 * s.n_rows * s.total_nodes  # dense fp32 edge rows
-    S = 4 * s.n_square**2  # square adjacency
-    S_cols = 4 * s.n_rows * s.n_square  # the edge rows' selected columns
-    ranks = len(_windows(s, B, update_interval)) if s.nodes < s.n_active else 0
-    kind = model
+    c = _Inputs(
+        s,
+        cuda,
+        _dtype_bytes(dtype),
+        batch_size,
+        update_interval,
+        rate if rate is not None else gemm_rate(device),
+        GPU_BANDWIDTH if cuda else HOST_BANDWIDTH,
+    )
     terms: dict[str, int] = {}
-    host = BASE_HOST.get(kind, BASE_HOST["default"])
-    gpu = 0
     store = None
-    rate = rate if rate is not None else gemm_rate(device)
-    bw = GPU_BANDWIDTH if cuda else HOST_BANDWIDTH
-
-    if kind == "autograd":
-        # HF model (workload, fp32 on host) + TL copy and transcoders in the replacement model (device dtype)
-        device_w = (model_b + tc_b) * wb // 4
-        terms["weights"] = model_b + tc_b + device_w
-        acts = B * s.n_pos * s.d * s.L * REF_ACTIVATION_TENSORS_PER_LAYER * wb
-        contract = B * math.ceil(s.n_active / s.L) * s.d * wb
-        acts, contract = int(acts * REF_ACTIVATION_SCALE), int(contract * REF_ACTIVATION_SCALE)
-        terms["activations"] = acts + contract
-        ranking = 2 * E if ranks else E
-        if cuda:  # the ranking copy goes to the GPU, the edge matrix stays on the host
-            ranking = E
-            gpu = device_w + acts + contract + (E if ranks else 0)
-        packaging = max(E + S_cols, 2 * S_cols, S_cols + S) if s.nodes < s.n_active else max(2 * E, E + S)
-        terms["edges"] = max(ranking, packaging)
-        host += model_b + tc_b + terms["edges"] + (0 if cuda else device_w + acts + contract)
-        feat_macs, logit_macs = _row_macs(s, "autograd")
-        padded_rows = B * (math.ceil(s.n_logits / B) + sum(math.ceil(w / B) for w in _windows(s, B, update_interval)))
-        forward = 2 * B * s.n_pos * (s.model_params() + s.L * 2 * s.F * s.d) / rate
-        compute = 2 * feat_macs * padded_rows / rate + forward
-        passes: float = sum(
-            4 * (s.L + 4) * (s.n_logits + i * update_interval * B) * s.total_nodes for i in range(ranks)
-        )
-        memory = (passes + 3 * E + 2 * S) / bw
+    if model == "autograd":
+        host, gpu, compute, memory = _autograd_cost(c, terms)
     else:
-        store = _choose_store(kind, s, device, options)
-        weights = model_b + tc_b + 4 * s.L * (s.KV * s.dh * s.d + s.d * s.H * s.dh + (s.d * s.d if s.skip else 0))
-        if kind in ("vjp-causal-gqa", "vjp-causal-gqa-pruned"):
-            weights += int(
-                4
-                * s.L
-                * (s.n_pos * s.d * max(1, math.ceil(s.n_active / s.L / max(1, s.n_pos - 1))) * 2)
-                * s.decoder_factor
-            )
-        buffers = 4 * B * s.row_size + 6 * 4 * B * s.n_pos * s.d
-        terms["weights"], terms["buffers"] = weights, buffers
-        if store == "pruned":
-            kept = PRUNED_KEPT_FRACTION * s.n_rows * s.row_size
-            edges = int(2 * 12 * kept)  # the coordinate chunks and their concatenation
-            pack = int(kept * 12) + S
-            dev_edges, host_edges = edges, max(edges, pack)
-            passes = ranks * kept * 40 + kept * 40
-        elif store == "lean":
-            lean = 4 * (s.nodes * (s.n_active / 2 + s.L * s.n_pos / 2 + s.n_pos) + s.n_logits * s.row_size)
-            dev_edges = int(lean * (1 + 1 / s.L))
-            host_edges = dev_edges + 4 * 512 * s.n_square  # packaging blocks; the adjacency goes to a file
-            passes = ranks * lean + 2 * lean + S
-        else:
-            if kind in ("vjp", "vjp-causal"):
-                rank_tmp = E  # circuit-tracer's copy of the rows
-            else:
-                rank_tmp = 4 * s.n_rows**2 + 4 * min(8192, s.n_rows) * s.total_nodes
-            dev_edges = E + (rank_tmp if ranks else 0)
-            host_edges = max(dev_edges, E + S + 2 * 4 * min(4096, s.n_rows) * s.n_square)
-            factor = (s.L + 4) if kind in ("vjp", "vjp-causal") else 3
-            passes = sum(4 * factor * (s.n_logits + i * update_interval * B) * s.total_nodes for i in range(ranks))
-            passes += E + 2 * S
-        terms["edges"] = host_edges
-        if cuda:
-            gpu = weights * wb // 4 + buffers * wb // 4 + dev_edges
-            host += model_b + tc_b + (S if store != "lean" else 0) + (0 if store == "pruned" else 0)
-        else:
-            host += weights + buffers + host_edges
-        feat_macs, logit_macs = _row_macs(s, kind)
-        compute = 2 * (feat_macs * s.nodes + logit_macs * s.n_logits) / rate
-        memory = passes / bw
-    fixed = FIXED_S.get(kind, FIXED_S["default"])
-    t = INEFFICIENCY.get(kind, INEFFICIENCY["vjp-causal-gqa"]) * (compute + memory) + fixed
+        store = _choose_store(model, s, device, dict(options or {}))
+        host, gpu, compute, memory = _vjp_cost(c, model, store, terms)
+    host += BASE_HOST.get(model, BASE_HOST["default"])
+    fixed = FIXED_S.get(model, FIXED_S["default"])
+    t = INEFFICIENCY.get(model, INEFFICIENCY["vjp-causal-gqa"]) * (compute + memory) + fixed
     return Estimate(model, nodes, int(host), int(gpu) if cuda else None, float(t), store, terms)
 
 
