@@ -72,10 +72,20 @@ def result_problems(
             problems.append(f"{name} is {type(getattr(result, name)).__name__}, not a tensor")
     if problems:
         return problems
-    r = result
-    tokens, logits, probs = r.input_tokens, r.logit_token_ids, r.logit_probabilities
-    active, acts, selected, adj = r.active_features, r.activation_values, r.selected_features, r.adjacency_matrix
+    problems += _prompt_problems(result, n_layers, n_pos)
+    problems += _logit_problems(result, vocab_size)
+    feature_problems, n_active = _feature_problems(result)
+    problems += feature_problems
+    problems += _selected_problems(result, n_active, max_feature_nodes)
+    problems += _adjacency_problems(result)
+    if result.adjacency_file is not None:
+        problems += _adjacency_file_problems(result.adjacency_file, tuple(result.adjacency_matrix.shape))
+    return problems
 
+
+def _prompt_problems(r: AttributionResult, n_layers: int | None, n_pos: int | None) -> list[str]:
+    problems = []
+    tokens = r.input_tokens
     if tokens.dim() != 1 or not _is_int(tokens):
         problems.append(f"input_tokens must be a 1-D integer tensor, got {tuple(tokens.shape)} {tokens.dtype}")
     if n_pos is not None and tokens.dim() == 1 and tokens.shape[0] != n_pos:
@@ -84,7 +94,12 @@ def result_problems(
         problems.append(f"n_layers must be a positive int, got {r.n_layers!r}")
     elif n_layers is not None and r.n_layers != n_layers:
         problems.append(f"n_layers is {r.n_layers}, the model has {n_layers}")
+    return problems
 
+
+def _logit_problems(r: AttributionResult, vocab_size: int | None) -> list[str]:
+    problems = []
+    logits, probs = r.logit_token_ids, r.logit_probabilities
     if logits.dim() != 1 or not _is_int(logits):
         problems.append(f"logit_token_ids must be a 1-D integer tensor, got {tuple(logits.shape)} {logits.dtype}")
     elif logits.numel():
@@ -100,12 +115,18 @@ def result_problems(
         )
     elif not _all_finite(probs):
         problems.append("logit_probabilities has non-finite values")
+    return problems
 
+
+def _feature_problems(r: AttributionResult) -> tuple[list[str], int | None]:
+    """Problems of ``active_features`` / ``activation_values``, and n_active (None when unusable)."""
+    problems = []
+    active, acts, tokens = r.active_features, r.activation_values, r.input_tokens
+    n_active: int | None = None
     if active.dim() != 2 or active.shape[1:] != (3,) or not _is_int(active):
         problems.append(
             f"active_features must be an [n_active, 3] integer tensor, got {tuple(active.shape)} {active.dtype}"
         )
-        n_active = None
     else:
         n_active = active.shape[0]
         if n_active and isinstance(r.n_layers, int):
@@ -121,7 +142,12 @@ def result_problems(
         )
     elif not _all_finite(acts):
         problems.append("activation_values has non-finite values")
+    return problems, n_active
 
+
+def _selected_problems(r: AttributionResult, n_active: int | None, max_feature_nodes: int | None) -> list[str]:
+    problems = []
+    selected = r.selected_features
     if selected.dim() != 1 or not _is_int(selected):
         problems.append(f"selected_features must be a 1-D integer tensor, got {tuple(selected.shape)} {selected.dtype}")
     elif selected.numel():
@@ -134,7 +160,13 @@ def result_problems(
             )
         if max_feature_nodes is not None and selected.numel() > max_feature_nodes:
             problems.append(f"{selected.numel()} features selected, more than max_feature_nodes={max_feature_nodes}")
+    return problems
 
+
+def _adjacency_problems(r: AttributionResult) -> list[str]:
+    """The node-count formula N = selected + n_layers * n_pos + n_pos + n_logits, dtype and finiteness."""
+    problems = []
+    tokens, logits, selected, adj = r.input_tokens, r.logit_token_ids, r.selected_features, r.adjacency_matrix
     if tokens.dim() == 1 and logits.dim() == 1 and selected.dim() == 1 and isinstance(r.n_layers, int):
         P = tokens.shape[0]
         expected = selected.shape[0] + r.n_layers * P + P + logits.shape[0]
@@ -148,9 +180,6 @@ def result_problems(
         problems.append(f"adjacency_matrix must be floating point, got {adj.dtype}")
     elif adj.dim() == 2 and not _all_finite(adj):
         problems.append("adjacency_matrix has non-finite values (nan or inf)")
-
-    if r.adjacency_file is not None:
-        problems += _adjacency_file_problems(r.adjacency_file, tuple(adj.shape))
     return problems
 
 
