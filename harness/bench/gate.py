@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from tabulate import tabulate
 
@@ -56,14 +57,11 @@ def _change(base: float | None, cur: float | None) -> str:
     return f"{(cur / base - 1) * 100:+.1f}%"
 
 
-def _compare_rows(baseline: dict, current: dict, max_speedup_drop: float, max_memory_growth: float) -> list[dict]:
-    base_rows = {(r["backend"], r["nodes"]): r for r in summarise([baseline])}
-    cur_rows = summarise([current])
-    dtype = (current.get("settings") or {}).get("dtype")
-    out: list[dict] = []
+class _GateRows(list):
+    """The gate's rows: one per (backend, nodes, figure) judged."""
 
-    def add(row, figure, base, cur, change, verdict, note=""):
-        out.append(
+    def add(self, row: dict, figure: str, base: Any, cur: Any, change: str, verdict: str, note: str = "") -> None:
+        self.append(
             dict(
                 backend=row["backend"],
                 nodes=row["nodes"],
@@ -76,68 +74,77 @@ def _compare_rows(baseline: dict, current: dict, max_speedup_drop: float, max_me
             )
         )
 
-    for cur in cur_rows:
+
+def _status_rows(out: _GateRows, base: dict, cur: dict) -> None:
+    if base["status"] == "ok" and cur["status"] != "ok":
+        out.add(cur, "status", status_text(base), cur["status"], "-", REGRESSED, short_error(cur.get("error")))
+    elif base["status"] == "ok" and not base["failed_statuses"] and cur["failed_statuses"]:
+        # some repeats failed where none did before (an intermittent out-of-memory or timeout)
+        failed = f"{len(cur['failed_statuses'])} repeat(s) {'/'.join(sorted(set(cur['failed_statuses'])))}"
+        out.add(cur, "status", status_text(base), status_text(cur), "-", REGRESSED, failed)
+    else:
+        out.add(cur, "status", status_text(base), status_text(cur), "-", OK)
+
+
+def _ratio_rows(out: _GateRows, base: dict, cur: dict, max_speedup_drop: float, max_memory_growth: float) -> None:
+    """Speedup (smaller is worse) and memory ratio (larger is worse), both measured within each run."""
+    if base["speedup"] is not None and cur["speedup"] is not None:
+        bad = cur["speedup"] < base["speedup"] * (1 - max_speedup_drop)
+        out.add(
+            cur,
+            "speedup",
+            fmt_ratio(base["speedup"]),
+            fmt_ratio(cur["speedup"]),
+            _change(base["speedup"], cur["speedup"]),
+            REGRESSED if bad else OK,
+        )
+    if base["mem_ratio"] is not None and cur["mem_ratio"] is not None:
+        bad = cur["mem_ratio"] > base["mem_ratio"] * (1 + max_memory_growth)
+        out.add(
+            cur,
+            "memory ratio",
+            fmt_ratio(base["mem_ratio"]),
+            fmt_ratio(cur["mem_ratio"]),
+            _change(base["mem_ratio"], cur["mem_ratio"]),
+            REGRESSED if bad else OK,
+        )
+
+
+def _parity_rows(out: _GateRows, base: dict, cur: dict, dtype: str | None) -> None:
+    """Parity judged on the current file with the verdicts' own checks (:mod:`attrbench.graph.verdicts`)."""
+    if cur["status"] != "ok" or cur["parity_verdict"] in (YARDSTICK, TRUTH):
+        return
+    rule, checks = verdict_checks(cur, dtype, cur.get("reference_truth"))
+    base_parity = (base.get("truth_parity") if rule == "fp32 truth" else base.get("parity")) or {}
+    for figure, value, threshold, passed, cmp in checks:
+        base_value = base_parity.get(figure.split(" ")[0])
+        out.add(
+            cur,
+            figure,
+            fmt_num(base_value),
+            fmt_num(value),
+            _change(base_value, value),
+            OK if passed else BROKEN,
+            f"{cmp} {threshold:g}",
+        )
+    if not checks and base.get("parity") and base["status"] == "ok":
+        out.add(cur, "parity", "checked", "not checked", "-", REGRESSED, "parity missing from current run")
+
+
+def _compare_rows(baseline: dict, current: dict, max_speedup_drop: float, max_memory_growth: float) -> list[dict]:
+    base_rows = {(r["backend"], r["nodes"]): r for r in summarise([baseline])}
+    dtype = (current.get("settings") or {}).get("dtype")
+    out = _GateRows()
+    for cur in summarise([current]):
         base = base_rows.get((cur["backend"], cur["nodes"]))
         if base is None:  # cannot happen after check_comparable, kept for safety
             continue
-        # status
-        if base["status"] == "ok" and cur["status"] != "ok":
-            add(cur, "status", status_text(base), cur["status"], "-", REGRESSED, short_error(cur.get("error")))
-        elif base["status"] == "ok" and not base["failed_statuses"] and cur["failed_statuses"]:
-            # some repeats failed where none did before (an intermittent out-of-memory or timeout)
-            add(
-                cur,
-                "status",
-                status_text(base),
-                status_text(cur),
-                "-",
-                REGRESSED,
-                f"{len(cur['failed_statuses'])} repeat(s) {'/'.join(sorted(set(cur['failed_statuses'])))}",
-            )
-        else:
-            add(cur, "status", status_text(base), status_text(cur), "-", OK)
+        _status_rows(out, base, cur)
         if cur["backend"] == REFERENCE:
             continue
-        # speedup: smaller is worse
-        if base["speedup"] is not None and cur["speedup"] is not None:
-            bad = cur["speedup"] < base["speedup"] * (1 - max_speedup_drop)
-            add(
-                cur,
-                "speedup",
-                fmt_ratio(base["speedup"]),
-                fmt_ratio(cur["speedup"]),
-                _change(base["speedup"], cur["speedup"]),
-                REGRESSED if bad else OK,
-            )
-        # memory ratio: larger is worse
-        if base["mem_ratio"] is not None and cur["mem_ratio"] is not None:
-            bad = cur["mem_ratio"] > base["mem_ratio"] * (1 + max_memory_growth)
-            add(
-                cur,
-                "memory ratio",
-                fmt_ratio(base["mem_ratio"]),
-                fmt_ratio(cur["mem_ratio"]),
-                _change(base["mem_ratio"], cur["mem_ratio"]),
-                REGRESSED if bad else OK,
-            )
-        # parity: judged on the current file with the verdicts' checks (attrbench.graph.verdicts)
-        if cur["status"] == "ok" and cur["parity_verdict"] not in (YARDSTICK, TRUTH):
-            rule, checks = verdict_checks(cur, dtype, cur.get("reference_truth"))
-            base_parity = (base.get("truth_parity") if rule == "fp32 truth" else base.get("parity")) or {}
-            for figure, value, threshold, passed, cmp in checks:
-                base_value = base_parity.get(figure.split(" ")[0])
-                add(
-                    cur,
-                    figure,
-                    fmt_num(base_value),
-                    fmt_num(value),
-                    _change(base_value, value),
-                    OK if passed else BROKEN,
-                    f"{cmp} {threshold:g}",
-                )
-            if not checks and base.get("parity") and base["status"] == "ok":
-                add(cur, "parity", "checked", "not checked", "-", REGRESSED, "parity missing from current run")
-    return out
+        _ratio_rows(out, base, cur, max_speedup_drop, max_memory_growth)
+        _parity_rows(out, base, cur, dtype)
+    return list(out)
 
 
 def run_gate(
