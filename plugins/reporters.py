@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from typing import Any
 
 from tabulate import tabulate
 
@@ -435,6 +436,37 @@ class MarkdownReporter(Reporter):
         return "\n".join(out).rstrip() + "\n"
 
 
+#: per-run and per-cell columns of the CSV report, before the parity, verdict and phase columns
+_CSV_RUN_KEYS = ("run", "workload", "workload_hash", "device", "dtype")
+_CSV_CELL_KEYS = ("backend", "exact", "nodes", "repeat", "status", "error", "wall_s")
+_CSV_MEASURED_KEYS = ("peak_host_bytes", "peak_gpu_bytes", "peak_gpu_torch_bytes", "n_selected", "n_active", "n_logits")
+
+
+def _csv_row(label: str, result: dict, cell: dict, ref: dict | None, phases: list[str]) -> dict[str, Any]:
+    """One cell as a CSV row (the speedup against the reference's aggregated cell at the same node count)."""
+    settings, workload = result.get("settings") or {}, result.get("workload") or {}
+    speedup = None
+    if cell.get("status") == "ok" and ref and ref["status"] == "ok" and ref["wall_s"] and cell.get("wall_s"):
+        speedup = ref["wall_s"] / cell["wall_s"]
+    parity, truth = cell.get("parity") or {}, cell.get("truth_parity") or {}
+    row: dict[str, Any] = dict(
+        zip(
+            _CSV_RUN_KEYS,
+            (label, workload.get("name"), workload.get("hash"), settings.get("device"), settings.get("dtype")),
+            strict=True,
+        )
+    )
+    row.update({key: cell.get(key) for key in _CSV_CELL_KEYS})
+    row["speedup_vs_reference"] = speedup
+    row.update({key: cell.get(key) for key in _CSV_MEASURED_KEYS})
+    row["parity_against"] = parity.get("against")
+    row.update({key: parity.get(key) for key in PARITY_FIELDS})
+    row.update({f"truth_{key}": truth.get(key) for key in TRUTH_FIELDS})
+    row["flop_fraction"] = (cell.get("info") or {}).get("flop_fraction")
+    row.update({f"phase_{p}_s": (cell.get("phases_s") or {}).get(p) for p in phases})
+    return row
+
+
 class CsvReporter(Reporter):
     """One row per cell (every repeat), with the speed ratio to the reference's median wall time."""
 
@@ -443,32 +475,12 @@ class CsvReporter(Reporter):
 
     def render(self, results: list[dict]) -> str:
         labels = run_labels(results)
-        phases: list[str] = []
-        for result in results:
-            for cell in result.get("cells", []):
-                for p in cell.get("phases_s") or {}:
-                    if p not in phases:
-                        phases.append(p)
+        phases = list(dict.fromkeys(p for r in results for c in r.get("cells", []) for p in c.get("phases_s") or {}))
         fields = [
-            "run",
-            "workload",
-            "workload_hash",
-            "device",
-            "dtype",
-            "backend",
-            "exact",
-            "nodes",
-            "repeat",
-            "status",
-            "error",
-            "wall_s",
+            *_CSV_RUN_KEYS,
+            *_CSV_CELL_KEYS,
             "speedup_vs_reference",
-            "peak_host_bytes",
-            "peak_gpu_bytes",
-            "peak_gpu_torch_bytes",
-            "n_selected",
-            "n_active",
-            "n_logits",
+            *_CSV_MEASURED_KEYS,
             "parity_against",
             *PARITY_FIELDS,
             *[f"truth_{f}" for f in TRUTH_FIELDS],
@@ -479,56 +491,12 @@ class CsvReporter(Reporter):
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
-        for label, result in zip(labels, results, strict=False):
-            settings = result.get("settings") or {}
-            workload = result.get("workload") or {}
+        for label, result in zip(labels, results, strict=True):
             agg = aggregate_cells(result)
             verdicts = {(r["backend"], r["nodes"]): r["parity_verdict"] for r in summarise([result])}
             for cell in result.get("cells", []):
-                ref = agg.get((REFERENCE, cell.get("nodes")))
-                speedup = None
-                if (
-                    cell.get("status") == "ok"
-                    and ref
-                    and ref["status"] == "ok"
-                    and ref["wall_s"]
-                    and cell.get("wall_s")
-                ):
-                    speedup = ref["wall_s"] / cell["wall_s"]
-                parity = cell.get("parity") or {}
-                row = {
-                    "run": label,
-                    "workload": workload.get("name"),
-                    "workload_hash": workload.get("hash"),
-                    "device": settings.get("device"),
-                    "dtype": settings.get("dtype"),
-                    "speedup_vs_reference": speedup,
-                    "parity_against": parity.get("against"),
-                    "flop_fraction": (cell.get("info") or {}).get("flop_fraction"),
-                }
-                for key in (
-                    "backend",
-                    "exact",
-                    "nodes",
-                    "repeat",
-                    "status",
-                    "error",
-                    "wall_s",
-                    "peak_host_bytes",
-                    "peak_gpu_bytes",
-                    "peak_gpu_torch_bytes",
-                    "n_selected",
-                    "n_active",
-                    "n_logits",
-                ):
-                    row[key] = cell.get(key)
-                for key in PARITY_FIELDS:
-                    row[key] = parity.get(key)
-                for key in TRUTH_FIELDS:
-                    row[f"truth_{key}"] = (cell.get("truth_parity") or {}).get(key)
+                row = _csv_row(label, result, cell, agg.get((REFERENCE, cell.get("nodes"))), phases)
                 row["verdict"] = cell.get("verdict") or verdicts.get((cell.get("backend"), cell.get("nodes")))
-                for p in phases:
-                    row[f"phase_{p}_s"] = (cell.get("phases_s") or {}).get(p)
                 writer.writerow({k: "" if v is None else v for k, v in row.items()})
         return buf.getvalue()
 
