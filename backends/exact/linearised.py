@@ -215,11 +215,11 @@ class LinearisedModel:
 
 
 @torch.no_grad()
-def linearise(weights: ModelWeights, token_ids: torch.Tensor) -> LinearisedModel:
-    """Run the prompt forward once, freeze what circuit-tracer freezes and collect every node's vectors."""
+def _forward_cache(
+    weights: ModelWeights, token_ids: torch.Tensor, layout: LinearisationLayout
+) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor]:
+    """One forward pass of the prompt, keeping what the frozen linearisation needs; (cache, last logits)."""
     hf = weights.hf_model
-    layers = hf.model.layers
-    layout = weights.layout or linearisation_layout(None)
     cache: dict[str, list[torch.Tensor]] = {
         k: [] for k in ("r", "m", "x", "mlp_out", "pattern", "final_in", "attn_out")
     }
@@ -232,7 +232,7 @@ def linearise(weights: ModelWeights, token_ids: torch.Tensor) -> LinearisedModel
         return hook
 
     handles = []
-    for layer in layers:
+    for layer in hf.model.layers:
         handles.append(layer.input_layernorm.register_forward_pre_hook(keep("r")))
         handles.append(getattr(layer, layout.pre_mlp_norm).register_forward_pre_hook(keep("m")))
         if layout.input_has_gain:
@@ -249,37 +249,43 @@ def linearise(weights: ModelWeights, token_ids: torch.Tensor) -> LinearisedModel
             h.remove()
     if any(p is None for p in cache["pattern"]):
         raise RuntimeError("attention weights were not returned; the HF model must use eager attention")
-
-    dtype = weights.dtype
     if not layout.input_has_gain:  # ln2.hook_normalized: the pre-feedforward norm before its (1 + w) gain
-        cache["x"] = [(m.float() * _rms_inverse_scale(m, weights.eps)[:, None]).to(dtype) for m in cache["m"]]
-    post_attn_gain = None
-    if layout.post_attn_norm and weights.post_attn_w is not None:
-        post_attn_gain = torch.stack(
-            [
-                (weights.post_attn_w[i] * _rms_inverse_scale(a, weights.eps)[:, None]).to(dtype)
-                for i, a in enumerate(cache["attn_out"])
-            ]
-        )
-    ln1_gain = torch.stack(
-        [(weights.ln1_w[i] * _rms_inverse_scale(r, weights.eps)[:, None]).to(dtype) for i, r in enumerate(cache["r"])]
-    )
-    ln2_gain = torch.stack(
-        [(weights.ln2_w[i] * _rms_inverse_scale(m, weights.eps)[:, None]).to(dtype) for i, m in enumerate(cache["m"])]
-    )
-    final_in = cache["final_in"][0]
-    final_gain = (weights.final_w * _rms_inverse_scale(final_in, weights.eps)[:, None]).to(dtype)
+        cache["x"] = [(m.float() * _rms_inverse_scale(m, weights.eps)[:, None]).to(weights.dtype) for m in cache["m"]]
+    return cache, logits
 
-    features, values, encoders, decoders, errors, offsets = [], [], [], [], [], [0]
-    inputs = cache["m"] if weights.cross_layer else cache["x"]  # hook_resid_mid or mlp.hook_in
-    decoded = [torch.zeros_like(out) for out in cache["mlp_out"]]  # sum of decoders into each MLP output
+
+def _frozen_gains(weights: ModelWeights, cache: dict[str, list[torch.Tensor]], layout: LinearisationLayout) -> dict:
+    """The frozen RMSNorm Jacobians (gain x 1/rms of the prompt's own activations), per layer and position."""
+
+    def frozen(w: torch.Tensor, xs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(
+            [(w[i] * _rms_inverse_scale(x, weights.eps)[:, None]).to(weights.dtype) for i, x in enumerate(xs)]
+        )
+
+    final_in = cache["final_in"][0]
+    return {
+        "ln1_gain": frozen(weights.ln1_w, cache["r"]),
+        "ln2_gain": frozen(weights.ln2_w, cache["m"]),
+        "final_gain": (weights.final_w * _rms_inverse_scale(final_in, weights.eps)[:, None]).to(weights.dtype),
+        "post_attn_gain": (
+            frozen(weights.post_attn_w, cache["attn_out"])
+            if layout.post_attn_norm and weights.post_attn_w is not None
+            else None
+        ),
+    }
+
+
+def _feature_nodes(weights: ModelWeights, inputs: list[torch.Tensor], decoded: list[torch.Tensor]) -> dict:
+    """Active features per layer (row-major: position, then feature), their encoder and scaled decoder
+    vectors, and, for cross-layer transcoders, the decoders into every later layer; adds every decoder into
+    ``decoded`` (the reconstruction of each MLP output)."""
+    features, values, encoders, decoders, offsets = [], [], [], [], [0]
     cross: dict = {}
     for layer, x in enumerate(inputs):
         W_enc, W_dec = weights.W_enc[layer], weights.W_dec[layer]
         pre = torch.nn.functional.linear(x, W_enc, weights.b_enc[layer])
-        acts = activate(
-            pre, weights.threshold[layer], *(weights.activations[layer] if weights.activations else ("jumprelu", None))
-        )
+        kind = weights.activations[layer] if weights.activations else ("jumprelu", None)
+        acts = activate(pre, weights.threshold[layer], *kind)
         acts[0] = 0  # circuit-tracer zeroes the BOS position
         pos, feat = acts.nonzero(as_tuple=True)  # row-major: position, then feature
         act = acts[pos, feat]
@@ -297,31 +303,40 @@ def linearise(weights: ModelWeights, token_ids: torch.Tensor) -> LinearisedModel
         encoders.append(W_enc[feat])
         decoders.append(scaled_dec)
         offsets.append(offsets[-1] + pos.numel())
-    for layer, (x, mlp_out) in enumerate(zip(inputs, cache["mlp_out"], strict=False)):
+    return {
+        "active_features": torch.cat(features).cpu(),
+        "activation_values": torch.cat(values),
+        "encoder_vecs": torch.cat(encoders),
+        "decoder_vecs": torch.cat(decoders),
+        "layer_offsets": offsets,
+        "cross_decoders": cross,
+    }
+
+
+def linearise(weights: ModelWeights, token_ids: torch.Tensor) -> LinearisedModel:
+    """Run the prompt forward once, freeze what circuit-tracer freezes and collect every node's vectors."""
+    layout = weights.layout or linearisation_layout(None)
+    cache, logits = _forward_cache(weights, token_ids, layout)
+    inputs = cache["m"] if weights.cross_layer else cache["x"]  # hook_resid_mid or mlp.hook_in
+    decoded = [torch.zeros_like(out) for out in cache["mlp_out"]]  # sum of decoders into each MLP output
+    nodes = _feature_nodes(weights, inputs, decoded)
+    errors = []
+    for layer, (x, mlp_out) in enumerate(zip(inputs, cache["mlp_out"], strict=True)):
         reconstruction = decoded[layer] + weights.b_dec[layer]
         if weights.W_skip is not None:
             reconstruction = reconstruction + x @ weights.W_skip[layer].T
         error = mlp_out - reconstruction
         error[0] = 0
         errors.append(error)
-
     return LinearisedModel(
         weights=weights,
         token_ids=token_ids,
-        ln1_gain=ln1_gain,
-        ln2_gain=ln2_gain,
-        final_gain=final_gain,
-        patterns=torch.stack(cache["pattern"]).to(dtype),
+        **_frozen_gains(weights, cache, layout),
+        patterns=torch.stack(cache["pattern"]).to(weights.dtype),
         logits=logits,
-        active_features=torch.cat(features).cpu(),
-        activation_values=torch.cat(values),
-        encoder_vecs=torch.cat(encoders),
-        decoder_vecs=torch.cat(decoders),
         error_vecs=torch.stack(errors),
         token_vecs=weights.W_E[token_ids.to(weights.device)],
-        layer_offsets=offsets,
-        post_attn_gain=post_attn_gain,
-        cross_decoders=cross,
+        **nodes,
         reads_resid_mid=weights.cross_layer,
     )
 
