@@ -390,11 +390,12 @@ def _vjp_cost(c: _Inputs, kind: str, store: str, terms: dict[str, int]) -> tuple
     terms["weights"], terms["buffers"] = weights, buffers
     dev_edges, host_edges, passes = _vjp_edges(c, kind, store)
     terms["edges"] = int(host_edges)
+    gpu: float = 0
     if c.cuda:
         gpu = weights * c.wb // 4 + buffers * c.wb // 4 + dev_edges
-        host = c.model_b + c.tc_b + (c.S if store != "lean" else 0)
+        host: float = c.model_b + c.tc_b + (c.S if store != "lean" else 0)
     else:
-        gpu, host = 0, weights + buffers + host_edges
+        host = weights + buffers + host_edges
     feat_macs, logit_macs = _row_macs(s, kind)
     compute = 2 * (feat_macs * s.nodes + logit_macs * s.n_logits) / c.rate
     return host, gpu, compute, passes / c.bw
