@@ -211,7 +211,7 @@ PRESETS: dict[str, tuple[WorkloadSpec, str]] = dict(
                 intermediate_size=768,
                 vocab_size=2048,
             ),
-            TranscoderSpec(d_transcoder=4096, target_l0=176, kind="clt"),
+            TranscoderSpec(d_transcoder=4096, target_l0=200, kind="clt"),
             32,
             "small with a cross-layer JumpReLU transcoder (>= 40,000 active features, decoders 4.5x larger)",
         ),
