@@ -8,7 +8,7 @@ and into the results file (``settings``): a new knob is one field here and one o
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import psutil
@@ -85,10 +85,6 @@ class BenchSettings:
             scratch_dir=scratch_dir,
             progress=progress,
         )
-
-    def with_memory_limit_gib(self, gib: float | None) -> BenchSettings:
-        """``--memory-limit`` in GiB: None = the device's default, 0 = no limit."""
-        return replace(self, memory_limit_bytes=resolve_memory_limit(self.device, gib))
 
 
 def options_for(backend: Backend, given: dict[str, Any]) -> dict[str, Any]:

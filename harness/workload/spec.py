@@ -494,48 +494,6 @@ def _transcoder_shapes(path: Path, what: str = "transcoder file") -> dict[str, t
         raise UsageError(f"{what} {path} cannot be read as safetensors: {exc}") from None
 
 
-def check_transcoder_folder(folder: Path, model: ModelSpec) -> TranscoderSpec:
-    """Check ``layer_0 .. layer_{L-1}.safetensors`` against the model (count and shapes); their TranscoderSpec."""
-    L, d = model.num_hidden_layers, model.hidden_size
-    if not folder.is_dir():
-        raise UsageError(f"--transcoders {folder} is not a folder")
-    present = sorted(
-        int(p.stem.split("_", 1)[1]) for p in folder.glob("layer_*.safetensors") if p.stem.split("_", 1)[1].isdigit()
-    )
-    if present != list(range(L)):
-        raise UsageError(
-            f"--transcoders {folder} has {len(present)} layer_{{i}}.safetensors files "
-            f"({', '.join(map(str, present[:5])) or 'none'}{'...' if len(present) > 5 else ''}); "
-            f"the model has num_hidden_layers={L}: expected layer_0 .. layer_{L - 1}"
-        )
-    widths, skips = set(), set()
-    for layer in range(L):
-        path = folder / f"layer_{layer}.safetensors"
-        shapes = _transcoder_shapes(path)
-        missing = [k for k in ("W_enc", "W_dec", "b_enc", "b_dec") if k not in shapes]
-        if missing:
-            raise UsageError(f"transcoder file {path} lacks {', '.join(missing)}")
-        F = shapes["W_dec"][0] if len(shapes["W_dec"]) == 2 else None
-        enc = shapes["W_enc"]
-        expected = {"W_dec": (F, d), "b_enc": (F,), "b_dec": (d,), "threshold": (F,), "W_skip": (d, d)}
-        if F is None or enc not in ((F, d), (d, F)):
-            raise UsageError(
-                f"transcoder file {path}: W_enc {list(enc)} and W_dec {list(shapes['W_dec'])} do not "
-                f"fit d_model={d} (expected [F, {d}])"
-            )
-        for key, shape in expected.items():
-            if key in shapes and shapes[key] != shape:
-                raise UsageError(
-                    f"transcoder file {path}: {key} has shape {list(shapes[key])}, expected {list(shape)} "
-                    f"(d_model={d}, F={F})"
-                )
-        widths.add(F)
-        skips.add("W_skip" in shapes)
-    if len(widths) > 1 or len(skips) > 1:
-        raise UsageError(f"--transcoders {folder}: layers differ in width {sorted(widths)} or in having W_skip")
-    return TranscoderSpec(d_transcoder=widths.pop(), skip_connection=skips.pop(), target_l0=TranscoderSpec.target_l0)
-
-
 def model_spec_from_config(folder: Path) -> ModelSpec:
     """The model section of a local Hugging Face model folder's ``config.json``."""
     config = folder / "config.json"
