@@ -3,19 +3,23 @@
 * Attention VJP: the query heads of a KV group share one V projection. Their pattern products are summed
   inside one batched GEMM per group (the group's transposed patterns side by side, ``[key, G * query]``),
   then the group's V projection is applied once, as a single GEMM over all groups.
-* Features are contracted per position with one batched GEMM over a padded ``[pos, d, max_features]``
-  decoder layout built once per prompt, instead of gathering gradients per feature.
+* Features are contracted per position with one GEMM that BLAS writes straight into the edge rows'
+  columns (the store hands out its rows, :meth:`attrbench.backends.exact.edge_store.DenseEdgeStore.reserve`):
+  no batch block, no gather, no copy.
+* The last window's rows, which are never ranked, are computed over the selected features' columns only
+  (:mod:`attrbench.backends.exact.columns`): the graph keeps no other feature column.
 * Ranking reads the edge rows once per re-ranking (:func:`attrbench.backends.exact.ranking.streamed_influences`)
   instead of copying them and iterating over the copy.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from attrbench.backends.causal_trick import CausalTrickBackend
+from attrbench.backends.exact.columns import Columns
 from attrbench.backends.exact.engine import Prepared
 from attrbench.backends.exact.linearised import LinearisedModel, ModelWeights
 from attrbench.hookspecs import hookimpl
@@ -28,20 +32,16 @@ class GroupedWeights:
 
 @dataclass
 class NodeLayout:
-    """Per layer: decoder vectors padded per position, ``[n_pos, d, max_count]``, and where each lands."""
-
-    decoders: list[torch.Tensor]
-    slots: list[torch.Tensor]  # [n_features_in_layer] index into the flattened [n_pos, max_count]
-    position_ends: list[list[int]]  # features of the layer at positions < p: position_ends[p]
     patterns_grouped: torch.Tensor  # [L, KV, key, G, query]
-    #: cross-layer transcoders: (source, output layer) -> the source layer's padded decoders into that layer
-    cross: dict = field(default_factory=dict)
 
 
 class GqaSharedBackend(CausalTrickBackend):
     name = "gqa-shared"
-    description = "causal-trick + one V GEMM per KV group, pre-transposed GEMM layouts, single-pass ranking"
+    description = (
+        "causal-trick + one V GEMM per KV group, GEMMs written straight into the edge rows, single-pass ranking"
+    )
     ranking_rule = "streamed"
+    last_window_selected_only = True
 
     def cost_model(self) -> str | None:
         return "vjp-causal-gqa"
@@ -51,31 +51,10 @@ class GqaSharedBackend(CausalTrickBackend):
 
     def node_layout(self, model: LinearisedModel, prepared: Prepared) -> NodeLayout:
         w = model.weights
-        n = model.n_pos
-        decoders, slots, ends = [], [], []
-        for layer in range(model.n_layers):
-            start, stop = model.layer_offsets[layer], model.layer_offsets[layer + 1]
-            pos = model.active_features[start:stop, 1]
-            counts = torch.bincount(pos, minlength=n)
-            first = torch.cumsum(counts, 0) - counts
-            rank_in_pos = torch.arange(stop - start) - first[pos]
-            width = max(1, int(counts.max()) if stop > start else 1)
-            padded = torch.zeros(n * width, w.d_model, dtype=w.dtype, device=w.device)
-            slot = (pos * width + rank_in_pos).to(w.device)
-            padded[slot] = model.decoder_vecs[start:stop]
-            decoders.append(padded.view(n, width, w.d_model).transpose(1, 2).contiguous())
-            slots.append(slot)
-            ends.append(torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)]).tolist())
-        cross = {}
-        for (source, out_layer), vecs in model.cross_decoders.items():
-            width = decoders[source].shape[-1]
-            padded = torch.zeros(n * width, w.d_model, dtype=w.dtype, device=w.device)
-            padded[slots[source]] = vecs
-            cross[(source, out_layer)] = padded.view(n, width, w.d_model).transpose(1, 2).contiguous()
-        G = w.n_heads // w.n_kv_heads
+        n, G = model.n_pos, w.n_heads // w.n_kv_heads
         # [L, H, query, key] -> [L, KV, key, G, query]: a group's transposed patterns side by side
         grouped = model.patterns.view(model.n_layers, w.n_kv_heads, G, n, n).permute(0, 1, 4, 2, 3).contiguous()
-        return NodeLayout(decoders, slots, ends, grouped, cross)
+        return NodeLayout(grouped)
 
     def attention_vjp(self, model, prepared, layout: NodeLayout, layer, grad_out):
         w = model.weights
@@ -89,28 +68,34 @@ class GqaSharedBackend(CausalTrickBackend):
         grad_v = grad_v.view(KV, P, B, dh).permute(2, 1, 0, 3).reshape(B * P, KV * dh)
         return (grad_v @ prepared.extra.W_V[layer]).view(B, P, d)
 
-    def contract_features(self, model, prepared, layout: NodeLayout, layer, grad, out):
-        P = grad.shape[1]
-        start = model.layer_offsets[layer]
-        n_here = layout.position_ends[layer][P]
-        if n_here == 0:
-            return
-        decoders = layout.decoders[layer][:P]  # [P, d, width]
-        scores = torch.bmm(grad.transpose(0, 1), decoders)  # [P, B, width]
-        flat = scores.transpose(0, 1).reshape(grad.shape[0], -1)  # [B, P * width]
-        out[:, start : start + n_here] += flat[:, layout.slots[layer][:n_here]]
+    def contract_features(self, model, prepared, layout: NodeLayout, columns: Columns, layer, grad, out):
+        """One GEMM per position whose result is written straight into the rows' columns (no gather, no
+        temporary); accumulated where cross-layer decoders have already written there."""
+        bounds = columns.bounds[layer]
+        accumulate = bool(columns.cross)
+        for p in range(grad.shape[1]):
+            s, e = bounds[p], bounds[p + 1]
+            if e > s:
+                _gemm_into(out[:, s:e], grad[:, p], columns.decoders[s:e].T, accumulate)
 
-    def contract_cross_features(self, model, prepared, layout: NodeLayout, layer, grad, out):
-        P = grad.shape[1]
+    def contract_cross_features(self, model, prepared, layout: NodeLayout, columns: Columns, layer, grad, out):
         for source in range(layer):
-            decoders = layout.cross.get((source, layer))
-            n_here = layout.position_ends[source][P]
-            if decoders is None or n_here == 0:
+            vecs = columns.cross.get((source, layer))
+            if vecs is None:
                 continue
-            start = model.layer_offsets[source]
-            scores = torch.bmm(grad.transpose(0, 1), decoders[:P])  # [P, B, width]
-            flat = scores.transpose(0, 1).reshape(grad.shape[0], -1)
-            out[:, start : start + n_here] += flat[:, layout.slots[source][:n_here]]
+            bounds, first = columns.bounds[source], columns.layer_start(source)
+            for p in range(grad.shape[1]):
+                s, e = bounds[p], bounds[p + 1]
+                if e > s:
+                    _gemm_into(out[:, s:e], grad[:, p], vecs[s - first : e - first].T, accumulate=True)
+
+
+def _gemm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool) -> None:
+    """``out = a @ b`` (or ``out += a @ b``) with BLAS writing into ``out``'s strided rows directly."""
+    if accumulate:
+        out.addmm_(a, b)
+    else:
+        torch.mm(a, b, out=out)
 
 
 @hookimpl

@@ -9,28 +9,90 @@ from __future__ import annotations
 
 import torch
 
-from attrbench.backends.exact import ranking
+from attrbench.backends.exact import ranking, zeroed
 
 #: rows packaged per block, so that packaging never holds a second full copy of the edge rows
 PACKAGE_BLOCK_ROWS = 4096
 
 
-class DenseEdgeStore:
-    """Dense ``[rows, nodes]`` float32 edge rows, the row-node map and each row's ``|.|`` sum."""
+class BlockStore:
+    """Stores that take finished blocks: the engine writes each batch into a reused zeroed scratch block
+    (:meth:`reserve`) and the store files it (:meth:`commit`, which calls ``append``)."""
+
+    _scratch: torch.Tensor | None = None
+
+    def append(self, block: torch.Tensor, nodes: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def reserve(self, count: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A zeroed ``[count, width]`` block for the engine to write a batch of rows into."""
+        scratch = self._scratch
+        if scratch is None or scratch.dtype != dtype or scratch.shape[0] < count or scratch.shape[1] < width:
+            scratch = self._scratch = torch.empty(count, width, dtype=dtype, device=device)
+        rows = scratch[:count, :width]
+        return rows.zero_()
+
+    def commit(self, rows: torch.Tensor, nodes: torch.Tensor, ranked: bool) -> None:
+        """File the rows written into :meth:`reserve`'s block, for target ``nodes``."""
+        self.append(rows, nodes)
+
+    def restrict(self, n_rows: int, width: int) -> bool:
+        """Keep the next ``n_rows`` rows over fewer columns; not supported here."""
+        return False
+
+
+class DenseEdgeStore(BlockStore):
+    """Dense ``[rows, nodes]`` float32 edge rows (circuit-tracer's layout), the row-node map and each ranked
+    row's ``|.|`` sum.
+
+    The engine writes float32 rows straight into the store (:meth:`reserve` returns a view of the next
+    rows), so a batch is never copied. After :meth:`restrict`, rows go to a second, narrower matrix whose
+    columns are the selected features, the error and the token nodes (the last window's rows, see
+    :mod:`attrbench.backends.exact.columns`).
+    """
 
     def __init__(self, n_rows: int, n_nodes: int, device: torch.device):
-        self.edges = torch.zeros(n_rows, n_nodes, dtype=torch.float32, device=device)
+        self.edges = zeroed.zeros((n_rows, n_nodes), torch.float32, device)
         self.row_nodes = torch.zeros(n_rows, dtype=torch.long)
         self.row_sums = torch.zeros(n_rows, dtype=torch.float32, device=device)
         self.n_filled = 0
+        self.narrow: torch.Tensor | None = None  # [rows, selected + errors + tokens] after restrict()
+        self.narrow_nodes = torch.zeros(0, dtype=torch.long)
+        self.n_narrow = 0
+
+    def reserve(self, count: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        if dtype != torch.float32:  # computed in another dtype: a scratch block, copied on commit
+            return super().reserve(count, width, dtype, device)
+        if self.narrow is not None:
+            return self.narrow[self.n_narrow : self.n_narrow + count, :width]
+        return self.edges[self.n_filled : self.n_filled + count, :width]
+
+    def commit(self, rows: torch.Tensor, nodes: torch.Tensor, ranked: bool) -> None:
+        count, width = rows.shape
+        if self.narrow is not None:
+            target = self.narrow[self.n_narrow : self.n_narrow + count, :width]
+            if rows.data_ptr() != target.data_ptr():
+                target.copy_(rows)
+            self.narrow_nodes[self.n_narrow : self.n_narrow + count] = nodes
+            self.n_narrow += count
+            return
+        start, stop = self.n_filled, self.n_filled + count
+        target = self.edges[start:stop, :width]
+        if rows.data_ptr() != target.data_ptr():
+            target.copy_(rows)
+        if ranked:  # one pass, no |rows| temporary
+            self.row_sums[start:stop] = torch.linalg.vector_norm(target, 1, dim=1)
+        self.row_nodes[start:stop] = nodes
+        self.n_filled = stop
 
     def append(self, block: torch.Tensor, nodes: torch.Tensor) -> None:
         """Store ``block`` (``[b, row_size]``, row_size <= nodes) as the next rows, for target ``nodes``."""
-        start, stop = self.n_filled, self.n_filled + block.shape[0]
-        self.edges[start:stop, : block.shape[1]] = block
-        self.row_sums[start:stop] = self.edges[start:stop].abs().sum(1)
-        self.row_nodes[start:stop] = nodes
-        self.n_filled = stop
+        self.commit(block, nodes, ranked=True)
+
+    def restrict(self, n_rows: int, width: int) -> bool:
+        self.narrow = zeroed.zeros((n_rows, width), torch.float32, self.edges.device)
+        self.narrow_nodes = torch.zeros(n_rows, dtype=torch.long)
+        return True
 
     def influences(self, logit_probabilities: torch.Tensor, rule: str) -> torch.Tensor:
         """Node influences from the rows so far, by circuit-tracer's function or the one-pass equivalent."""
@@ -43,21 +105,29 @@ class DenseEdgeStore:
 
     def package(self, selected: torch.Tensor, n_active: int, n_logits: int) -> torch.Tensor:
         """circuit-tracer's square adjacency: rows and columns in node order, only selected features kept."""
-        edges, n_features = self.edges, selected.numel()
-        cols = torch.cat([selected, torch.arange(n_active, edges.shape[1])]).to(edges.device)
-        n = cols.numel()
-        adjacency = torch.zeros(n, n, dtype=torch.float32)
-        order = self.row_nodes.argsort()  # feature rows first (by feature index), then logit rows
-        for s in range(0, order.numel(), PACKAGE_BLOCK_ROWS):
-            rows = order[s : s + PACKAGE_BLOCK_ROWS]
-            dest = torch.arange(s, s + rows.numel())
-            dest[dest >= n_features] += n - n_features - n_logits  # logit rows are the last n_logits rows
-            adjacency[dest] = edges[rows.to(edges.device)][:, cols].cpu()
+        n_sel, n_nodes = selected.numel(), self.edges.shape[1]
+        n = n_sel + n_nodes - n_active
+        adjacency = zeroed.zeros((n, n), torch.float32, torch.device("cpu"))
+
+        def destination(nodes: torch.Tensor) -> torch.Tensor:  # feature rows by feature index, logits last
+            feature_row = torch.searchsorted(selected, nodes.clamp(max=n_active - 1))
+            return torch.where(nodes >= n_active, nodes - n_active + n_sel, feature_row)
+
+        cols = torch.cat([selected, torch.arange(n_active, n_nodes)]).to(self.edges.device)
+        block = PACKAGE_BLOCK_ROWS // 4  # a [block, n] temporary the allocator reuses
+        for s in range(0, self.n_filled, block):
+            stop = min(s + block, self.n_filled)
+            part = self.edges[s:stop].index_select(1, cols).cpu()
+            adjacency.index_copy_(0, destination(self.row_nodes[s:stop]), part)
+        if self.narrow is not None and self.n_narrow:
+            width = self.narrow.shape[1]
+            adjacency[destination(self.narrow_nodes[: self.n_narrow]), :width] = self.narrow[: self.n_narrow].cpu()
         self.edges = self.edges.new_empty(0)  # freed: the rows are in the adjacency now
+        self.narrow = None
         return adjacency
 
 
-class PrunedEdgeStore:
+class PrunedEdgeStore(BlockStore):
     """Edge rows with every entry below ``threshold`` times its row's largest ``|edge|`` dropped.
 
     Kept entries are coordinate lists (int32 row, int32 column, float32 value: 12 bytes each). Row sums
@@ -149,7 +219,7 @@ class PrunedEdgeStore:
         return adjacency
 
 
-class LayeredEdgeStore:
+class LayeredEdgeStore(BlockStore):
     """Lean storage for large graphs: each row keeps only the columns its target can reach.
 
         A row whose target sits at layer ``l`` (logits: ``l = n_layers``) has non-zero edges only from features

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from attrbench.api import AttributeSettings, AttributionResult, Backend
+from attrbench.backends.exact.columns import Columns, all_columns, selected_columns
 from attrbench.backends.exact.edge_store import DenseEdgeStore, LayeredEdgeStore
 from attrbench.backends.exact.flops import row_flop_floor
 from attrbench.backends.exact.linearised import (
@@ -94,6 +95,8 @@ class ExactBackend(Backend):
     option_defaults = {"edge_storage": "auto"}
     #: "circuit-tracer": rank with its own ``compute_partial_influences``; "streamed": the one-pass equivalent
     ranking_rule = "circuit-tracer"
+    #: compute the last window's rows (never ranked) over the selected features' columns only
+    last_window_selected_only = False
 
     # ------------------------------------------------------------------ set-up
     def prepare(self, workload: BuiltWorkload, device: str, dtype: torch.dtype) -> Prepared:
@@ -142,28 +145,42 @@ class ExactBackend(Backend):
         return torch.einsum("bjhd,hde->bje", grad_v, W_V_per_head)
 
     def contract_features(
-        self, model: LinearisedModel, prepared: Prepared, layout: Any, layer: int, grad: torch.Tensor, out: torch.Tensor
+        self,
+        model: LinearisedModel,
+        prepared: Prepared,
+        layout: Any,
+        columns: Columns,
+        layer: int,
+        grad: torch.Tensor,
+        out: torch.Tensor,
     ) -> None:
-        """Write ``<grad at mlp_out_layer[pos_s], decoder_s>`` for layer ``layer``'s features into ``out``.
+        """Write ``<grad at mlp_out_layer[pos_s], decoder_s>`` for layer ``layer``'s feature columns into ``out``.
 
         One GEMM per position: ``grad[:, p] @ decoders(layer, p)^T``.
         """
-        bounds = model.position_bounds[layer]
+        bounds = columns.bounds[layer]
         for p in range(grad.shape[1]):
             s, e = bounds[p], bounds[p + 1]
             if e > s:
-                out[:, s:e] += grad[:, p] @ model.decoder_vecs[s:e].T
+                out[:, s:e] += grad[:, p] @ columns.decoders[s:e].T
 
     def contract_cross_features(
-        self, model: LinearisedModel, prepared: Prepared, layout: Any, layer: int, grad: torch.Tensor, out: torch.Tensor
+        self,
+        model: LinearisedModel,
+        prepared: Prepared,
+        layout: Any,
+        columns: Columns,
+        layer: int,
+        grad: torch.Tensor,
+        out: torch.Tensor,
     ) -> None:
         """Cross-layer transcoders: add ``<grad at mlp_out_layer[pos_s], decoder_{s -> layer}>`` for the
         features of every source layer ``s < layer`` (a feature's edge sums over all its decoders)."""
         for source in range(layer):
-            vecs = model.cross_decoders.get((source, layer))
+            vecs = columns.cross.get((source, layer))
             if vecs is None:
                 continue
-            bounds, first = model.position_bounds[source], model.layer_offsets[source]
+            bounds, first = columns.bounds[source], columns.layer_start(source)
             for p in range(grad.shape[1]):
                 s, e = bounds[p], bounds[p + 1]
                 if e > s:
@@ -192,9 +209,15 @@ class ExactBackend(Backend):
 
     # ------------------------------------------------------------------ the VJP chain
     def backward_rows(
-        self, model: LinearisedModel, prepared: Prepared, layout: Any, batch: TargetBatch, out: torch.Tensor
+        self,
+        model: LinearisedModel,
+        prepared: Prepared,
+        layout: Any,
+        columns: Columns,
+        batch: TargetBatch,
+        out: torch.Tensor,
     ) -> None:
-        """Fill ``out`` ([len(batch), row_size], zeros) with the batch's edge rows: one VJP per target."""
+        """Fill ``out`` ([len(batch), columns.width], zeros) with the batch's edge rows: one VJP per target."""
         w = model.weights
         n_pos, L = model.n_pos, model.n_layers
         P = self.position_limit(batch, n_pos)
@@ -208,10 +231,10 @@ class ExactBackend(Backend):
         for layer in range(min(top, L - 1), -1, -1):
             reached = self.live_rows(batch, layer + 1)  # rows whose gradient can be non-zero above the MLP
             if layer < top and reached:
-                self.contract_features(model, prepared, layout, layer, grad[:reached], out[:reached])
-                if model.cross_decoders:
-                    self.contract_cross_features(model, prepared, layout, layer, grad[:reached], out[:reached])
-                e0 = model.error_offset + layer * n_pos
+                self.contract_features(model, prepared, layout, columns, layer, grad[:reached], out[:reached])
+                if columns.cross:
+                    self.contract_cross_features(model, prepared, layout, columns, layer, grad[:reached], out[:reached])
+                e0 = columns.error_offset + layer * n_pos
                 out[:reached, e0 : e0 + P] = torch.einsum("bpd,pd->bp", grad[:reached], model.error_vecs[layer, :P])
             live = self.live_rows(batch, layer)
             g = grad[:live]
@@ -237,7 +260,7 @@ class ExactBackend(Backend):
             grad_attn = grad_mid if model.post_attn_gain is None else grad_mid * model.post_attn_gain[layer, :P]
             grad_ln1 = self.attention_vjp(model, prepared, layout, layer, grad_attn)
             grad[:live] = grad_mid + grad_ln1 * model.ln1_gain[layer, :P]
-        t0 = model.token_offset
+        t0 = columns.token_offset
         out[:, t0 : t0 + P] = torch.einsum("bpd,pd->bp", grad, model.token_vecs[:P])
 
     # ------------------------------------------------------------------ circuit-tracer's loop
@@ -259,25 +282,27 @@ class ExactBackend(Backend):
 
         with timer("setup"):
             store = self.make_edge_store(model, max_nodes + n_logits, total_nodes, settings)
+            columns = all_columns(model)
+        ranks = max_nodes < n_active  # otherwise every feature is a row and nothing is ever ranked
 
-        def compute(batch: TargetBatch, nodes: torch.Tensor) -> None:
-            block = torch.zeros(len(batch), row_size, dtype=w.dtype, device=w.device)
-            self.backward_rows(model, prepared, layout, batch, block)
-            store.append(block, nodes)
+        def compute(batch: TargetBatch, nodes: torch.Tensor, cols: Columns, ranked: bool) -> None:
+            rows = store.reserve(len(batch), cols.width, w.dtype, w.device)
+            self.backward_rows(model, prepared, layout, cols, batch, rows)
+            store.commit(rows, nodes, ranked)
 
         with timer("logit_rows"):
             for i in range(0, n_logits, B):
                 vecs = targets.vectors[i : i + B]
                 layers = torch.full((len(vecs),), model.n_layers, device=w.device)
                 batch = TargetBatch(layers, torch.full_like(layers, model.n_pos - 1), vecs)
-                compute(batch, torch.arange(i, i + len(vecs)) + row_size)
+                compute(batch, torch.arange(i, i + len(vecs)) + row_size, columns, ranks)
 
         feat_layers = model.active_features[:, 0].to(w.device)
         feat_pos = model.active_features[:, 1].to(w.device)
         visited = torch.zeros(n_active, dtype=torch.bool)
         n_visited = 0
         while n_visited < max_nodes:
-            if max_nodes == n_active:
+            if not ranks:
                 pending = torch.arange(n_active)
             else:
                 settings.progress(f"ranking ({n_visited:,}/{max_nodes:,} feature rows done)")
@@ -286,13 +311,21 @@ class ExactBackend(Backend):
                     rank = torch.argsort(infl[:n_active], descending=True).cpu()
                     queue_size = min(settings.update_interval * B, max_nodes - n_visited)
                     pending = rank[~visited[rank]][:queue_size]
+            last_window = n_visited + len(pending) >= max_nodes
+            cols = columns
+            if last_window and ranks and self.last_window_selected_only:
+                with timer("setup"):
+                    chosen = torch.sort(torch.cat([torch.where(visited)[0], pending])).values
+                    narrow = selected_columns(model, chosen)
+                    if store.restrict(len(pending), narrow.width):
+                        cols = narrow
             with timer("feature_rows"):
                 pending = self.order_window(model, pending, B)
                 for i in range(0, len(pending), B):
                     idx = pending[i : i + B]
                     idx_dev = idx.to(w.device)
                     batch = TargetBatch(feat_layers[idx_dev], feat_pos[idx_dev], model.encoder_vecs[idx_dev])
-                    compute(batch, idx)
+                    compute(batch, idx, cols, not last_window)
                     visited[idx] = True
                     n_visited += len(idx)
                     settings.progress(f"feature rows {n_visited:,}/{max_nodes:,}")

@@ -32,7 +32,7 @@ def streamed_influences(
     row_nodes: torch.Tensor,
     row_sums: torch.Tensor,
     max_iter: int = 128,
-    block_rows: int = 8192,
+    block_rows: int = 64,
 ) -> torch.Tensor:
     """The same influences as :func:`circuit_tracer_influences`, reading ``edges`` once."""
     device = edges.device
@@ -55,6 +55,9 @@ def streamed_influences(
         raise RuntimeError("influence computation did not converge")
     weights = total * scale
     influences = torch.zeros(n_nodes, dtype=torch.float32, device=device)
+    magnitudes = torch.empty(min(block_rows, n_rows), n_nodes, dtype=torch.float32, device=device)
     for s in range(0, n_rows, block_rows):
-        influences += weights[s : s + block_rows] @ edges[s : s + block_rows].abs()
+        block = edges[s : s + block_rows]
+        part = torch.abs(block, out=magnitudes[: block.shape[0]])  # a small reused buffer, no |edges| copy
+        influences.addmv_(part.T, weights[s : s + block_rows])
     return influences

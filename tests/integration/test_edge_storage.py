@@ -30,7 +30,10 @@ def test_lean_store_gives_the_dense_graph(tiny, tmp_path, backend_name):
     lean = backend.attribute(prepared, settings)
     assert lean.info["edge_storage"] == "LayeredEdgeStore" and dense.info["edge_storage"] == "DenseEdgeStore"
     assert torch.equal(lean.selected_features, dense.selected_features)
-    assert torch.equal(lean.adjacency_matrix, dense.adjacency_matrix)
+    # the dense store computes the last window over the selected columns only (gqa-shared), where BLAS may
+    # block the GEMMs differently: equal up to float32 rounding, not bit for bit
+    torch.testing.assert_close(lean.adjacency_matrix, dense.adjacency_matrix, rtol=1e-5, atol=1e-5)
+    assert lean.adjacency_matrix.abs().sum() > 0
     on_disk = np.load(lean.adjacency_file, mmap_mode="r")
     assert on_disk.shape == tuple(dense.adjacency_matrix.shape)
 
