@@ -255,11 +255,11 @@ class ExactBackend(Backend):
                         batch.vectors[:live][here],
                         accumulate=True,
                     )
-                grad_mid = g + grad_x * model.ln2_gain[layer, :P]
+                grad_mid = torch.addcmul(g, grad_x, model.ln2_gain[layer, :P])
             # Gemma: the frozen post-attention norm sits between attention and the residual
             grad_attn = grad_mid if model.post_attn_gain is None else grad_mid * model.post_attn_gain[layer, :P]
             grad_ln1 = self.attention_vjp(model, prepared, layout, layer, grad_attn)
-            grad[:live] = grad_mid + grad_ln1 * model.ln1_gain[layer, :P]
+            torch.addcmul(grad_mid, grad_ln1, model.ln1_gain[layer, :P], out=grad[:live])
         t0 = columns.token_offset
         out[:, t0 : t0 + P] = torch.einsum("bpd,pd->bp", grad, model.token_vecs[:P])
 
