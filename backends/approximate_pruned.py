@@ -1,48 +1,60 @@
-"""approximate-pruned: gqa-shared plus edge pruning and sparse edge storage.
+"""approximate-pruned: gqa-shared with its VJP chain in bfloat16 and the graph's small edges pruned.
 
-As each batch of rows is produced, entries below ``approx_threshold`` times the row's largest magnitude
-are dropped and only the kept entries are stored (:class:`attrbench.backends.exact.edge_store.PrunedEdgeStore`;
-for graphs too large for that, the lean layered store with the dropped entries zeroed).
-Re-ranking and packaging then work on the kept entries instead of a dense ``[rows, nodes]`` matrix, which
-saves both their time and most of the edge memory. The graph diverges slightly from circuit-tracer's: the
-runner's parity (``edge_recall``, ``pruned_node_jaccard``, ``selected_jaccard``, ``rel_frobenius``)
-measures by how much.
+* The forward pass, the active features, their activations and the logit targets are the prompt's own
+  (computed in the run's dtype); only the backward passes run in ``approx_dtype`` (default ``bfloat16``,
+  whose GEMMs run with float32 accumulation about 4.5x faster than float32 ones on a CPU with AVX512-BF16,
+  and on every GPU with tensor cores). The edge rows are kept in that dtype too: half the memory traffic
+  of every pass over them.
+* Entries below ``approx_threshold`` times their row's largest magnitude are dropped from the packaged
+  graph (for graphs too large for dense rows, the lean layered store drops them as rows arrive).
+
+The graph diverges slightly from circuit-tracer's: the runner's parity (``edge_recall``,
+``pruned_node_jaccard``, ``selected_jaccard``, ``rel_frobenius``) measures by how much.
 """
 
 from __future__ import annotations
 
+import torch
+
 from attrbench.api import AttributeSettings
-from attrbench.backends.exact.edge_store import LayeredEdgeStore, PrunedEdgeStore
+from attrbench.backends.exact.edge_store import DenseEdgeStore, LayeredEdgeStore
+from attrbench.backends.exact.linearised import with_compute_dtype
 from attrbench.backends.gqa_shared import GqaSharedBackend
 from attrbench.errors import UsageError
 from attrbench.hookspecs import hookimpl
 
 DEFAULT_THRESHOLD = 1e-3
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 class ApproximatePrunedBackend(GqaSharedBackend):
     name = "approximate-pruned"
     exact = False
-    description = "gqa-shared + edges below approx_threshold x row max dropped, sparse edge storage"
-    option_defaults = {"approx_threshold": DEFAULT_THRESHOLD, "edge_storage": "auto"}
+    description = "gqa-shared in bfloat16 (backward passes, edge rows); edges below approx_threshold x row max pruned"
+    option_defaults = {"approx_threshold": DEFAULT_THRESHOLD, "approx_dtype": "bfloat16", "edge_storage": "auto"}
 
     def cost_model(self) -> str | None:
         return "vjp-causal-gqa-pruned"
+
+    def compute_model(self, model, settings: AttributeSettings):
+        name = settings.options.get("approx_dtype", "bfloat16")
+        if name not in DTYPES:
+            raise UsageError(f"approx_dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+        return with_compute_dtype(model, DTYPES[name])
 
     def make_edge_store(self, model, n_rows, n_nodes, settings: AttributeSettings):
         threshold = settings.options.get("approx_threshold", DEFAULT_THRESHOLD)
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
             raise UsageError(f"approx_threshold must be a number in [0, 1), got {threshold!r}")
+        device = model.weights.device
         if self.edge_storage(model, n_rows, n_nodes, settings) == "lean":
-            # too large for coordinate lists in memory: the layered layout with the small entries zeroed
-            return LayeredEdgeStore(
-                model, n_rows, n_nodes, model.weights.device, settings.scratch_dir, prune_threshold=float(threshold)
-            )
-        return PrunedEdgeStore(n_rows, n_nodes, model.weights.device, float(threshold))
+            return LayeredEdgeStore(model, n_rows, n_nodes, device, settings.scratch_dir, float(threshold))
+        return DenseEdgeStore(n_rows, n_nodes, device, model.weights.dtype, float(threshold))
 
     def attribute(self, prepared, settings):
         result = super().attribute(prepared, settings)
         result.info["approx_threshold"] = settings.options.get("approx_threshold", DEFAULT_THRESHOLD)
+        result.info["approx_dtype"] = settings.options.get("approx_dtype", "bfloat16")
         return result
 
 

@@ -21,13 +21,8 @@ import torch
 from attrbench.backends.causal_trick import CausalTrickBackend
 from attrbench.backends.exact.columns import Columns
 from attrbench.backends.exact.engine import Prepared
-from attrbench.backends.exact.linearised import LinearisedModel, ModelWeights
+from attrbench.backends.exact.linearised import LinearisedModel
 from attrbench.hookspecs import hookimpl
-
-
-@dataclass
-class GroupedWeights:
-    W_V: torch.Tensor  # [L, KV * d_head, d]: v_proj.weight, used as the right factor of one GEMM
 
 
 @dataclass
@@ -46,9 +41,6 @@ class GqaSharedBackend(CausalTrickBackend):
     def cost_model(self) -> str | None:
         return "vjp-causal-gqa"
 
-    def prepare_layouts(self, weights: ModelWeights) -> GroupedWeights:
-        return GroupedWeights(W_V=weights.W_V.flatten(1, 2).contiguous())
-
     def node_layout(self, model: LinearisedModel, prepared: Prepared) -> NodeLayout:
         w = model.weights
         n, G = model.n_pos, w.n_heads // w.n_kv_heads
@@ -66,7 +58,7 @@ class GqaSharedBackend(CausalTrickBackend):
         patterns = layout.patterns_grouped[layer, :, :P, :, :P].reshape(KV, P, G * P)
         grad_v = torch.bmm(patterns, grad_z)  # [KV, key, (B, dh)]: the group's heads summed in the GEMM
         grad_v = grad_v.view(KV, P, B, dh).permute(2, 1, 0, 3).reshape(B * P, KV * dh)
-        return (grad_v @ prepared.extra.W_V[layer]).view(B, P, d)
+        return (grad_v @ w.W_V[layer].view(KV * dh, d)).view(B, P, d)  # one GEMM for all groups
 
     def contract_features(self, model, prepared, layout: NodeLayout, columns: Columns, layer, grad, out):
         """One GEMM per position whose result is written straight into the rows' columns (no gather, no

@@ -1,8 +1,8 @@
 """Where the exact engine keeps edge rows while it computes them, ranks from them and packages them.
 
 :class:`DenseEdgeStore` is circuit-tracer's layout: one dense float32 row per computed target over every
-node. :class:`PrunedEdgeStore` (approximate-pruned) keeps only the entries of each row above a fraction
-of the row's largest magnitude, as coordinate lists.
+node (approximate-pruned: bfloat16 rows, small entries pruned from the graph). :class:`LayeredEdgeStore`
+keeps each row's reachable columns only, for graphs too large for the dense rows.
 """
 
 from __future__ import annotations
@@ -51,8 +51,17 @@ class DenseEdgeStore(BlockStore):
     :mod:`attrbench.backends.exact.columns`).
     """
 
-    def __init__(self, n_rows: int, n_nodes: int, device: torch.device):
-        self.edges = zeroed.zeros((n_rows, n_nodes), torch.float32, device)
+    def __init__(
+        self,
+        n_rows: int,
+        n_nodes: int,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+        prune_threshold: float = 0.0,
+    ):
+        self.dtype = dtype  # approximate-pruned keeps bfloat16 rows
+        self.prune_threshold = prune_threshold  # approximate-pruned: entries below this x row max dropped
+        self.edges = zeroed.zeros((n_rows, n_nodes), dtype, device)
         self.row_nodes = torch.zeros(n_rows, dtype=torch.long)
         self.row_sums = torch.zeros(n_rows, dtype=torch.float32, device=device)
         self.n_filled = 0
@@ -61,7 +70,7 @@ class DenseEdgeStore(BlockStore):
         self.n_narrow = 0
 
     def reserve(self, count: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        if dtype != torch.float32:  # computed in another dtype: a scratch block, copied on commit
+        if dtype != self.dtype:  # computed in another dtype: a scratch block, copied on commit
             return super().reserve(count, width, dtype, device)
         if self.narrow is not None:
             return self.narrow[self.n_narrow : self.n_narrow + count, :width]
@@ -81,6 +90,7 @@ class DenseEdgeStore(BlockStore):
         if rows.data_ptr() != target.data_ptr():
             target.copy_(rows)
         if ranked:  # one pass, no |rows| temporary
+            # reduced in the rows' own dtype (float accumulation inside), without a float32 copy of them
             self.row_sums[start:stop] = torch.linalg.vector_norm(target, 1, dim=1)
         self.row_nodes[start:stop] = nodes
         self.n_filled = stop
@@ -90,7 +100,7 @@ class DenseEdgeStore(BlockStore):
         self.commit(block, nodes, ranked=True)
 
     def restrict(self, n_rows: int, width: int) -> bool:
-        self.narrow = zeroed.zeros((n_rows, width), torch.float32, self.edges.device)
+        self.narrow = zeroed.zeros((n_rows, width), self.dtype, self.edges.device)
         self.narrow_nodes = torch.zeros(n_rows, dtype=torch.long)
         return True
 
@@ -117,106 +127,24 @@ class DenseEdgeStore(BlockStore):
         block = PACKAGE_BLOCK_ROWS // 4  # a [block, n] temporary the allocator reuses
         for s in range(0, self.n_filled, block):
             stop = min(s + block, self.n_filled)
-            part = self.edges[s:stop].index_select(1, cols).cpu()
+            part = self._pruned(self.edges[s:stop].index_select(1, cols))
             adjacency.index_copy_(0, destination(self.row_nodes[s:stop]), part)
-        if self.narrow is not None and self.n_narrow:
-            width = self.narrow.shape[1]
-            adjacency[destination(self.narrow_nodes[: self.n_narrow]), :width] = self.narrow[: self.n_narrow].cpu()
+        if self.narrow is not None:
+            for s in range(0, self.n_narrow, block):
+                stop = min(s + block, self.n_narrow)
+                part = self._pruned(self.narrow[s:stop])
+                adjacency[destination(self.narrow_nodes[s:stop]), : part.shape[1]] = part
         self.edges = self.edges.new_empty(0)  # freed: the rows are in the adjacency now
         self.narrow = None
         return adjacency
 
-
-class PrunedEdgeStore(BlockStore):
-    """Edge rows with every entry below ``threshold`` times its row's largest ``|edge|`` dropped.
-
-    Kept entries are coordinate lists (int32 row, int32 column, float32 value: 12 bytes each). Row sums
-    for the influence normalisation are taken before pruning, so ranking sees the same scale as the
-    exact backends; ranking and packaging work on the kept entries only.
-    """
-
-    def __init__(self, n_rows: int, n_nodes: int, device: torch.device, threshold: float):
-        self.threshold = threshold
-        self.n_nodes = n_nodes
-        self.device = device
-        self.row_nodes = torch.zeros(n_rows, dtype=torch.long)
-        self.row_sums = torch.zeros(n_rows, dtype=torch.float32, device=device)
-        self.chunks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self.n_filled = 0
-        self.n_dense = 0  # entries a dense store would have held, for the kept fraction
-
-    def append(self, block: torch.Tensor, nodes: torch.Tensor) -> None:
-        block = block.float()
-        magnitude = block.abs()
-        start = self.n_filled
-        self.row_sums[start : start + block.shape[0]] = magnitude.sum(1)
-        keep = magnitude >= self.threshold * magnitude.amax(1, keepdim=True)
-        keep &= magnitude > 0
-        r, c = keep.nonzero(as_tuple=True)
-        self.chunks.append(((r + start).int(), c.int(), block[r, c]))
-        self.row_nodes[start : start + block.shape[0]] = nodes
-        self.n_filled += block.shape[0]
-        self.n_dense += block.numel()
-
-    def _entries(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if len(self.chunks) > 1:
-            ids, cols, vals = (torch.cat(parts) for parts in zip(*self.chunks, strict=True))
-            self.chunks = [(ids, cols, vals)]
-        if not self.chunks:
-            empty = torch.zeros(0, dtype=torch.int32, device=self.device)
-            return empty, empty, torch.zeros(0, device=self.device)
-        return self.chunks[0]
-
-    def influences(
-        self, logit_probabilities: torch.Tensor, rule: str = "streamed", max_iter: int = 128
-    ) -> torch.Tensor:
-        """:func:`attrbench.backends.exact.ranking.streamed_influences` over the kept entries."""
-        rows, cols, values = self._entries()
-        rows, cols = rows.long(), cols.long()
-        n = self.n_filled
-        row_nodes = self.row_nodes[:n].to(self.device)
-        scale = 1.0 / self.row_sums[:n].clamp(min=1e-8)
-        weights = values.abs() * scale[rows]
-        row_of_node = torch.full((self.n_nodes,), -1, dtype=torch.long, device=self.device)
-        row_of_node[row_nodes] = torch.arange(n, device=self.device)
-        into_row = row_of_node[cols]
-        on_rows = into_row >= 0  # entries whose source node is itself a computed row
-        sq_rows, sq_cols, sq_weights = rows[on_rows], into_row[on_rows], weights[on_rows]
-        n_logits = logit_probabilities.numel()
-        x = torch.zeros(n, dtype=torch.float32, device=self.device)
-        is_logit = row_nodes >= self.n_nodes - n_logits
-        x[is_logit] = logit_probabilities.to(self.device, torch.float32)[
-            row_nodes[is_logit] - (self.n_nodes - n_logits)
-        ]
-        total = torch.zeros_like(x)
-        for _ in range(max_iter):
-            total += x
-            x = torch.zeros_like(x).index_add_(0, sq_cols, x[sq_rows] * sq_weights)
-            if not x.any():
-                break
-        else:
-            raise RuntimeError("influence computation did not converge")
-        return torch.zeros(self.n_nodes, device=self.device).index_add_(0, cols, total[rows] * weights)
-
-    def package(self, selected: torch.Tensor, n_active: int, n_logits: int) -> torch.Tensor:
-        rows, cols, values = self._entries()
-        rows, cols = rows.long().cpu(), cols.long().cpu()
-        n_features = selected.numel()
-        n = n_features + self.n_nodes - n_active
-        column_of_node = torch.full((self.n_nodes,), -1, dtype=torch.long)
-        column_of_node[selected] = torch.arange(n_features)
-        column_of_node[n_active:] = torch.arange(n_features, n)
-        row_nodes = self.row_nodes[: self.n_filled]
-        dest_row = torch.where(
-            row_nodes >= n_active,
-            row_nodes - n_active + n_features,
-            torch.searchsorted(selected, row_nodes.clamp(max=n_active - 1)),
-        )
-        keep = column_of_node[cols] >= 0
-        adjacency = torch.zeros(n, n, dtype=torch.float32)
-        adjacency[dest_row[rows[keep]], column_of_node[cols[keep]]] = values.cpu()[keep]
-        self.chunks = []
-        return adjacency
+    def _pruned(self, rows: torch.Tensor) -> torch.Tensor:
+        """``rows`` as float32 on the CPU, entries below the prune threshold x row max dropped."""
+        rows = rows.float()
+        if self.prune_threshold:
+            magnitude = rows.abs()
+            rows = rows.masked_fill_(magnitude < self.prune_threshold * magnitude.amax(1, keepdim=True), 0)
+        return rows.cpu()
 
 
 class LayeredEdgeStore(BlockStore):

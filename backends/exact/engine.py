@@ -107,6 +107,10 @@ class ExactBackend(Backend):
         """Weight layouts built once per workload (hook for gqa-shared)."""
         return None
 
+    def compute_model(self, model: LinearisedModel, settings: AttributeSettings) -> LinearisedModel:
+        """The linearisation the VJPs run on (the prompt's own here; hook for approximate-pruned's dtype)."""
+        return model
+
     def node_layout(self, model: LinearisedModel, prepared: Prepared) -> Any:
         """Per-prompt node layouts built once per attribution (hook for gqa-shared)."""
         return None
@@ -269,11 +273,12 @@ class ExactBackend(Backend):
             return self._attribute(prepared, settings)
 
     def _attribute(self, prepared: Prepared, settings: AttributeSettings) -> AttributionResult:
-        w = prepared.weights
-        timer = PhaseTimer(w.device)
+        timer = PhaseTimer(prepared.weights.device)
         with timer("setup"):
-            model = linearise(w, prepared.token_ids)
+            model = linearise(prepared.weights, prepared.token_ids)
             targets = salient_logits(model, settings.max_n_logits, settings.desired_logit_prob)
+            model = self.compute_model(model, settings)
+            w = model.weights
             layout = self.node_layout(model, prepared)
         n_active, n_logits, row_size = model.n_active, len(targets.token_ids), model.row_size
         total_nodes = row_size + n_logits
@@ -292,7 +297,7 @@ class ExactBackend(Backend):
 
         with timer("logit_rows"):
             for i in range(0, n_logits, B):
-                vecs = targets.vectors[i : i + B]
+                vecs = targets.vectors[i : i + B].to(w.dtype)
                 layers = torch.full((len(vecs),), model.n_layers, device=w.device)
                 batch = TargetBatch(layers, torch.full_like(layers, model.n_pos - 1), vecs)
                 compute(batch, torch.arange(i, i + len(vecs)) + row_size, columns, ranks)

@@ -26,7 +26,7 @@ patterns are frozen; logit targets are injected before the final softcap).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -370,3 +370,30 @@ def salient_logits(model: LinearisedModel, max_n_logits: int, desired_logit_prob
     idx = top_idx[:cutoff]
     W_U = model.weights.W_U
     return LogitTargets(idx.cpu(), probs[idx], W_U[idx] - W_U.mean(dim=0, keepdim=True))
+
+
+def with_compute_dtype(model: LinearisedModel, dtype: torch.dtype) -> LinearisedModel:
+    """The linearisation with the VJP chain's tensors in ``dtype`` (the forward pass, activations and logit
+    probabilities stay as computed): for backends that trade precision for GEMM speed."""
+    w = model.weights
+    if w.dtype == dtype:
+        return model
+
+    def cast(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.to(dtype)
+
+    weights = replace(w, W_V=w.W_V.to(dtype), W_O=w.W_O.to(dtype), W_skip=cast(w.W_skip), dtype=dtype)
+    return replace(
+        model,
+        weights=weights,
+        ln1_gain=model.ln1_gain.to(dtype),
+        ln2_gain=model.ln2_gain.to(dtype),
+        final_gain=model.final_gain.to(dtype),
+        patterns=model.patterns.to(dtype),
+        encoder_vecs=model.encoder_vecs.to(dtype),
+        decoder_vecs=model.decoder_vecs.to(dtype),
+        error_vecs=model.error_vecs.to(dtype),
+        token_vecs=model.token_vecs.to(dtype),
+        post_attn_gain=cast(model.post_attn_gain),
+        cross_decoders={k: v.to(dtype) for k, v in model.cross_decoders.items()},
+    )

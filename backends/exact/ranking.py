@@ -39,7 +39,7 @@ def streamed_influences(
     n_rows, n_nodes = edges.shape
     row_nodes = row_nodes.to(device)
     scale = 1.0 / row_sums.clamp(min=1e-8)  # circuit-tracer's normalisation, applied on the fly
-    square = edges[:, row_nodes].abs_().mul_(scale[:, None])  # M[:, rows]
+    square = edges[:, row_nodes].float().abs_().mul_(scale[:, None])  # M[:, rows]
     x = torch.zeros(n_rows, dtype=torch.float32, device=device)
     is_logit = row_nodes >= n_nodes - logit_probabilities.numel()
     x[is_logit] = logit_probabilities.to(device, torch.float32)[
@@ -58,6 +58,6 @@ def streamed_influences(
     magnitudes = torch.empty(min(block_rows, n_rows), n_nodes, dtype=torch.float32, device=device)
     for s in range(0, n_rows, block_rows):
         block = edges[s : s + block_rows]
-        part = torch.abs(block, out=magnitudes[: block.shape[0]])  # a small reused buffer, no |edges| copy
+        part = magnitudes[: block.shape[0]].copy_(block).abs_()  # a small reused buffer, no |edges| copy
         influences.addmv_(part.T, weights[s : s + block_rows])
     return influences
