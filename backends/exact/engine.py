@@ -8,13 +8,16 @@ backend adds its one idea by overriding these hooks, and nothing else:
 * causal-trick: :meth:`ExactBackend.position_limit`, :meth:`ExactBackend.order_window`,
   :meth:`ExactBackend.live_rows` (backward only over positions <= the batch's targets, rows joining at
   their own layer);
-* gqa-shared: :meth:`ExactBackend.prepare_layouts`, :meth:`ExactBackend.node_layout`,
-  :meth:`ExactBackend.attention_vjp`, :meth:`ExactBackend.contract_features` and the
-  :attr:`ExactBackend.ranking_rule` attribute (one V GEMM per KV group, GEMM-shaped layouts, single-pass
-  ranking);
-* approximate-pruned: :meth:`ExactBackend.make_edge_store` (edges below a threshold dropped).
+* gqa-shared: :meth:`ExactBackend.node_layout`, :meth:`ExactBackend.attention_vjp`,
+  :meth:`ExactBackend.contract_features` / :meth:`ExactBackend.contract_cross_features`, the
+  :attr:`ExactBackend.ranking_rule` and :attr:`ExactBackend.last_window_selected_only` attributes (one V
+  GEMM per KV group, GEMMs written straight into the store's rows, single-pass ranking, the last window
+  over the selected columns);
+* approximate-pruned: :meth:`ExactBackend.compute_model` (bfloat16 VJPs) and
+  :meth:`ExactBackend.make_edge_store` (bfloat16 rows, small edges dropped).
 
-:meth:`ExactBackend.edge_storage` (dense or lean rows) is shared by all.
+Rows are written in place: the store hands out zeroed rows (``reserve``), the VJP fills them, the store
+files them (``commit``). :meth:`ExactBackend.edge_storage` (dense or lean rows) is shared by all.
 """
 
 from __future__ import annotations
@@ -329,7 +332,8 @@ class ExactBackend(Backend):
                 for i in range(0, len(pending), B):
                     idx = pending[i : i + B]
                     idx_dev = idx.to(w.device)
-                    batch = TargetBatch(feat_layers[idx_dev], feat_pos[idx_dev], model.encoder_vecs[idx_dev])
+                    vecs = model.encoder_vectors(idx).to(w.dtype)
+                    batch = TargetBatch(feat_layers[idx_dev], feat_pos[idx_dev], vecs)
                     compute(batch, idx, cols, not last_window)
                     visited[idx] = True
                     n_visited += len(idx)

@@ -52,6 +52,7 @@ class ModelWeights:
     ln2_w: torch.Tensor  # [L, d]
     final_w: torch.Tensor  # [d]
     W_enc: list[torch.Tensor]  # per layer [F, d]
+    encoders: torch.Tensor  # [L, F, d]: W_enc stacked, for gathering the encoder vectors of a batch
     W_dec: list[torch.Tensor]  # per layer [F, d]
     b_enc: list[torch.Tensor]
     b_dec: list[torch.Tensor]
@@ -98,6 +99,7 @@ def prepare_weights(workload: BuiltWorkload, device: str, dtype: torch.dtype) ->
         return [getattr(t, name).to(device=device, dtype=dtype) for t in workload.transcoders]
 
     has_skip = workload.transcoders[0].W_skip is not None
+    encoders = torch.stack(tc("W_enc"))
     layout = linearisation_layout(spec)
     off = layout.norm_offset  # Gemma's RMSNorms multiply by (1 + w), computed in float32 as HF does
 
@@ -120,7 +122,8 @@ def prepare_weights(workload: BuiltWorkload, device: str, dtype: torch.dtype) ->
         ln1_w=torch.stack([gain(m.input_layernorm) for m in layers]),
         ln2_w=ln2_w,
         final_w=gain(hf.model.norm),
-        W_enc=tc("W_enc"),
+        W_enc=list(encoders.unbind(0)),  # views: the encoders are held once
+        encoders=encoders,
         W_dec=tc("W_dec"),
         b_enc=tc("b_enc"),
         b_dec=tc("b_dec"),
@@ -164,7 +167,6 @@ class LinearisedModel:
     logits: torch.Tensor  # [V] last position
     active_features: torch.Tensor  # [n_active, 3] int64 (layer, pos, feature)
     activation_values: torch.Tensor  # [n_active]
-    encoder_vecs: torch.Tensor  # [n_active, d]
     decoder_vecs: torch.Tensor  # [n_active, d], scaled by activation
     error_vecs: torch.Tensor  # [L, n, d]
     token_vecs: torch.Tensor  # [n, d]
@@ -199,6 +201,13 @@ class LinearisedModel:
     @property
     def n_active(self) -> int:
         return self.active_features.shape[0]
+
+    def encoder_vectors(self, features: torch.Tensor) -> torch.Tensor:
+        """``[len(features), d]``: the encoder vectors of active features ``features`` (indices, on the CPU),
+        gathered from the transcoders when a batch needs them (never all at once)."""
+        layer, feature = self.active_features[features, 0], self.active_features[features, 2]
+        device = self.weights.device
+        return self.weights.encoders[layer.to(device), feature.to(device)]
 
     @property
     def row_size(self) -> int:
@@ -276,38 +285,39 @@ def _frozen_gains(weights: ModelWeights, cache: dict[str, list[torch.Tensor]], l
 
 
 def _feature_nodes(weights: ModelWeights, inputs: list[torch.Tensor], decoded: list[torch.Tensor]) -> dict:
-    """Active features per layer (row-major: position, then feature), their encoder and scaled decoder
-    vectors, and, for cross-layer transcoders, the decoders into every later layer; adds every decoder into
-    ``decoded`` (the reconstruction of each MLP output)."""
-    features, values, encoders, decoders, offsets = [], [], [], [], [0]
-    cross: dict = {}
+    """Active features per layer (row-major: position, then feature), their scaled decoder vectors (written
+    once into one matrix) and, for cross-layer transcoders, the decoders into every later layer; adds every
+    decoder into ``decoded`` (the reconstruction of each MLP output)."""
+    active = []
     for layer, x in enumerate(inputs):
-        W_enc, W_dec = weights.W_enc[layer], weights.W_dec[layer]
-        pre = torch.nn.functional.linear(x, W_enc, weights.b_enc[layer])
+        pre = torch.nn.functional.linear(x, weights.W_enc[layer], weights.b_enc[layer])
         kind = weights.activations[layer] if weights.activations else ("jumprelu", None)
         acts = activate(pre, weights.threshold[layer], *kind)
         acts[0] = 0  # circuit-tracer zeroes the BOS position
         pos, feat = acts.nonzero(as_tuple=True)  # row-major: position, then feature
-        act = acts[pos, feat]
+        active.append((pos, feat, acts[pos, feat]))
+    offsets = [0]
+    for pos, _, _ in active:
+        offsets.append(offsets[-1] + pos.numel())
+    decoders = torch.empty(offsets[-1], weights.d_model, dtype=weights.dtype, device=weights.device)
+    cross: dict = {}
+    for layer, (pos, feat, act) in enumerate(active):
+        W_dec, scaled_dec = weights.W_dec[layer], decoders[offsets[layer] : offsets[layer + 1]]
         if weights.cross_layer:  # W_dec [F, L - layer, d]: one decoder per MLP output from this layer on
             scaled_all = W_dec[feat] * act[:, None, None]
-            scaled_dec = scaled_all[:, 0].contiguous()
+            scaled_dec.copy_(scaled_all[:, 0])
             for j in range(1, scaled_all.shape[1]):
                 cross[(layer, layer + j)] = scaled_all[:, j].contiguous()
                 decoded[layer + j].index_add_(0, pos, cross[(layer, layer + j)])
         else:
-            scaled_dec = W_dec[feat] * act[:, None]
+            torch.index_select(W_dec, 0, feat, out=scaled_dec).mul_(act[:, None])
         decoded[layer].index_add_(0, pos, scaled_dec)
-        features.append(torch.stack([torch.full_like(pos, layer), pos, feat], dim=1))
-        values.append(act)
-        encoders.append(W_enc[feat])
-        decoders.append(scaled_dec)
-        offsets.append(offsets[-1] + pos.numel())
     return {
-        "active_features": torch.cat(features).cpu(),
-        "activation_values": torch.cat(values),
-        "encoder_vecs": torch.cat(encoders),
-        "decoder_vecs": torch.cat(decoders),
+        "active_features": torch.cat(
+            [torch.stack([torch.full_like(p, layer), p, f], dim=1) for layer, (p, f, _) in enumerate(active)]
+        ).cpu(),
+        "activation_values": torch.cat([act for _, _, act in active]),
+        "decoder_vecs": decoders,
         "layer_offsets": offsets,
         "cross_decoders": cross,
     }
@@ -390,7 +400,6 @@ def with_compute_dtype(model: LinearisedModel, dtype: torch.dtype) -> Linearised
         ln2_gain=model.ln2_gain.to(dtype),
         final_gain=model.final_gain.to(dtype),
         patterns=model.patterns.to(dtype),
-        encoder_vecs=model.encoder_vecs.to(dtype),
         decoder_vecs=model.decoder_vecs.to(dtype),
         error_vecs=model.error_vecs.to(dtype),
         token_vecs=model.token_vecs.to(dtype),

@@ -131,8 +131,8 @@ class GroupYardsticks:
     def truth_note(self, cell: Cell) -> str | None:
         """What to say when a bf16 group has no fp32 truth to judge by (its cell did not complete)."""
         truth = self.truth
-        if truth is None or self.status.get(truth.backend) == "ok":
-            return None
+        if truth is None or cell.backend == truth.backend or self.status.get(truth.backend) == "ok":
+            return None  # the truth cell itself is asked before its own status is recorded
         return (
             f"the float32 truth {truth.backend} did not complete at nodes={cell.nodes} repeat={cell.repeat} "
             f"({self.status.get(truth.backend, 'not run')}); exact bf16 backends there are judged against "

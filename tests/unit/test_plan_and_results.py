@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from attrbench.bench.plan import ordered_backends, plan_cells
+from attrbench.bench.plan import Cell, ordered_backends, plan_cells
 from attrbench.bench.yardstick import GroupYardsticks
 from attrbench.plugin_manager import get_backends
 from attrbench.workload.spec import preset
@@ -76,3 +76,18 @@ def test_results_file_helpers(tmp_path):
             load_results(path)
     with pytest.raises(UsageError, match="does not exist"):
         load_results(tmp_path / "nope.json")
+
+
+def test_truth_note_only_where_the_truth_did_not_complete():
+    """The fp32 truth cell is never told that it did not complete (it is asked before its status is
+    recorded); the others are told only when it really failed."""
+    truth = Cell("reference@fp32", 100, 0, truth_of="reference")
+    group = GroupYardsticks(
+        ["reference", "gqa-shared"], get_backends(), preset("tiny"), rerun=lambda cell: None, truth=truth
+    )
+    assert group.truth_note(truth) is None
+    group.record("reference@fp32", "timeout")
+    note = group.truth_note(Cell("gqa-shared", 100, 0))
+    assert note is not None and "timeout" in note
+    group.record("reference@fp32", "ok")
+    assert group.truth_note(Cell("gqa-shared", 100, 0)) is None
