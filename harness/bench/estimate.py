@@ -226,6 +226,8 @@ class Estimate:
     time_s: float
     edge_storage: str | None = None
     terms: dict[str, int] = field(default_factory=dict)
+    #: the prompt length of the workload estimated
+    n_tokens: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -437,7 +439,7 @@ def estimate_cell(
     host += BASE_HOST.get(model, BASE_HOST["default"])
     fixed = FIXED_S.get(model, FIXED_S["default"])
     t = INEFFICIENCY.get(model, INEFFICIENCY["vjp-causal-gqa"]) * (compute + memory) + fixed
-    return Estimate(model, nodes, int(host), int(gpu) if cuda else None, float(t), store, terms)
+    return Estimate(model, nodes, int(host), int(gpu) if cuda else None, float(t), store, terms, s.n_pos)
 
 
 def available_memory(device: str = "cpu", memory_limit_bytes: int | None = None) -> tuple[int, int | None]:
@@ -466,7 +468,8 @@ def fits(est: Estimate, host_avail: int, gpu_avail: int | None) -> tuple[bool, s
     return True, None
 
 
-def estimate_table(estimates: list[Estimate], host_avail: int, gpu_avail: int | None) -> str:
+def estimate_table(estimates: list[Estimate], host_avail: int, gpu_avail: int | None, by_length: bool = False) -> str:
+    """The estimates as a plain-text table; ``by_length`` adds a prompt-length column (``--n-tokens`` lists)."""
     rows = []
     for e in estimates:
         ok, _ = fits(e, host_avail, gpu_avail)
@@ -474,6 +477,7 @@ def estimate_table(estimates: list[Estimate], host_avail: int, gpu_avail: int | 
         rows.append(
             [
                 e.backend,
+                *([e.n_tokens] if by_length else []),
                 e.nodes,
                 fmt_bytes(e.host_bytes),
                 "-" if e.gpu_bytes is None else fmt_bytes(e.gpu_bytes),
@@ -483,7 +487,18 @@ def estimate_table(estimates: list[Estimate], host_avail: int, gpu_avail: int | 
             ]
         )
     return tabulate(
-        rows, headers=["backend", "nodes", "host peak", "GPU peak", "time", "edge store", "fits"], tablefmt="simple"
+        rows,
+        headers=[
+            "backend",
+            *(["tokens"] if by_length else []),
+            "nodes",
+            "host peak",
+            "GPU peak",
+            "time",
+            "edge store",
+            "fits",
+        ],
+        tablefmt="simple",
     )
 
 
@@ -493,9 +508,11 @@ def predict_unfit(
     backends: Mapping[str, Backend],
     settings: BenchSettings,
     say: Callable[[str], None],
+    n_tokens: int | None = None,
 ) -> dict[tuple[str, int], str]:
     """Estimate every (backend, nodes) of ``cells``; warn through ``say`` about those predicted not to fit.
-    Returns the reason per (backend, nodes) that does not fit. An estimate never stops a run."""
+    Returns the reason per (backend, nodes) that does not fit. An estimate never stops a run. ``n_tokens``:
+    the prompt length to name in the warnings (runs over several lengths)."""
     try:
         host, gpu = available_memory(settings.device, settings.memory_limit_bytes)
     except Exception as exc:
@@ -523,5 +540,6 @@ def predict_unfit(
         if not ok and reason is not None:
             too_big[(b, n)] = reason
             action = "not run (--strict)" if settings.strict else "it may run out of memory"
-            say(f"warning: {b} nodes={n}: {reason}; {action}")
+            where = f"n_tokens={n_tokens} " if n_tokens is not None else ""
+            say(f"warning: {b} {where}nodes={n}: {reason}; {action}")
     return too_big

@@ -92,9 +92,7 @@ def _nearest_distance(values: torch.Tensor, candidates: torch.Tensor) -> torch.T
     n = ordered.shape[1]
     right = torch.searchsorted(ordered, candidates).clamp(max=n - 1)
     left = (right - 1).clamp(min=0)
-    near = torch.minimum(
-        (ordered.gather(1, left) - candidates).abs(), (ordered.gather(1, right) - candidates).abs()
-    )
+    near = torch.minimum((ordered.gather(1, left) - candidates).abs(), (ordered.gather(1, right) - candidates).abs())
     return near
 
 
