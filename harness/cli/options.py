@@ -54,7 +54,7 @@ workload_options = stack(
         "--model",
         "model",
         default=None,
-        help="Workload preset name (tiny, small, large, qwen3-4b) or a local Hugging Face model folder "
+        help="Workload preset name (tiny, small, large, long, qwen3-4b, ...) or a local Hugging Face model folder "
         "(with --transcoders and --prompt). Default: the smallest preset with enough active "
         "features for the largest --nodes.",
     ),
