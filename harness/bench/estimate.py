@@ -113,6 +113,9 @@ INEFFICIENCY = {
     "vjp-causal-gqa": 4.0,
     "vjp-causal-gqa-pruned": 4.0,
 }
+#: gradient-sized buffers ``[batch, n_pos, d_model]`` alive at once in a backward pass, per rung (fitted on the
+#: long preset at 1,024 and 2,048 tokens, where they are a third of the exact backends' peak)
+GRAD_BUFFERS = {"vjp": 6.0, "default": 6.0}
 #: seconds of fixed cost per cell (linearisation, salient logits, python overhead)
 FIXED_S = {"autograd": 0.1, "default": 0.03}
 #: the cost models a backend may declare (:meth:`attrbench.api.Backend.cost_model`): circuit-tracer's
@@ -381,7 +384,9 @@ def _vjp_edges(c: _Inputs, kind: str, store: str) -> tuple[float, float, float]:
         host_edges = dev_edges + 4 * 512 * s.n_square  # packaging blocks; the adjacency goes to a file
         return dev_edges, host_edges, c.ranks * lean + 2 * lean + S
     plain = kind in ("vjp", "vjp-causal")
-    rank_tmp = E if plain else 4 * s.n_rows**2 + 4 * min(8192, s.n_rows) * s.total_nodes  # circuit-tracer's copy
+    # circuit-tracer's ranking copies the rows filled so far: at the last re-ranking, all but the last window
+    last_rank_rows = max(0, s.n_rows - c.update_interval * c.B)
+    rank_tmp = E * last_rank_rows // s.n_rows if plain else 4 * s.n_rows**2 + 4 * min(8192, s.n_rows) * s.total_nodes
     dev_edges = E + (rank_tmp if c.ranks else 0)
     host_edges = max(dev_edges, E + S + 2 * 4 * min(4096, s.n_rows) * s.n_square)
     return dev_edges, host_edges, c.ranking_passes((s.L + 4) if plain else 3) + E + 2 * S
@@ -394,16 +399,20 @@ def _vjp_cost(c: _Inputs, kind: str, store: str, terms: dict[str, int]) -> tuple
     if kind in ("vjp-causal-gqa", "vjp-causal-gqa-pruned"):  # padded per-position decoder layouts
         per_pos = max(1, math.ceil(s.n_active / s.L / max(1, s.n_pos - 1)))
         weights += int(4 * s.L * (s.n_pos * s.d * per_pos * 2) * s.decoder_factor)
-    buffers = 4 * B * s.row_size + 6 * 4 * B * s.n_pos * s.d
-    terms["weights"], terms["buffers"] = weights, buffers
+    # one batch's edge rows, and its gradients [B, P, d] through the layers (the attention VJP's temporaries
+    # included); P is the whole prompt for the rows at the last positions, in every rung
+    buffers = 4 * B * s.row_size + GRAD_BUFFERS.get(kind, GRAD_BUFFERS["default"]) * 4 * B * s.n_pos * s.d
+    # the frozen attention patterns [L, H, n, n] of the linearised model; gqa-shared keeps a grouped copy
+    patterns = 4 * s.L * s.H * s.n_pos**2 * (2 if kind in ("vjp-causal-gqa", "vjp-causal-gqa-pruned") else 1)
+    terms["weights"], terms["buffers"], terms["patterns"] = weights, buffers, patterns
     dev_edges, host_edges, passes = _vjp_edges(c, kind, store)
     terms["edges"] = int(host_edges)
     gpu: float = 0
     if c.cuda:
-        gpu = weights * c.wb // 4 + buffers * c.wb // 4 + dev_edges
+        gpu = (weights + buffers + patterns) * c.wb // 4 + dev_edges
         host: float = c.model_b + c.tc_b + (c.S if store != "lean" else 0)
     else:
-        host = weights + buffers + host_edges
+        host = weights + buffers + patterns + host_edges
     feat_macs, logit_macs = _row_macs(s, kind)
     compute = 2 * (feat_macs * s.nodes + logit_macs * s.n_logits) / c.rate
     return host, gpu, compute, passes / c.bw
