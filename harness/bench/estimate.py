@@ -88,7 +88,9 @@ from attrbench.workload.spec import WorkloadSpec
 GIB = 2**30
 #: RSS of a cell's child before any workload-sized memory: python + torch + transformers (+ circuit-tracer
 #: and TransformerLens for the reference), calibrated on tiny
-BASE_HOST = {"autograd": 0.54 * GIB, "default": 0.36 * GIB}
+#: autodiff-free and causal-trick rank with circuit-tracer's own function, so their cells import it (and
+#: TransformerLens) too, in the warm-up's first re-ranking
+BASE_HOST = {"autograd": 0.54 * GIB, "vjp": 0.54 * GIB, "vjp-causal": 0.54 * GIB, "default": 0.36 * GIB}
 #: fraction of the edges approximate-pruned keeps (its threshold's typical outcome)
 PRUNED_KEPT_FRACTION = 0.25
 #: activations of the replacement model's forward per (batch copy, position, d_model) and layer
@@ -371,25 +373,39 @@ def _autograd_cost(c: _Inputs, terms: dict[str, int]) -> tuple[float, float, flo
     return host, gpu, compute, memory
 
 
-def _vjp_edges(c: _Inputs, kind: str, store: str) -> tuple[float, float, float]:
-    """The exact engine's edge rows in ``store``: (bytes on the device, bytes on the host, bytes read)."""
+@dataclass
+class _EdgeBytes:
+    """The exact engine's edge rows in one store: what stays resident while rows are computed, the largest
+    temporaries of a re-ranking and of packaging (neither overlaps a batch's gradient buffers), bytes read."""
+
+    resident: float
+    ranking: float
+    packaging: float
+    passes: float
+
+
+def _vjp_edges(c: _Inputs, kind: str, store: str) -> _EdgeBytes:
+    """The exact engine's edge rows in ``store`` (``dense``, ``lean`` or ``pruned``)."""
     s, E, S = c.s, c.E, c.S
     if store == "pruned":
         kept = PRUNED_KEPT_FRACTION * s.n_rows * s.row_size
-        edges = int(2 * 12 * kept)  # the coordinate chunks and their concatenation
-        return edges, max(edges, int(kept * 12) + S), c.ranks * kept * 40 + kept * 40
+        # the coordinate chunks, their concatenation (ranking), then the dense square adjacency
+        return _EdgeBytes(12 * kept, 12 * kept, S, c.ranks * kept * 40 + kept * 40)
     if store == "lean":
-        lean = 4 * (s.nodes * (s.n_active / 2 + s.L * s.n_pos / 2 + s.n_pos) + s.n_logits * s.row_size)
-        dev_edges = int(lean * (1 + 1 / s.L))
-        host_edges = dev_edges + 4 * 512 * s.n_square  # packaging blocks; the adjacency goes to a file
-        return dev_edges, host_edges, c.ranks * lean + 2 * lean + S
+        # a row at layer l keeps the features and error nodes of the layers below l, and every token: on
+        # average (L - 1) / 2L of the features and (L - 1) / 2 layers of error nodes; logit rows keep all
+        below = (s.L - 1) / (2 * s.L)
+        lean = 4 * (s.nodes * (s.n_active * below + (s.L - 1) * s.n_pos / 2 + s.n_pos) + s.n_logits * s.row_size)
+        # ranking reads the rows in place; packaging joins one layer's rows (about 1/L of them) at a time and
+        # writes the adjacency to a file in blocks
+        return _EdgeBytes(lean, 0, lean / s.L + 4 * 512 * s.n_square, c.ranks * lean + 2 * lean + S)
     plain = kind in ("vjp", "vjp-causal")
-    # circuit-tracer's ranking copies the rows filled so far: at the last re-ranking, all but the last window
+    # circuit-tracer's ranking copies the rows filled so far: at the last re-ranking, all but the last window;
+    # the streamed ranking takes the square block and one |block| of up to 8,192 rows
     last_rank_rows = max(0, s.n_rows - c.update_interval * c.B)
     rank_tmp = E * last_rank_rows // s.n_rows if plain else 4 * s.n_rows**2 + 4 * min(8192, s.n_rows) * s.total_nodes
-    dev_edges = E + (rank_tmp if c.ranks else 0)
-    host_edges = max(dev_edges, E + S + 2 * 4 * min(4096, s.n_rows) * s.n_square)
-    return dev_edges, host_edges, c.ranking_passes((s.L + 4) if plain else 3) + E + 2 * S
+    packaging = S + 2 * 4 * min(4096, s.n_rows) * s.n_square
+    return _EdgeBytes(E, rank_tmp if c.ranks else 0, packaging, c.ranking_passes((s.L + 4) if plain else 3) + E + 2 * S)
 
 
 def _vjp_cost(c: _Inputs, kind: str, store: str, terms: dict[str, int]) -> tuple[float, float, float, float]:
@@ -404,18 +420,18 @@ def _vjp_cost(c: _Inputs, kind: str, store: str, terms: dict[str, int]) -> tuple
     buffers = 4 * B * s.row_size + GRAD_BUFFERS.get(kind, GRAD_BUFFERS["default"]) * 4 * B * s.n_pos * s.d
     # the frozen attention patterns [L, H, n, n] of the linearised model; gqa-shared keeps a grouped copy
     patterns = 4 * s.L * s.H * s.n_pos**2 * (2 if kind in ("vjp-causal-gqa", "vjp-causal-gqa-pruned") else 1)
+    edges = _vjp_edges(c, kind, store)
     terms["weights"], terms["buffers"], terms["patterns"] = weights, buffers, patterns
-    dev_edges, host_edges, passes = _vjp_edges(c, kind, store)
-    terms["edges"] = int(host_edges)
+    terms["edges"] = int(edges.resident + max(edges.ranking, edges.packaging))
     gpu: float = 0
     if c.cuda:
-        gpu = (weights + buffers + patterns) * c.wb // 4 + dev_edges
-        host: float = c.model_b + c.tc_b + (c.S if store != "lean" else 0)
+        gpu = (weights + patterns) * c.wb // 4 + edges.resident + max(buffers * c.wb // 4, edges.ranking)
+        host: float = c.model_b + c.tc_b + (edges.packaging if store != "lean" else 0)
     else:
-        host = weights + buffers + patterns + host_edges
+        host = weights + patterns + edges.resident + max(buffers, edges.ranking, edges.packaging)
     feat_macs, logit_macs = _row_macs(s, kind)
     compute = 2 * (feat_macs * s.nodes + logit_macs * s.n_logits) / c.rate
-    return host, gpu, compute, passes / c.bw
+    return host, gpu, compute, edges.passes / c.bw
 
 
 def estimate_cell(
