@@ -218,6 +218,12 @@ def _verdict_line(backend: str, group: list[dict], dtype: str | None) -> str:
     verdicts = [r["parity_verdict"] for r in group]
     if TRUTH in verdicts:
         return f"- {md_code(backend)}: the float32 truth (every bf16 graph was compared with it)"
+    yardstick_at = [r for r in group if r["parity_verdict"] == YARDSTICK]
+    if yardstick_at and len(yardstick_at) < len(group) and any(r["parity_against"] for r in group):
+        # the yardstick only where the reference did not complete (several prompt lengths or node counts)
+        others = [r for r in group if r["parity_verdict"] != YARDSTICK]
+        points = ", ".join(_point_text(r, is_sweep(group)) for r in yardstick_at)
+        return _verdict_line(backend, others, dtype) + f"; the yardstick at {points}"
     if YARDSTICK in verdicts:
         truth = [r for r in group if r.get("truth_selected_jaccard") is not None]
         if truth:
@@ -267,7 +273,21 @@ def _verdict_line(backend: str, group: list[dict], dtype: str | None) -> str:
             f"approximate; worst edge recall {fmt_num(min(recs) if recs else None)} (>= 0.99), "
             f"worst pruned-node Jaccard {fmt_num(min(pjs) if pjs else None)} (>= 0.95)"
         )
-    return f"- {md_code(backend)}: **{worst}** vs {md_code(against)} ({detail})"
+    yardsticks = list(dict.fromkeys(r["parity_against"] for r in judged if r["parity_against"]))
+    if len(yardsticks) > 1:  # the reference did not complete everywhere: name the points of each yardstick
+        sweep = is_sweep(group)
+        against_text = " and ".join(
+            f"{md_code(y)} ({', '.join(_point_text(r, sweep) for r in judged if r['parity_against'] == y)})"
+            for y in yardsticks
+        )
+    else:
+        against_text = md_code(against)
+    return f"- {md_code(backend)}: **{worst}** vs {against_text} ({detail})"
+
+
+def _point_text(row: dict, sweep: bool) -> str:
+    """``T tokens`` in a run over several prompt lengths with one node count, else :func:`where_text`."""
+    return f"{row['n_tokens']} tokens" if sweep else where_text(row, sweep)
 
 
 def _relative_to_yardstick(rows: list[dict], cuda: bool) -> list[str]:

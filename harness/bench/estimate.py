@@ -64,6 +64,15 @@ on an idle machine, and says nothing about a busy one. approximate-pruned assume
 measured kept fractions at threshold 1e-3 were 14% (tiny, 800 nodes) and 17% (small, 1000 nodes), so its
 estimate is on the high side. Where the exact backends would go lean (``large`` at 70,000 nodes),
 approximate-pruned uses the same lean layered store (small entries zeroed) and is modelled as lean.
+
+Long prompts (``reports/long-prompts.md``: the ``long`` preset at 64 to 2,048 tokens, 10,000 nodes): there the
+terms that grow with the prompt dominate, and are counted: the reference's batched attention patterns
+(``batch x H x n^2`` a layer: 16 GiB for one layer at 1,024 tokens, where circuit-tracer runs out of memory),
+the exact engine's frozen patterns ``[L, H, n, n]`` (and gqa-shared's grouped copy), and the gradient buffers
+``[batch, n, d]``, which never coexist with a re-ranking's or packaging's temporaries. The exact backends'
+estimates are within 20% of the measured peaks at every length there (the table in that report);
+approximate-pruned's 25% kept fraction is far too high at long prompts (it keeps a few percent), so its
+estimate is up to twice its peak there.
 """
 
 from __future__ import annotations
