@@ -125,8 +125,10 @@ INEFFICIENCY = {
     "vjp-causal-gqa-pruned": 4.0,
 }
 #: gradient-sized buffers ``[batch, n_pos, d_model]`` alive at once in a backward pass, per rung (fitted on the
-#: long preset at 1,024 and 2,048 tokens, where they are a third of the exact backends' peak)
-GRAD_BUFFERS = {"vjp": 6.0, "default": 6.0}
+#: long preset at 2,048 tokens, where they are a third of the exact backends' peak): autodiff-free's einsum
+#: attention VJP keeps the most; the causal rungs' late batches rarely reach the last position; gqa-shared's
+#: grouped GEMMs keep the fewest temporaries
+GRAD_BUFFERS = {"vjp": 4.0, "vjp-causal": 3.0, "default": 2.0}
 #: seconds of fixed cost per cell (linearisation, salient logits, python overhead)
 FIXED_S = {"autograd": 0.1, "default": 0.03}
 #: the cost models a backend may declare (:meth:`attrbench.api.Backend.cost_model`): circuit-tracer's
