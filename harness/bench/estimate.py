@@ -364,7 +364,7 @@ def _autograd_cost(c: _Inputs, terms: dict[str, int]) -> tuple[float, float, flo
     acts = B * s.n_pos * s.d * s.L * REF_ACTIVATION_TENSORS_PER_LAYER * c.wb
     # the backward through attention keeps each layer's (frozen) pattern per batch copy: B x H x n^2 a layer,
     # the term that grows with the square of the prompt and runs circuit-tracer out of memory at long prompts
-    acts += B * s.H * s.n_pos**2 * s.L * c.wb * REF_PATTERN_SCALE
+    acts += int(B * s.H * s.n_pos**2 * s.L * c.wb * REF_PATTERN_SCALE)
     contract = B * math.ceil(s.n_active / s.L) * s.d * c.wb
     acts, contract = int(acts * REF_ACTIVATION_SCALE), int(contract * REF_ACTIVATION_SCALE)
     terms["activations"] = acts + contract
@@ -428,7 +428,7 @@ def _vjp_cost(c: _Inputs, kind: str, store: str, terms: dict[str, int]) -> tuple
         weights += int(4 * s.L * (s.n_pos * s.d * per_pos * 2) * s.decoder_factor)
     # one batch's edge rows, and its gradients [B, P, d] through the layers (the attention VJP's temporaries
     # included); P is the whole prompt for the rows at the last positions, in every rung
-    buffers = 4 * B * s.row_size + GRAD_BUFFERS.get(kind, GRAD_BUFFERS["default"]) * 4 * B * s.n_pos * s.d
+    buffers = int(4 * B * s.row_size + GRAD_BUFFERS.get(kind, GRAD_BUFFERS["default"]) * 4 * B * s.n_pos * s.d)
     # the frozen attention patterns [L, H, n, n] of the linearised model; gqa-shared keeps a grouped copy
     patterns = 4 * s.L * s.H * s.n_pos**2 * (2 if kind in ("vjp-causal-gqa", "vjp-causal-gqa-pruned") else 1)
     edges = _vjp_edges(c, kind, store)
