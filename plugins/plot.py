@@ -1,4 +1,6 @@
-"""The ``png`` reporter: wall time, peak memory, speedup and parity error against node count.
+"""The ``png`` reporter: wall time, peak memory, speedup and parity error against node count, or, for a run
+over several prompt lengths, against prompt length (log-log, each backend's fitted growth exponents in the
+legend, ``oom`` / ``timeout`` marked at the lengths where a backend did not complete).
 
 Registered by :mod:`attrbench.plugins.reporters`; matplotlib is imported lazily with the Agg backend, so
 importing this module never opens a display.
@@ -10,7 +12,9 @@ import io
 from typing import Any
 
 from attrbench.api import Reporter
+from attrbench.bench.growth import growth_records, lengths_of
 from attrbench.bench.summary import REFERENCE, backend_order, is_cuda, peak_bytes, run_labels, summarise
+from attrbench.plugins.curves import fmt_exponent
 
 _LINESTYLES = ("-", "--", ":", "-.")
 _MARKERS = ("o", "s", "^", "D")
@@ -21,22 +25,29 @@ def _numeric(nodes) -> bool:
 
 
 def _plot_series(
-    axes: dict[str, Any], backend: str, run_index: int, group: list[dict], style: dict[str, Any], cuda: bool
+    axes: dict[str, Any],
+    backend: str,
+    run_index: int,
+    group: list[dict],
+    style: dict[str, Any],
+    cuda: bool,
+    x: str = "nodes",
 ) -> set[str]:
-    """One backend of one run on the four panels; returns the panels it drew a line on."""
+    """One backend of one run on the four panels, against ``x`` (``nodes`` or ``n_tokens``); returns the
+    panels it drew a line on."""
     plotted: set[str] = set()
     ok = [r for r in group if r["status"] == "ok"]
-    peaks = [(r["nodes"], peak_bytes(r, cuda)) for r in group]
+    peaks = [(r[x], peak_bytes(r, cuda)) for r in group]
     lines = {
-        "wall": [(r["nodes"], r["wall_s"]) for r in ok if r["wall_s"] and r["wall_s"] > 0],
+        "wall": [(r[x], r["wall_s"]) for r in ok if r["wall_s"] and r["wall_s"] > 0],
         "mem": [(n, peak / 2**20) for n, peak in peaks if peak is not None and peak > 0],
     }
     if backend != REFERENCE:
-        lines["speed"] = [(r["nodes"], r["speedup"]) for r in ok if r["speedup"]]
+        lines["speed"] = [(r[x], r["speedup"]) for r in ok if r["speedup"]]
         lines["err"] = [
-            (r["nodes"], r["rel_frobenius"]) for r in ok if r["rel_frobenius"] is not None and r["rel_frobenius"] > 0
+            (r[x], r["rel_frobenius"]) for r in ok if r["rel_frobenius"] is not None and r["rel_frobenius"] > 0
         ]
-        zeros = [r["nodes"] for r in ok if r["rel_frobenius"] == 0]
+        zeros = [r[x] for r in ok if r["rel_frobenius"] == 0]
         if zeros:
             axes["err"].annotate(
                 f"{backend}: 0 error", (zeros[0], 0.02), xycoords=("data", "axes fraction"), fontsize=7, ha="center"
@@ -45,28 +56,37 @@ def _plot_series(
         if pts:
             axes[key].plot(*zip(*pts, strict=False), **style)
             plotted.add(key)
-    # failed cells: an x marker at the top of the wall-time axis would need limits; annotate instead
+    # failed cells: a cross at the top of the wall-time and memory panels, with the status
     for r in group:
         if r["status"] != "ok":
-            axes["wall"].annotate(
-                r["status"],
-                (r["nodes"], 1),
-                xycoords=("data", "axes fraction"),
-                textcoords="offset points",
-                xytext=(0, -12 - 10 * (run_index % 3)),
-                fontsize=7,
-                ha="center",
-                color="red",
-            )
+            for key in ("wall", "mem"):
+                axes[key].plot(
+                    [r[x]], [0.97], marker="x", color=style["color"], transform=axes[key].get_xaxis_transform()
+                )
+                axes[key].annotate(
+                    f"{backend}: {r['status']}" if x == "n_tokens" else r["status"],
+                    (r[x], 1),
+                    xycoords=("data", "axes fraction"),
+                    textcoords="offset points",
+                    xytext=(0, -14 - 10 * ((run_index + group_offset(backend)) % 4)),
+                    fontsize=7,
+                    ha="center",
+                    color="red",
+                )
     return plotted
 
 
-def _finish_axes(axes: dict[str, Any], plotted: set[str], mem_kind: str) -> None:
+def group_offset(backend: str) -> int:
+    """A small per-backend offset, so that failure labels of several backends at one x do not overlap."""
+    return sum(map(ord, backend)) % 4
+
+
+def _finish_axes(axes: dict[str, Any], plotted: set[str], mem_kind: str, xlabel: str = "feature nodes") -> None:
     """Titles, log scales, legends; "no data" on an empty panel."""
-    axes["wall"].set(title="Wall time", xlabel="feature nodes", ylabel="seconds")
-    axes["mem"].set(title=f"Peak {mem_kind} memory", xlabel="feature nodes", ylabel="MiB")
-    axes["speed"].set(title="Speedup vs reference (same run)", xlabel="feature nodes", ylabel="x faster")
-    axes["err"].set(title="Parity: relative Frobenius error", xlabel="feature nodes", ylabel="rel. error")
+    axes["wall"].set(title="Wall time", xlabel=xlabel, ylabel="seconds")
+    axes["mem"].set(title=f"Peak {mem_kind} memory", xlabel=xlabel, ylabel="MiB")
+    axes["speed"].set(title="Speedup vs reference (same run)", xlabel=xlabel, ylabel="x faster")
+    axes["err"].set(title="Parity: relative Frobenius error", xlabel=xlabel, ylabel="rel. error")
     for key, ax in axes.items():
         if key in plotted:
             ax.set_xscale("log")
@@ -85,7 +105,10 @@ class PngReporter(Reporter):
 
     format = "png"
     binary = True
-    description = "PNG figure: wall time, peak memory, speedup and parity error vs nodes"
+    description = (
+        "PNG figure: wall time, peak memory, speedup and parity error vs nodes (vs prompt length for a run "
+        "over several prompt lengths, with growth exponents)"
+    )
 
     def render(self, results: list[dict]) -> bytes:
         import matplotlib
@@ -94,7 +117,9 @@ class PngReporter(Reporter):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        rows = [r for r in summarise(results) if _numeric(r["nodes"])]
+        sweep = any(len(lengths_of(r)) > 1 for r in results)
+        x = "n_tokens" if sweep else "nodes"
+        rows = [r for r in summarise(results) if _numeric(r["nodes"]) and _numeric(r.get(x))]
         labels = run_labels(results)
         multi = len(results) > 1
         fig = Figure(figsize=(11, 8), dpi=100)
@@ -105,22 +130,31 @@ class PngReporter(Reporter):
         mem_kind = "/".join(sorted(kinds))
 
         order = [b for b in backend_order(results) if b != REFERENCE]
-        series: dict[tuple[int, str], list[dict]] = {}
+        series: dict[tuple[int, str, Any], list[dict]] = {}
         for r in rows:
-            series.setdefault((r["run_index"], r["backend"]), []).append(r)
+            series.setdefault((r["run_index"], r["backend"], r["nodes"] if sweep else None), []).append(r)
+        exponents = {
+            (i, g["backend"], g["nodes"]): g for i, result in enumerate(results) for g in growth_records(result)
+        }
+        several_nodes = len({key[2] for key in series}) > 1
         plotted: set[str] = set()
-        for (run_index, backend), group in series.items():
-            group.sort(key=lambda r: r["nodes"])
+        for (run_index, backend, nodes), group in series.items():
+            group.sort(key=lambda r: r[x])
             # one colour per backend (the reference black), one line style per run
             colour = "black" if backend == REFERENCE else f"C{order.index(backend) % 10}"
+            label = backend + (f" ({nodes} nodes)" if several_nodes else "")
+            growth = exponents.get((run_index, backend, nodes))
+            if growth is not None:
+                time_exp, mem_exp = fmt_exponent(growth["time_exponent"]), fmt_exponent(growth["memory_exponent"])
+                label += f": time ~n^{time_exp}, memory ~n^{mem_exp}"
             style = dict(
                 marker=_MARKERS[run_index % len(_MARKERS)],
                 color=colour,
-                label=f"{backend} [run {run_index + 1}]" if multi else backend,
+                label=f"{label} [run {run_index + 1}]" if multi else label,
                 linestyle=_LINESTYLES[run_index % len(_LINESTYLES)],
             )
-            plotted |= _plot_series(axes, backend, run_index, group, style, is_cuda(results[run_index]))
-        _finish_axes(axes, plotted, mem_kind)
+            plotted |= _plot_series(axes, backend, run_index, group, style, is_cuda(results[run_index]), x)
+        _finish_axes(axes, plotted, mem_kind, "prompt length (tokens)" if sweep else "feature nodes")
         title = labels[0] if not multi else "; ".join(f"run {i + 1}: {lab}" for i, lab in enumerate(labels))
         fig.suptitle(title, fontsize=9)
         fig.tight_layout()

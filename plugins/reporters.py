@@ -10,6 +10,7 @@ from typing import Any
 from tabulate import tabulate
 
 from attrbench.api import Reporter
+from attrbench.bench.growth import cell_length, growth_records, prompt_length
 from attrbench.bench.summary import (
     REFERENCE,
     aggregate_cells,
@@ -18,12 +19,15 @@ from attrbench.bench.summary import (
     device_notes,
     environment_rows,
     is_cuda,
+    is_sweep,
     peak_bytes,
     phase_names,
+    point_key,
     run_labels,
     speedup_text,
     status_text,
     summarise,
+    where_text,
 )
 from attrbench.formatting import fmt_bytes, fmt_num, fmt_ratio, fmt_seconds, md_code, md_text
 from attrbench.graph.verdicts import (
@@ -41,30 +45,35 @@ from attrbench.graph.verdicts import (
     rel_tolerance,
 )
 from attrbench.hookspecs import hookimpl
+from attrbench.plugins.curves import curve_section
 
 
 def _nodes_groups(rows: list[dict]) -> list[tuple[object, list[dict]]]:
-    """Rows grouped by node count (ascending); within a group, by backend then run."""
+    """Rows grouped by point (prompt length, then node count, ascending); within a group, by backend then
+    run. Each group is ``((n_tokens, nodes), rows)``."""
     order: list = []
     for r in rows:
-        if r["nodes"] not in order:
-            order.append(r["nodes"])
-    order.sort(key=lambda n: (0, n) if isinstance(n, (int, float)) else (1, str(n)))
+        if (r.get("n_tokens"), r["nodes"]) not in order:
+            order.append((r.get("n_tokens"), r["nodes"]))
+    order.sort(key=point_key)
     backends: list[str] = []
     for r in rows:
         if r["backend"] not in backends:
             backends.append(r["backend"])
     groups = []
-    for nodes in order:
-        group = [r for r in rows if r["nodes"] == nodes]
+    for point in order:
+        group = [r for r in rows if (r.get("n_tokens"), r["nodes"]) == point]
         group.sort(key=lambda r: (backends.index(r["backend"]), r["run_index"]))
-        groups.append((nodes, group))
+        groups.append((point, group))
     return groups
 
 
-def _nodes_title(nodes: object, group: list[dict]) -> str:
+def _nodes_title(point: object, group: list[dict], sweep: bool = False) -> str:
+    tokens, nodes = point if isinstance(point, tuple) else (None, point)
     active = next((r.get("n_active") for r in group if r.get("n_active")), None)
     text = f"{nodes} feature nodes" if nodes is not None else "all feature nodes"
+    if sweep:
+        text = f"{tokens} tokens, {text}"
     return f"{text} ({active} active)" if active else text
 
 
@@ -82,17 +91,25 @@ def _comparison_rows(rows: list[dict], n_runs: int) -> tuple[list[str], list[lis
     headers = ["backend", "nodes"]
     for i in range(n_runs):
         headers += [f"wall (run {i + 1})", f"speedup (run {i + 1})"]
+    sweep = is_sweep(rows)
+    if sweep:
+        headers.insert(1, "tokens")
     keys: list[tuple] = []
-    for nodes, group in _nodes_groups(rows):
+    for point, group in _nodes_groups(rows):
         for row in group:
-            if (row["backend"], nodes) not in keys:
-                keys.append((row["backend"], nodes))
+            if (row["backend"], point) not in keys:
+                keys.append((row["backend"], point))
     table = []
-    for backend, nodes in keys:
-        line = [backend, str(nodes)]
+    for backend, point in keys:
+        line = [backend, *([str(point[0])] if sweep else []), str(point[1])]
         for i in range(n_runs):
             r: dict | None = next(
-                (x for x in rows if x["run_index"] == i and x["backend"] == backend and x["nodes"] == nodes), None
+                (
+                    x
+                    for x in rows
+                    if x["run_index"] == i and x["backend"] == backend and (x.get("n_tokens"), x["nodes"]) == point
+                ),
+                None,
             )
             if r is None:
                 line += ["", ""]
@@ -138,7 +155,8 @@ class TableReporter(Reporter):
         ]
         if multi:
             headers.insert(1, "run")
-        for nodes, group in _nodes_groups(rows):
+        sweep = is_sweep(rows)
+        for point, group in _nodes_groups(rows):
             table = []
             for r in group:
                 line = [
@@ -159,9 +177,10 @@ class TableReporter(Reporter):
                 if multi:
                     line.insert(1, str(r["run_index"] + 1))
                 table.append(line)
-            out.append(_nodes_title(nodes, group))
+            out.append(_nodes_title(point, group, sweep))
             out.append(tabulate(table, headers=headers, tablefmt=self.tablefmt, disable_numparse=True))
             out.append("")
+        out += curve_section(results, self.tablefmt, markdown=False)
         if multi:
             headers, table = _comparison_rows(rows, len(results))
             out.append("comparison")
@@ -199,6 +218,12 @@ def _verdict_line(backend: str, group: list[dict], dtype: str | None) -> str:
     verdicts = [r["parity_verdict"] for r in group]
     if TRUTH in verdicts:
         return f"- {md_code(backend)}: the float32 truth (every bf16 graph was compared with it)"
+    yardstick_at = [r for r in group if r["parity_verdict"] == YARDSTICK]
+    if yardstick_at and len(yardstick_at) < len(group) and any(r["parity_against"] for r in group):
+        # the yardstick only where the reference did not complete (several prompt lengths or node counts)
+        others = [r for r in group if r["parity_verdict"] != YARDSTICK]
+        points = ", ".join(_point_text(r, is_sweep(group)) for r in yardstick_at)
+        return _verdict_line(backend, others, dtype) + f"; the yardstick at {points}"
     if YARDSTICK in verdicts:
         truth = [r for r in group if r.get("truth_selected_jaccard") is not None]
         if truth:
@@ -225,7 +250,7 @@ def _verdict_line(backend: str, group: list[dict], dtype: str | None) -> str:
         for r in by_truth:
             ct = r.get("reference_truth") or {}
             parts.append(
-                f"{r['nodes']} nodes: selected Jaccard {fmt_num(r['truth_selected_jaccard'])} "
+                f"{where_text(r, is_sweep(group))}: selected Jaccard {fmt_num(r['truth_selected_jaccard'])} "
                 f"(circuit-tracer bf16 {fmt_num(ct.get('selected_jaccard'))}), rel. error "
                 f"{fmt_num(r['truth_rel_frobenius'])} ({fmt_num(ct.get('rel_frobenius'))}), edge recall "
                 f"{fmt_num(r['truth_edge_recall'])} ({fmt_num(ct.get('edge_recall'))})"
@@ -248,15 +273,30 @@ def _verdict_line(backend: str, group: list[dict], dtype: str | None) -> str:
             f"approximate; worst edge recall {fmt_num(min(recs) if recs else None)} (>= 0.99), "
             f"worst pruned-node Jaccard {fmt_num(min(pjs) if pjs else None)} (>= 0.95)"
         )
-    return f"- {md_code(backend)}: **{worst}** vs {md_code(against)} ({detail})"
+    yardsticks = list(dict.fromkeys(r["parity_against"] for r in judged if r["parity_against"]))
+    if len(yardsticks) > 1:  # the reference did not complete everywhere: name the points of each yardstick
+        sweep = is_sweep(group)
+        against_text = " and ".join(
+            f"{md_code(y)} ({', '.join(_point_text(r, sweep) for r in judged if r['parity_against'] == y)})"
+            for y in yardsticks
+        )
+    else:
+        against_text = md_code(against)
+    return f"- {md_code(backend)}: **{worst}** vs {against_text} ({detail})"
+
+
+def _point_text(row: dict, sweep: bool) -> str:
+    """``T tokens`` in a run over several prompt lengths with one node count, else :func:`where_text`."""
+    return f"{row['n_tokens']} tokens" if sweep else where_text(row, sweep)
 
 
 def _relative_to_yardstick(rows: list[dict], cuda: bool) -> list[str]:
     """Where the reference did not complete: each backend's speed and memory relative to the yardstick that
     stood in for it (``autodiff-free``), one line per node count."""
     out = []
-    for nodes in dict.fromkeys(r["nodes"] for r in rows):
-        at = [r for r in rows if r["nodes"] == nodes and r["status"] == "ok"]
+    sweep = is_sweep(rows)
+    for point in dict.fromkeys((r.get("n_tokens"), r["nodes"]) for r in rows):
+        at = [r for r in rows if (r.get("n_tokens"), r["nodes"]) == point and r["status"] == "ok"]
         yard = next((r for r in at if r["parity_verdict"] == "yardstick"), None)
         others = [r for r in at if r is not yard]
         if yard is None or not yard["wall_s"] or not others:
@@ -267,7 +307,10 @@ def _relative_to_yardstick(rows: list[dict], cuda: bool) -> list[str]:
             mem = peak_bytes(r, cuda)
             mem_text = f", {fmt_ratio(mem / yard_peak)} memory" if mem and yard_peak else ""
             parts.append(f"{md_code(r['backend'])} {fmt_ratio(yard['wall_s'] / r['wall_s'])} faster{mem_text}")
-        out.append(f"- Relative to {md_code(yard['backend'])} (the yardstick) at {nodes} nodes: " + ", ".join(parts))
+        out.append(
+            f"- Relative to {md_code(yard['backend'])} (the yardstick) at {where_text(yard, sweep)}: "
+            + ", ".join(parts)
+        )
     return out
 
 
@@ -279,6 +322,7 @@ class MarkdownReporter(Reporter):
 
     def _summary(self, result: dict, rows: list[dict]) -> list[str]:
         dtype = (result.get("settings") or {}).get("dtype")
+        sweep = is_sweep(rows)
         out: list[str] = []
         for title, exact in (("Best backend", True), ("Fastest approximate backend", False)):
             best = best_backend(rows, exact=exact)
@@ -293,24 +337,23 @@ class MarkdownReporter(Reporter):
                 )
                 out.append(
                     f"- {title}: **{md_text(best['backend'])}**, {fmt_ratio(best['speedup'])} faster than the "
-                    f"reference at {best['nodes']} nodes{mem}; parity {best['parity_verdict']}"
+                    f"reference at {where_text(best, sweep)}{mem}; parity {best['parity_verdict']}"
                 )
             else:
                 out.append(
                     f"- {title}: **{md_text(best['backend'])}** ({fmt_seconds(best['wall_s'])} at "
-                    f"{best['nodes']} nodes; the reference did not complete there, no speedup)"
+                    f"{where_text(best, sweep)}; the reference did not complete there, no speedup)"
                 )
         ref_ok = [r for r in rows if r["backend"] == REFERENCE and r["status"] == "ok"]
         if ref_ok:
-            nodes = max(
-                (r["nodes"] for r in ref_ok), key=lambda n: (0, n) if isinstance(n, (int, float)) else (1, str(n))
-            )
-            at = [r for r in rows if r["nodes"] == nodes and r["backend"] != REFERENCE]
+            point = max(((r.get("n_tokens"), r["nodes"]) for r in ref_ok), key=point_key)
+            at = [r for r in rows if (r.get("n_tokens"), r["nodes"]) == point and r["backend"] != REFERENCE]
+            where = where_text(next(r for r in ref_ok if (r.get("n_tokens"), r["nodes"]) == point), sweep)
             speed = ", ".join(
                 f"{md_code(r['backend'])} {fmt_ratio(r['speedup']) if r['status'] == 'ok' else r['status']}" for r in at
             )
             if speed:
-                out.append(f"- Speedup vs reference at {nodes} nodes: {speed}")
+                out.append(f"- Speedup vs reference at {where}: {speed}")
             mem = ", ".join(
                 f"{md_code(r['backend'])} {fmt_ratio(r['mem_ratio'])} ({_saving(r['mem_ratio'])})"
                 if r["mem_ratio"] is not None
@@ -320,13 +363,13 @@ class MarkdownReporter(Reporter):
             )
             if mem:
                 kind = "GPU" if is_cuda(result) else "host"
-                out.append(f"- Peak {kind} memory vs reference at {nodes} nodes: {mem}")
+                out.append(f"- Peak {kind} memory vs reference at {where}: {mem}")
         else:
             out.append("- The reference did not complete at any node count: no speedups.")
             out += _relative_to_yardstick(rows, is_cuda(result))
         failed = [r for r in rows if r["status"] != "ok"]
         for r in failed:
-            out.append(f"- {md_code(r['backend'])} at {r['nodes']} nodes: {status_text(r, None)}")
+            out.append(f"- {md_code(r['backend'])} at {where_text(r, sweep)}: {status_text(r, None)}")
         out.append("")
         out.append("Parity:")
         out.append("")
@@ -368,7 +411,8 @@ class MarkdownReporter(Reporter):
         headers += [f"{p}" for p in phases]
         if has_flops:
             headers.append("FLOP fraction")
-        for nodes, group in _nodes_groups(rows):
+        sweep = is_sweep(rows)
+        for point, group in _nodes_groups(rows):
             table = []
             for r in group:
                 line = [
@@ -396,7 +440,7 @@ class MarkdownReporter(Reporter):
                     line.append("-" if ff is None else f"{ff:.3f}")
                 table.append(line)
             out += [
-                f"### {_nodes_title(nodes, group)}",
+                f"### {_nodes_title(point, group, sweep)}",
                 "",
                 tabulate(table, headers=headers, tablefmt="github", disable_numparse=True),
                 "",
@@ -423,7 +467,8 @@ class MarkdownReporter(Reporter):
         if multi:
             headers, table = _comparison_rows(rows, len(results))
             out += ["## Comparison", "", tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), ""]
-        out += ["## Results by node count", ""]
+        out += curve_section(results, "github", markdown=True)
+        out += ["## Results by node count" if not is_sweep(rows) else "## Results by prompt length and node count", ""]
         out += self._node_tables(rows, multi)
         out += ["## Environment", ""]
         for i, (label, result) in enumerate(zip(labels, results, strict=False)):
@@ -438,7 +483,7 @@ class MarkdownReporter(Reporter):
 
 #: per-run and per-cell columns of the CSV report, before the parity, verdict and phase columns
 _CSV_RUN_KEYS = ("run", "workload", "workload_hash", "device", "dtype")
-_CSV_CELL_KEYS = ("backend", "exact", "nodes", "repeat", "status", "error", "wall_s")
+_CSV_CELL_KEYS = ("backend", "exact", "n_tokens", "nodes", "repeat", "status", "error", "wall_s")
 _CSV_MEASURED_KEYS = ("peak_host_bytes", "peak_gpu_bytes", "peak_gpu_torch_bytes", "n_selected", "n_active", "n_logits")
 
 
@@ -457,6 +502,7 @@ def _csv_row(label: str, result: dict, cell: dict, ref: dict | None, phases: lis
         )
     )
     row.update({key: cell.get(key) for key in _CSV_CELL_KEYS})
+    row["n_tokens"] = cell_length(cell, prompt_length(workload.get("config")))
     row["speedup_vs_reference"] = speedup
     row.update({key: cell.get(key) for key in _CSV_MEASURED_KEYS})
     row["parity_against"] = parity.get("against")
@@ -493,16 +539,25 @@ class CsvReporter(Reporter):
         writer.writeheader()
         for label, result in zip(labels, results, strict=True):
             agg = aggregate_cells(result)
-            verdicts = {(r["backend"], r["nodes"]): r["parity_verdict"] for r in summarise([result])}
+            default = prompt_length((result.get("workload") or {}).get("config"))
+            verdicts = {(r["backend"], r["n_tokens"], r["nodes"]): r["parity_verdict"] for r in summarise([result])}
             for cell in result.get("cells", []):
-                row = _csv_row(label, result, cell, agg.get((REFERENCE, cell.get("nodes"))), phases)
-                row["verdict"] = cell.get("verdict") or verdicts.get((cell.get("backend"), cell.get("nodes")))
+                point = (cell_length(cell, default), cell.get("nodes"))
+                row = _csv_row(label, result, cell, agg.get((REFERENCE, *point)), phases)
+                row["verdict"] = cell.get("verdict") or verdicts.get((cell.get("backend"), *point))
                 writer.writerow({k: "" if v is None else v for k, v in row.items()})
         return buf.getvalue()
 
 
 def _public(result: dict) -> dict:
     return {k: v for k, v in result.items() if not k.startswith("_")}
+
+
+def _with_growth(result: dict) -> dict:
+    """The run with its ``growth`` list (:mod:`attrbench.bench.growth`) recomputed from its cells, where it
+    spans several prompt lengths."""
+    curves = growth_records(result)
+    return dict(result, growth=curves) if curves else result
 
 
 class JsonReporter(Reporter):
@@ -514,10 +569,10 @@ class JsonReporter(Reporter):
 
     def render(self, results: list[dict]) -> str:
         if len(results) == 1:
-            data: object = _public(results[0])
+            data: object = _with_growth(_public(results[0]))
         else:
             labels = run_labels(results)
-            runs = [dict(_public(r), label=label) for label, r in zip(labels, results, strict=True)]
+            runs = [dict(_with_growth(_public(r)), label=label) for label, r in zip(labels, results, strict=True)]
             data = {"schema_version": 1, "runs": runs}
         return json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
 

@@ -64,6 +64,15 @@ on an idle machine, and says nothing about a busy one. approximate-pruned assume
 measured kept fractions at threshold 1e-3 were 14% (tiny, 800 nodes) and 17% (small, 1000 nodes), so its
 estimate is on the high side. Where the exact backends would go lean (``large`` at 70,000 nodes),
 approximate-pruned uses the same lean layered store (small entries zeroed) and is modelled as lean.
+
+Long prompts (``reports/long-prompts.md``: the ``long`` preset at 64 to 2,048 tokens, 10,000 nodes): there the
+terms that grow with the prompt dominate, and are counted: the reference's batched attention patterns
+(``batch x H x n^2`` a layer: 16 GiB for one layer at 1,024 tokens, where circuit-tracer runs out of memory),
+the exact engine's frozen patterns ``[L, H, n, n]`` (and gqa-shared's grouped copy), and the gradient buffers
+``[batch, n, d]``, which never coexist with a re-ranking's or packaging's temporaries. The exact backends'
+estimates are within 20% of the measured peaks at every length there (the table in that report);
+approximate-pruned's 25% kept fraction is far too high at long prompts (it keeps a few percent), so its
+estimate is up to twice its peak there.
 """
 
 from __future__ import annotations
@@ -88,13 +97,18 @@ from attrbench.workload.spec import WorkloadSpec
 GIB = 2**30
 #: RSS of a cell's child before any workload-sized memory: python + torch + transformers (+ circuit-tracer
 #: and TransformerLens for the reference), calibrated on tiny
-BASE_HOST = {"autograd": 0.54 * GIB, "default": 0.36 * GIB}
+#: autodiff-free and causal-trick rank with circuit-tracer's own function, so their cells import it (and
+#: TransformerLens) too, in the warm-up's first re-ranking
+BASE_HOST = {"autograd": 0.54 * GIB, "vjp": 0.54 * GIB, "vjp-causal": 0.54 * GIB, "default": 0.36 * GIB}
 #: fraction of the edges approximate-pruned keeps (its threshold's typical outcome)
 PRUNED_KEPT_FRACTION = 0.25
 #: activations of the replacement model's forward per (batch copy, position, d_model) and layer
 REF_ACTIVATION_TENSORS_PER_LAYER = 12
 #: fitted scale of the reference's activation + contraction terms (tiny and small, see the table above)
 REF_ACTIVATION_SCALE = 0.9
+#: the batch's attention patterns kept for the backward, per (batch copy, head, query, key) and layer (fitted on
+#: the long preset at 64 and 256 tokens, where they are most of the reference's peak)
+REF_PATTERN_SCALE = 0.8
 #: effective host bandwidth of the memory-bound passes over the edge rows (bytes/s), fitted to the ranking
 #: times of the circuit-tracer notes (small-shaped workload, 55,905 active features, batch 64)
 HOST_BANDWIDTH = 12e9
@@ -110,6 +124,11 @@ INEFFICIENCY = {
     "vjp-causal-gqa": 4.0,
     "vjp-causal-gqa-pruned": 4.0,
 }
+#: gradient-sized buffers ``[batch, n_pos, d_model]`` alive at once in a backward pass, per rung (fitted on the
+#: long preset at 2,048 tokens, where they are a third of the exact backends' peak): autodiff-free's einsum
+#: attention VJP keeps the most; the causal rungs' late batches rarely reach the last position; gqa-shared's
+#: grouped GEMMs keep the fewest temporaries
+GRAD_BUFFERS = {"vjp": 4.0, "vjp-causal": 3.0, "default": 2.0}
 #: seconds of fixed cost per cell (linearisation, salient logits, python overhead)
 FIXED_S = {"autograd": 0.1, "default": 0.03}
 #: the cost models a backend may declare (:meth:`attrbench.api.Backend.cost_model`): circuit-tracer's
@@ -226,6 +245,8 @@ class Estimate:
     time_s: float
     edge_storage: str | None = None
     terms: dict[str, int] = field(default_factory=dict)
+    #: the prompt length of the workload estimated
+    n_tokens: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -341,6 +362,9 @@ def _autograd_cost(c: _Inputs, terms: dict[str, int]) -> tuple[float, float, flo
     device_w = (c.model_b + c.tc_b) * c.wb // 4
     terms["weights"] = c.model_b + c.tc_b + device_w
     acts = B * s.n_pos * s.d * s.L * REF_ACTIVATION_TENSORS_PER_LAYER * c.wb
+    # the backward through attention keeps each layer's (frozen) pattern per batch copy: B x H x n^2 a layer,
+    # the term that grows with the square of the prompt and runs circuit-tracer out of memory at long prompts
+    acts += int(B * s.H * s.n_pos**2 * s.L * c.wb * REF_PATTERN_SCALE)
     contract = B * math.ceil(s.n_active / s.L) * s.d * c.wb
     acts, contract = int(acts * REF_ACTIVATION_SCALE), int(contract * REF_ACTIVATION_SCALE)
     terms["activations"] = acts + contract
@@ -360,23 +384,39 @@ def _autograd_cost(c: _Inputs, terms: dict[str, int]) -> tuple[float, float, flo
     return host, gpu, compute, memory
 
 
-def _vjp_edges(c: _Inputs, kind: str, store: str) -> tuple[float, float, float]:
-    """The exact engine's edge rows in ``store``: (bytes on the device, bytes on the host, bytes read)."""
+@dataclass
+class _EdgeBytes:
+    """The exact engine's edge rows in one store: what stays resident while rows are computed, the largest
+    temporaries of a re-ranking and of packaging (neither overlaps a batch's gradient buffers), bytes read."""
+
+    resident: float
+    ranking: float
+    packaging: float
+    passes: float
+
+
+def _vjp_edges(c: _Inputs, kind: str, store: str) -> _EdgeBytes:
+    """The exact engine's edge rows in ``store`` (``dense``, ``lean`` or ``pruned``)."""
     s, E, S = c.s, c.E, c.S
     if store == "pruned":
         kept = PRUNED_KEPT_FRACTION * s.n_rows * s.row_size
-        edges = int(2 * 12 * kept)  # the coordinate chunks and their concatenation
-        return edges, max(edges, int(kept * 12) + S), c.ranks * kept * 40 + kept * 40
+        # the coordinate chunks, their concatenation (ranking), then the dense square adjacency
+        return _EdgeBytes(12 * kept, 12 * kept, S, c.ranks * kept * 40 + kept * 40)
     if store == "lean":
-        lean = 4 * (s.nodes * (s.n_active / 2 + s.L * s.n_pos / 2 + s.n_pos) + s.n_logits * s.row_size)
-        dev_edges = int(lean * (1 + 1 / s.L))
-        host_edges = dev_edges + 4 * 512 * s.n_square  # packaging blocks; the adjacency goes to a file
-        return dev_edges, host_edges, c.ranks * lean + 2 * lean + S
+        # a row at layer l keeps the features and error nodes of the layers below l, and every token: on
+        # average (L - 1) / 2L of the features and (L - 1) / 2 layers of error nodes; logit rows keep all
+        below = (s.L - 1) / (2 * s.L)
+        lean = 4 * (s.nodes * (s.n_active * below + (s.L - 1) * s.n_pos / 2 + s.n_pos) + s.n_logits * s.row_size)
+        # ranking reads the rows in place; packaging joins one layer's rows (about 1/L of them) at a time and
+        # writes the adjacency to a file in blocks
+        return _EdgeBytes(lean, 0, lean / s.L + 4 * 512 * s.n_square, c.ranks * lean + 2 * lean + S)
     plain = kind in ("vjp", "vjp-causal")
-    rank_tmp = E if plain else 4 * s.n_rows**2 + 4 * min(8192, s.n_rows) * s.total_nodes  # circuit-tracer's copy
-    dev_edges = E + (rank_tmp if c.ranks else 0)
-    host_edges = max(dev_edges, E + S + 2 * 4 * min(4096, s.n_rows) * s.n_square)
-    return dev_edges, host_edges, c.ranking_passes((s.L + 4) if plain else 3) + E + 2 * S
+    # circuit-tracer's ranking copies the rows filled so far: at the last re-ranking, all but the last window;
+    # the streamed ranking takes the square block and one |block| of up to 8,192 rows
+    last_rank_rows = max(0, s.n_rows - c.update_interval * c.B)
+    rank_tmp = E * last_rank_rows // s.n_rows if plain else 4 * s.n_rows**2 + 4 * min(8192, s.n_rows) * s.total_nodes
+    packaging = S + 2 * 4 * min(4096, s.n_rows) * s.n_square
+    return _EdgeBytes(E, rank_tmp if c.ranks else 0, packaging, c.ranking_passes((s.L + 4) if plain else 3) + E + 2 * S)
 
 
 def _vjp_cost(c: _Inputs, kind: str, store: str, terms: dict[str, int]) -> tuple[float, float, float, float]:
@@ -386,19 +426,23 @@ def _vjp_cost(c: _Inputs, kind: str, store: str, terms: dict[str, int]) -> tuple
     if kind in ("vjp-causal-gqa", "vjp-causal-gqa-pruned"):  # padded per-position decoder layouts
         per_pos = max(1, math.ceil(s.n_active / s.L / max(1, s.n_pos - 1)))
         weights += int(4 * s.L * (s.n_pos * s.d * per_pos * 2) * s.decoder_factor)
-    buffers = 4 * B * s.row_size + 6 * 4 * B * s.n_pos * s.d
-    terms["weights"], terms["buffers"] = weights, buffers
-    dev_edges, host_edges, passes = _vjp_edges(c, kind, store)
-    terms["edges"] = int(host_edges)
+    # one batch's edge rows, and its gradients [B, P, d] through the layers (the attention VJP's temporaries
+    # included); P is the whole prompt for the rows at the last positions, in every rung
+    buffers = int(4 * B * s.row_size + GRAD_BUFFERS.get(kind, GRAD_BUFFERS["default"]) * 4 * B * s.n_pos * s.d)
+    # the frozen attention patterns [L, H, n, n] of the linearised model; gqa-shared keeps a grouped copy
+    patterns = 4 * s.L * s.H * s.n_pos**2 * (2 if kind in ("vjp-causal-gqa", "vjp-causal-gqa-pruned") else 1)
+    edges = _vjp_edges(c, kind, store)
+    terms["weights"], terms["buffers"], terms["patterns"] = weights, buffers, patterns
+    terms["edges"] = int(edges.resident + max(edges.ranking, edges.packaging))
     gpu: float = 0
     if c.cuda:
-        gpu = weights * c.wb // 4 + buffers * c.wb // 4 + dev_edges
-        host: float = c.model_b + c.tc_b + (c.S if store != "lean" else 0)
+        gpu = (weights + patterns) * c.wb // 4 + edges.resident + max(buffers * c.wb // 4, edges.ranking)
+        host: float = c.model_b + c.tc_b + (edges.packaging if store != "lean" else 0)
     else:
-        host = weights + buffers + host_edges
+        host = weights + patterns + edges.resident + max(buffers, edges.ranking, edges.packaging)
     feat_macs, logit_macs = _row_macs(s, kind)
     compute = 2 * (feat_macs * s.nodes + logit_macs * s.n_logits) / c.rate
-    return host, gpu, compute, passes / c.bw
+    return host, gpu, compute, edges.passes / c.bw
 
 
 def estimate_cell(
@@ -437,7 +481,7 @@ def estimate_cell(
     host += BASE_HOST.get(model, BASE_HOST["default"])
     fixed = FIXED_S.get(model, FIXED_S["default"])
     t = INEFFICIENCY.get(model, INEFFICIENCY["vjp-causal-gqa"]) * (compute + memory) + fixed
-    return Estimate(model, nodes, int(host), int(gpu) if cuda else None, float(t), store, terms)
+    return Estimate(model, nodes, int(host), int(gpu) if cuda else None, float(t), store, terms, s.n_pos)
 
 
 def available_memory(device: str = "cpu", memory_limit_bytes: int | None = None) -> tuple[int, int | None]:
@@ -466,7 +510,8 @@ def fits(est: Estimate, host_avail: int, gpu_avail: int | None) -> tuple[bool, s
     return True, None
 
 
-def estimate_table(estimates: list[Estimate], host_avail: int, gpu_avail: int | None) -> str:
+def estimate_table(estimates: list[Estimate], host_avail: int, gpu_avail: int | None, by_length: bool = False) -> str:
+    """The estimates as a plain-text table; ``by_length`` adds a prompt-length column (``--n-tokens`` lists)."""
     rows = []
     for e in estimates:
         ok, _ = fits(e, host_avail, gpu_avail)
@@ -474,6 +519,7 @@ def estimate_table(estimates: list[Estimate], host_avail: int, gpu_avail: int | 
         rows.append(
             [
                 e.backend,
+                *([e.n_tokens] if by_length else []),
                 e.nodes,
                 fmt_bytes(e.host_bytes),
                 "-" if e.gpu_bytes is None else fmt_bytes(e.gpu_bytes),
@@ -483,7 +529,18 @@ def estimate_table(estimates: list[Estimate], host_avail: int, gpu_avail: int | 
             ]
         )
     return tabulate(
-        rows, headers=["backend", "nodes", "host peak", "GPU peak", "time", "edge store", "fits"], tablefmt="simple"
+        rows,
+        headers=[
+            "backend",
+            *(["tokens"] if by_length else []),
+            "nodes",
+            "host peak",
+            "GPU peak",
+            "time",
+            "edge store",
+            "fits",
+        ],
+        tablefmt="simple",
     )
 
 
@@ -493,9 +550,11 @@ def predict_unfit(
     backends: Mapping[str, Backend],
     settings: BenchSettings,
     say: Callable[[str], None],
+    n_tokens: int | None = None,
 ) -> dict[tuple[str, int], str]:
     """Estimate every (backend, nodes) of ``cells``; warn through ``say`` about those predicted not to fit.
-    Returns the reason per (backend, nodes) that does not fit. An estimate never stops a run."""
+    Returns the reason per (backend, nodes) that does not fit. An estimate never stops a run. ``n_tokens``:
+    the prompt length to name in the warnings (runs over several lengths)."""
     try:
         host, gpu = available_memory(settings.device, settings.memory_limit_bytes)
     except Exception as exc:
@@ -523,5 +582,6 @@ def predict_unfit(
         if not ok and reason is not None:
             too_big[(b, n)] = reason
             action = "not run (--strict)" if settings.strict else "it may run out of memory"
-            say(f"warning: {b} nodes={n}: {reason}; {action}")
+            where = f"n_tokens={n_tokens} " if n_tokens is not None else ""
+            say(f"warning: {b} {where}nodes={n}: {reason}; {action}")
     return too_big

@@ -18,6 +18,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from attrbench.bench.growth import lengths_of
 from attrbench.bench.results import load_results, validate_results
 from attrbench.bench.summary import REFERENCE, status_text, summarise
 from attrbench.errors import NotComparableError, UsageError
@@ -40,6 +41,7 @@ def fingerprint(result: dict) -> dict:
         "nodes": sorted(
             {c.get("nodes") for c in cells}, key=lambda n: (0, n) if isinstance(n, (int, float)) else (1, str(n))
         ),
+        "prompt lengths": lengths_of(result),
     }
 
 
@@ -58,13 +60,18 @@ def _change(base: float | None, cur: float | None) -> str:
 
 
 class _GateRows(list):
-    """The gate's rows: one per (backend, nodes, figure) judged."""
+    """The gate's rows: one per (backend, n_tokens, nodes, figure) judged; in runs over several prompt
+    lengths the nodes column reads ``NODES @TOKENS``."""
+
+    sweep = False
 
     def add(self, row: dict, figure: str, base: Any, cur: Any, change: str, verdict: str, note: str = "") -> None:
         self.append(
             dict(
                 backend=row["backend"],
-                nodes=row["nodes"],
+                nodes=row["nodes"]
+                if row.get("n_tokens") is None or not self.sweep
+                else f"{row['nodes']} @{row['n_tokens']}",
                 figure=figure,
                 baseline=base,
                 current=cur,
@@ -132,11 +139,12 @@ def _parity_rows(out: _GateRows, base: dict, cur: dict, dtype: str | None) -> No
 
 
 def _compare_rows(baseline: dict, current: dict, max_speedup_drop: float, max_memory_growth: float) -> list[dict]:
-    base_rows = {(r["backend"], r["nodes"]): r for r in summarise([baseline])}
+    base_rows = {(r["backend"], r["n_tokens"], r["nodes"]): r for r in summarise([baseline])}
     dtype = (current.get("settings") or {}).get("dtype")
     out = _GateRows()
+    out.sweep = len(lengths_of(current)) > 1
     for cur in summarise([current]):
-        base = base_rows.get((cur["backend"], cur["nodes"]))
+        base = base_rows.get((cur["backend"], cur["n_tokens"], cur["nodes"]))
         if base is None:  # cannot happen after check_comparable, kept for safety
             continue
         _status_rows(out, base, cur)
@@ -161,7 +169,7 @@ def run_gate(
     rises above ``baseline * (1 + max_memory_growth)``, a cell that was ok is no longer ok, or parity is
     broken (exact: selected Jaccard < 1 or relative error above 1e-4 in float32 / 2e-2 in bfloat16;
     approximate: edge recall < 0.99 or pruned-node Jaccard < 0.95). Raises NotComparableError when the
-    workload hash, dtype, device kind, backend set or node counts differ.
+    workload hash, dtype, device kind, backend set, node counts or prompt lengths differ.
     """
     if format not in ("table", "markdown"):
         raise UsageError(f"unknown gate output format {format!r}; choose table or markdown")

@@ -5,7 +5,9 @@ A results file is one JSON object::
     {"schema_version": 1, "attrbench_version", "created", "environment": {...},
      "workload": {"name", "hash", "config", "n_active"}, "settings": {...}, "yardstick_note", "cells": [...]}
 
-Each cell is one (backend, nodes, repeat) run; see :func:`new_cell` for its keys.
+Each cell is one (backend, n_tokens, nodes, repeat) run; see :func:`new_cell` for its keys. A run over several
+prompt lengths also carries ``growth`` (:mod:`attrbench.bench.growth`): each backend's fitted exponents of
+time and peak memory in the prompt length.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TextIO
 
+from attrbench.bench.growth import growth_records, prompt_length
 from attrbench.bench.schema import NonFinite, check_results_schema, parse_json
 from attrbench.errors import UsageError
 from attrbench.guard import read_text_bounded
 
 SCHEMA_VERSION = 1
 #: cell keys written only where they have a value (files without them are schema 1 as well)
-OPTIONAL_CELL_KEYS = ("parity_note", "truth_parity", "verdict", "verdict_note", "error_traceback")
+OPTIONAL_CELL_KEYS = ("n_tokens", "parity_note", "truth_parity", "verdict", "verdict_note", "error_traceback")
 
 
 def attrbench_version() -> str:
@@ -144,6 +147,8 @@ class CellRecord:
     nodes: int
     repeat: int
     status: str = "error"
+    #: the prompt length of the cell's workload (absent in files written before prompt-length sweeps)
+    n_tokens: int | None = None
     error: str | None = None
     wall_s: float | None = None
     phases_s: dict[str, float] = field(default_factory=dict)
@@ -167,8 +172,8 @@ class CellRecord:
     error_traceback: str | None = None
 
     @property
-    def key(self) -> tuple[str, int, int]:
-        return (self.backend, self.nodes, self.repeat)
+    def key(self) -> tuple[str, int | None, int, int]:
+        return (self.backend, self.n_tokens, self.nodes, self.repeat)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -224,11 +229,14 @@ class ResultsDocument:
         #: cells may finish in several threads at once (launchers that run groups in parallel)
         self.lock = threading.RLock()
         self.doc = new_results(workload, settings)
-        self.kept: set[tuple[str, int, int]] = set()
+        self.kept: set[tuple[str, int | None, int, int]] = set()
         self.notes: list[str] = []
         if resume is not None:
             self.doc["resumed_from"] = resume.get("created")
+            length = prompt_length((resume.get("workload") or {}).get("config"))
             for cell in resume.get("cells", []):
+                if cell.get("n_tokens") is None and length is not None:
+                    cell = dict(cell, n_tokens=length)  # written before sweeps: the workload's own length
                 self.doc["cells"].append(cell)  # every record survives until its cell is run again
                 if cell.get("status") == "ok":
                     self.kept.add(cell_key(cell))
@@ -237,7 +245,7 @@ class ResultsDocument:
             if resume.get("yardstick_note"):
                 self.notes.append(resume["yardstick_note"])
 
-    def record(self, key: tuple[str, int, int]) -> dict[str, Any]:
+    def record(self, key: tuple[str, int | None, int, int]) -> dict[str, Any]:
         """The record of the cell ``key`` (one kept from ``--resume``, or written by this run)."""
         with self.lock:
             return next(c for c in self.doc["cells"] if cell_key(c) == key)
@@ -247,7 +255,8 @@ class ResultsDocument:
         record = cell.to_dict()
         with self.lock:
             self.doc["cells"] = [c for c in self.doc["cells"] if cell_key(c) != cell.key] + [record]
-            if cell.status == "ok" and self.doc["workload"].get("n_active") is None:
+            main = prompt_length(self.doc["workload"].get("config"))
+            if cell.status == "ok" and cell.n_tokens in (None, main) and self.doc["workload"].get("n_active") is None:
                 self.doc["workload"]["n_active"] = cell.n_active
             try:
                 self.write()
@@ -276,13 +285,18 @@ class ResultsDocument:
     def write(self) -> None:
         with self.lock:
             self.doc["yardstick_note"] = "; ".join(self.notes) or None
+            curves = growth_records(self.doc)
+            if curves:
+                self.doc["growth"] = curves
             if self.output is not None:
                 write_results_atomic(self.output, self.doc)
 
 
-def cell_key(cell: dict[str, Any]) -> tuple[str, int, int]:
-    """(backend, nodes, repeat): what identifies a cell within one results file."""
-    return (str(cell["backend"]), int(cell["nodes"]), int(cell["repeat"]))
+def cell_key(cell: dict[str, Any]) -> tuple[str, int | None, int, int]:
+    """(backend, n_tokens, nodes, repeat): what identifies a cell within one results file (``n_tokens`` None in
+    files written before prompt-length sweeps)."""
+    tokens = cell.get("n_tokens")
+    return (str(cell["backend"]), None if tokens is None else int(tokens), int(cell["nodes"]), int(cell["repeat"]))
 
 
 def _json_default(obj: Any) -> Any:

@@ -1,6 +1,6 @@
 """The benchmark runner: orchestration only.
 
-For each (nodes, repeat) group of the plan (:mod:`attrbench.bench.plan`) it launches every cell through the
+For each (n_tokens, nodes, repeat) group of the plan (:mod:`attrbench.bench.plan`) it launches every cell through the
 chosen launcher (:class:`attrbench.api.Launcher`; the worker it runs is :mod:`attrbench.bench.worker`),
 compares each graph with its group's yardstick (:mod:`attrbench.bench.yardstick`) and records the cell in
 the results document (:mod:`attrbench.bench.results`), which is rewritten atomically after every cell.
@@ -28,7 +28,7 @@ from attrbench.bench.settings import BenchSettings
 from attrbench.bench.yardstick import GroupYardsticks, no_yardstick_advice
 from attrbench.graph.verdicts import NO_YARDSTICK
 from attrbench.plugin_manager import BackendRegistry, get_backends
-from attrbench.workload.spec import WorkloadSpec
+from attrbench.workload.spec import WorkloadSpec, with_overrides
 
 #: graphs above this size get a progress line before parity (it reads both adjacencies, minutes at 70k nodes)
 LARGE_GRAPH_BYTES = 2**30
@@ -46,14 +46,32 @@ class RunConfig:
     resume: dict[str, Any] | None = None
     #: folder for the run's graphs (default: next to ``output``); shared by all nodes of a cluster
     scratch: Path | None = None
+    #: prompt lengths to sweep (``--n-tokens 64,256,...``), each its own workload; None: the spec's own
+    lengths: list[int] | None = None
+
+    @property
+    def prompt_lengths(self) -> list[int]:
+        """The run's prompt lengths, ascending (the spec's own when it sweeps none)."""
+        return sorted(set(self.lengths)) if self.lengths else [self.spec.prompt.length]
+
+    def spec_for(self, n_tokens: int | None) -> WorkloadSpec:
+        """The workload of one prompt length: the same model and transcoder weights, the prompt extended (the
+        seeded prompt of n tokens is the first n of any longer one)."""
+        if n_tokens is None or n_tokens == self.spec.prompt.length:
+            return self.spec
+        return with_overrides(self.spec, n_tokens=n_tokens)
 
     def workload_record(self) -> dict[str, Any]:
-        return {
+        record: dict[str, Any] = {
             "name": self.spec.name,
             "hash": self.spec.content_hash(),
             "config": self.spec.to_dict(),
             "n_active": None,
+            "n_tokens": self.prompt_lengths,
         }
+        if len(self.prompt_lengths) > 1:
+            record["hashes"] = {str(t): self.spec_for(t).content_hash() for t in self.prompt_lengths}
+        return record
 
 
 class Runner:
@@ -78,25 +96,35 @@ class Runner:
     def run(self) -> dict[str, Any]:
         """Run every cell; returns the results document (also written to ``config.output``)."""
         c = self.config
-        plan = plan_cells(c.backends, c.nodes, c.settings.repeats, self.backends, c.settings.dtype)
+        lengths = c.prompt_lengths
+        plan = plan_cells(c.backends, c.nodes, c.settings.repeats, self.backends, c.settings.dtype, lengths)
         todo = [cell for cell in plan if cell.key not in self.results.kept]
-        too_big = predict_unfit(c.spec, todo, self.backends, c.settings, self.say)
+        too_big: dict[tuple[str, int | None, int], str] = {}
+        for t in lengths:
+            at = [cell for cell in todo if cell.n_tokens == t]
+            tokens = t if len(lengths) > 1 else None
+            unfit = predict_unfit(c.spec_for(t), at, self.backends, c.settings, self.say, tokens)
+            too_big.update({(b, t, n): reason for (b, n), reason in unfit.items()})
         counter = itertools.count(1)
 
         def run_group(group: list[Cell]) -> None:
-            truth = truth_cell(c.backends, self.backends, c.settings.dtype, group[0].nodes, group[0].repeat)
-            with GroupYardsticks(c.backends, self.backends, c.spec, self._rerun, truth, c.settings.dtype) as yardsticks:
+            first = group[0]
+            truth = truth_cell(
+                c.backends, self.backends, c.settings.dtype, first.nodes, first.repeat, first.n_tokens, first.sweep
+            )
+            spec = c.spec_for(first.n_tokens)
+            with GroupYardsticks(c.backends, self.backends, spec, self._rerun, truth, c.settings.dtype) as yardsticks:
                 for cell in group:
                     if self.stopping:
                         return
                     tag = f"[{next(counter)}/{len(plan)}] {cell.label()}"
-                    status = self._one(cell, tag, too_big.get((cell.backend, cell.nodes)), yardsticks)
+                    status = self._one(cell, tag, too_big.get((cell.backend, cell.n_tokens, cell.nodes)), yardsticks)
                     yardsticks.record(cell.backend, status)
 
         try:
             self.scratch.remove_stale(self.say)
             self.results.start()
-            groups = [list(g) for _, g in itertools.groupby(plan, key=lambda cell: (cell.nodes, cell.repeat))]
+            groups = [list(g) for _, g in itertools.groupby(plan, key=lambda cell: cell.group)]
             run_groups(groups, run_group, self.launcher)
             return self.results.doc
         except KeyboardInterrupt:
@@ -116,7 +144,9 @@ class Runner:
             self.say(f"{tag}: kept from --resume (ok)")
             yardsticks.keep(cell, self.results.record(cell.key))
             return "ok"
-        record = CellRecord(cell.backend, self.backends[cell.runs].exact, cell.nodes, cell.repeat)
+        record = CellRecord(
+            cell.backend, self.backends[cell.runs].exact, cell.nodes, cell.repeat, n_tokens=cell.n_tokens
+        )
         if too_big is not None and self.config.settings.strict:
             record = replace(record, status="oom", error=f"{too_big}; not run (--strict)")
             wall = ""
@@ -151,7 +181,12 @@ class Runner:
         if cell.truth_of is not None:
             settings = replace(settings, dtype=TRUTH_DTYPE)
         job = CellJob(
-            self.config.spec.to_dict(), cell.runs, cell.nodes, cell.repeat, settings.to_dict(), str(graph_dir)
+            self.config.spec_for(cell.n_tokens).to_dict(),
+            cell.runs,
+            cell.nodes,
+            cell.repeat,
+            settings.to_dict(),
+            str(graph_dir),
         )
 
         def lost(values: dict[str, Any], attempt: int) -> bool:
@@ -159,7 +194,17 @@ class Runner:
             if self.stopping:
                 return False
             exact = self.backends[cell.runs].exact
-            self.results.put(CellRecord(cell.backend, exact, cell.nodes, cell.repeat, "error", values.get("error")))
+            self.results.put(
+                CellRecord(
+                    cell.backend,
+                    exact,
+                    cell.nodes,
+                    cell.repeat,
+                    "error",
+                    error=values.get("error"),
+                    n_tokens=cell.n_tokens,
+                )
+            )
             self.say(f"{tag}: {values.get('error')}; retrying ({attempt}/{settings.retries})")
             return True
 

@@ -39,6 +39,7 @@ CELL_SCHEMA: dict[str, Any] = {
         "backend": {"type": "string", "minLength": 1, "maxLength": 1000, "pattern": "^[^\\x00-\\x1f\\x7f]+$"},
         "exact": {"type": "boolean"},
         "nodes": {"type": "integer", "minimum": 1, "maximum": MAX_NODES},
+        "n_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_NODES},
         "repeat": {"type": "integer", "minimum": 0, "maximum": MAX_REPEATS - 1},
         "status": {"enum": ["ok", "error", "oom", "timeout", "invalid"]},
         "error": _TEXT,
@@ -71,6 +72,22 @@ CELL_SCHEMA: dict[str, Any] = {
     "then": {"required": ["wall_s"], "properties": {"wall_s": {"type": "number"}}},
 }
 
+_EXPONENT = {"type": ["number", "null"], "minimum": -1e6, "maximum": 1e6}
+#: one backend and node count of a run over several prompt lengths (:mod:`attrbench.bench.growth`)
+GROWTH_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["backend", "nodes", "time_exponent", "memory_exponent"],
+    "properties": {
+        "backend": {"type": "string", "maxLength": 1000},
+        "nodes": {"type": "integer", "minimum": 0, "maximum": MAX_NODES},
+        "time_exponent": _EXPONENT,
+        "memory_exponent": _EXPONENT,
+        "fitted_n_tokens": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+        "failed": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 100}},
+        "points": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
 RESULTS_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
@@ -88,6 +105,8 @@ RESULTS_SCHEMA: dict[str, Any] = {
                 "hash": {"type": ["string", "null"]},
                 "config": {"type": ["object", "null"]},
                 "n_active": _COUNT,
+                "n_tokens": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": MAX_NODES}},
+                "hashes": {"type": "object", "additionalProperties": {"type": "string"}},
             },
         },
         "settings": {
@@ -109,6 +128,7 @@ RESULTS_SCHEMA: dict[str, Any] = {
             },
         },
         "yardstick_note": _TEXT,
+        "growth": {"type": "array", "maxItems": MAX_PLAN_CELLS, "items": GROWTH_SCHEMA},
         "cells": {"type": "array", "maxItems": MAX_PLAN_CELLS, "items": CELL_SCHEMA},
     },
 }

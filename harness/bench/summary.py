@@ -5,7 +5,9 @@ bytes. Reporters are plugins (hook ``register_reporters``); :func:`render` looks
 
 The shared helpers aggregate repeats (median wall time and phase times, maximum peak memory, worst parity
 figure over the ok repeats), compute each backend's speed and memory ratio to the reference measured in
-the same results file at the same node count, judge parity, label runs and format numbers.
+the same results file at the same prompt length and node count, judge parity, label runs and format numbers.
+A run over several prompt lengths is summarised per (prompt length, node count) *point*; its growth
+exponents come from :mod:`attrbench.bench.growth`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from attrbench.bench.growth import cell_length, peak_bytes, prompt_length
 from attrbench.errors import UsageError
 from attrbench.formatting import fmt_ratio, short_error
 from attrbench.graph.verdicts import (
@@ -93,9 +96,32 @@ def _nodes_key(nodes: Any) -> tuple:
     return (0, nodes) if isinstance(nodes, (int, float)) else (1, str(nodes))
 
 
+def point_key(point: tuple[int | None, Any]) -> tuple:
+    """Sort key of an (n_tokens, nodes) point: prompt length, then node count."""
+    tokens, nodes = point
+    return (tokens or 0, _nodes_key(nodes))
+
+
 def node_counts(result: dict) -> list:
     """The node counts of a run, ascending."""
     return sorted({c.get("nodes") for c in result.get("cells", [])}, key=_nodes_key)
+
+
+def points_of(result: dict) -> list[tuple[int | None, Any]]:
+    """The (n_tokens, nodes) points of a run, by prompt length then node count."""
+    default = prompt_length((result.get("workload") or {}).get("config"))
+    found = {(cell_length(c, default), c.get("nodes")) for c in result.get("cells", [])}
+    return sorted(found, key=point_key)
+
+
+def is_sweep(rows: list[dict]) -> bool:
+    """Whether summarised rows span several prompt lengths (reports then name the length of every point)."""
+    return len({r.get("n_tokens") for r in rows}) > 1
+
+
+def where_text(row: dict, sweep: bool) -> str:
+    """``N nodes``, or ``T tokens, N nodes`` in a report over several prompt lengths."""
+    return f"{row['n_tokens']} tokens, {row['nodes']} nodes" if sweep else f"{row['nodes']} nodes"
 
 
 def backend_order(results: Iterable[dict]) -> list[str]:
@@ -144,20 +170,23 @@ def flop_fraction_of(cell: dict, floor: float | None) -> float | None:
     return floor / (wall * rate * 1e9)
 
 
-def aggregate_cells(result: dict) -> dict[tuple[str, Any], dict]:
-    """Aggregate repeats into one cell per (backend, nodes).
+def aggregate_cells(result: dict) -> dict[tuple[str, int | None, Any], dict]:
+    """Aggregate repeats into one cell per (backend, n_tokens, nodes).
 
     Over the ok repeats: median wall and phase times, maximum peak memory, worst parity figures. A cell
-    with no ok repeat takes the status and error of its last repeat.
+    with no ok repeat takes the status and error of its last repeat. ``n_tokens`` of cells written before
+    prompt-length sweeps is the workload's own length.
     """
-    groups: dict[tuple[str, Any], list[dict]] = {}
-    floors: dict[Any, float] = {}  # every exact graph at a node count has the same FLOP floor
+    default = prompt_length((result.get("workload") or {}).get("config"))
+    groups: dict[tuple[str, int | None, Any], list[dict]] = {}
+    floors: dict[Any, float] = {}  # every exact graph at a point has the same FLOP floor
     for cell in result.get("cells", []):
-        groups.setdefault((cell.get("backend"), cell.get("nodes")), []).append(cell)
+        point = (cell_length(cell, default), cell.get("nodes"))
+        groups.setdefault((cell.get("backend"), *point), []).append(cell)
         floor = (cell.get("info") or {}).get("flop_floor")
         if floor and cell.get("exact", True):
-            floors.setdefault(cell.get("nodes"), floor)
-    out: dict[tuple[str, Any], dict] = {}
+            floors.setdefault(point, floor)
+    out: dict[tuple[str, int | None, Any], dict] = {}
     for key, cells in groups.items():
         cells = sorted(cells, key=lambda c: c.get("repeat") or 0)
         ok = [c for c in cells if c.get("status") == "ok"]
@@ -168,7 +197,7 @@ def aggregate_cells(result: dict) -> dict[tuple[str, Any], dict]:
                 phases.setdefault(name, []).append(secs)
         info = dict(use[0].get("info") or {})
         flop_fractions = [
-            (c.get("info") or {}).get("flop_fraction") or flop_fraction_of(c, floors.get(key[1])) for c in use
+            (c.get("info") or {}).get("flop_fraction") or flop_fraction_of(c, floors.get(key[1:])) for c in use
         ]
         flop_fraction = _median(flop_fractions)
         if flop_fraction is not None:
@@ -176,7 +205,8 @@ def aggregate_cells(result: dict) -> dict[tuple[str, Any], dict]:
         failed = [c for c in cells if c.get("status") != "ok"]
         out[key] = {
             "backend": key[0],
-            "nodes": key[1],
+            "n_tokens": key[1],
+            "nodes": key[2],
             "exact": bool(cells[0].get("exact", key[0] == REFERENCE)),
             "status": "ok" if ok else (cells[-1].get("status") or "error"),
             "error": None if ok else cells[-1].get("error"),
@@ -205,19 +235,12 @@ def is_cuda(result: dict) -> bool:
     return str((result.get("settings") or {}).get("device") or "cpu").startswith("cuda")
 
 
-def peak_bytes(cell: dict, cuda: bool) -> float | None:
-    """The peak memory that counts for the memory ratio: GPU (NVML, else torch's) on cuda, else host."""
-    if cuda:
-        gpu = cell.get("peak_gpu_bytes")
-        return gpu if gpu is not None else cell.get("peak_gpu_torch_bytes")
-    return cell.get("peak_host_bytes")
-
-
 def summarise(results: list[dict]) -> list[dict]:
-    """One row per (run, nodes, backend), runs in the given order, nodes ascending, reference first.
+    """One row per (run, n_tokens, nodes, backend), runs in the given order, points ascending (prompt length,
+    then nodes), reference first.
 
     Each row holds the aggregated cell (see :func:`aggregate_cells`) plus ``run`` (label), ``run_index``,
-    ``device``, ``dtype``, ``speedup`` (reference wall / backend wall in the same run at the same nodes;
+    ``device``, ``dtype``, ``speedup`` (reference wall / backend wall in the same run at the same point;
     None unless both are ok), ``mem_ratio`` (backend peak / reference peak, GPU on cuda, else host),
     ``parity_verdict`` and ``verdict_note`` (:func:`attrbench.graph.verdicts.judge`, on the aggregated figures),
     the parity figures at top level and the figures against the fp32 truth as ``truth_<figure>`` (bf16 runs).
@@ -230,13 +253,14 @@ def summarise(results: list[dict]) -> list[dict]:
         cuda = is_cuda(result)
         cells = aggregate_cells(result)
         order = backend_order([result])
-        for nodes in node_counts(result):
-            yardsticks = {(c["parity"] or {}).get("against") for (_, n), c in cells.items() if n == nodes}
-            truths = {(c["truth_parity"] or {}).get("against") for (_, n), c in cells.items() if n == nodes}
-            ref = cells.get((REFERENCE, nodes))
+        for point in points_of(result):
+            at = [c for (_, *p), c in cells.items() if tuple(p) == point]
+            yardsticks = {(c["parity"] or {}).get("against") for c in at}
+            truths = {(c["truth_parity"] or {}).get("against") for c in at}
+            ref = cells.get((REFERENCE, *point))
             ref_ok = ref is not None and ref["status"] == "ok"
             for backend in order:
-                cell = cells.get((backend, nodes))
+                cell = cells.get((backend, *point))
                 if cell is None:
                     continue
                 row = dict(cell)
@@ -264,7 +288,7 @@ def summarise(results: list[dict]) -> list[dict]:
                 elif backend in yardsticks or backend == REFERENCE or YARDSTICK in cell["stored_verdicts"]:
                     role = YARDSTICK
                 against = row["parity_against"] or REFERENCE
-                reference_truth = (cells.get((against, nodes)) or {}).get("truth_parity")
+                reference_truth = (cells.get((against, *point)) or {}).get("truth_parity")
                 row["reference_truth"] = reference_truth
                 row["parity_verdict"], row["verdict_note"] = judge(
                     row, dtype, role=role, reference_truth=reference_truth
@@ -293,8 +317,14 @@ def speedup_text(row: dict) -> str:
 
 
 def device_notes(rows: list[dict]) -> list[str]:
-    """One line per backend and node count whose speedup compares cells on different device models."""
-    return [f"{r['backend']} nodes={r['nodes']}: {r['device_note']}" for r in rows if r.get("device_note")]
+    """One line per backend and point whose speedup compares cells on different device models."""
+    sweep = is_sweep(rows)
+    return [
+        f"{r['backend']} {'n_tokens=' + str(r['n_tokens']) + ' ' if sweep else ''}nodes={r['nodes']}: "
+        f"{r['device_note']}"
+        for r in rows
+        if r.get("device_note")
+    ]
 
 
 def phase_names(rows: list[dict]) -> list[str]:
@@ -319,24 +349,28 @@ def status_text(row: dict, width: int | None = 50) -> str:
 
 
 def best_backend(rows: list[dict], exact: bool | None = True) -> dict | None:
-    """The fastest non-reference backend with good parity at the largest node count where the reference
-    completed (or, where it never did, the fastest ok backend at the largest node count).
+    """The fastest non-reference backend with good parity at the largest point (prompt length, then node
+    count) where the reference completed (or, where it never did, the fastest ok backend at the largest point).
 
     ``exact=True`` (the default) considers exact backends only, ``False`` approximate ones, ``None`` all.
     """
     rows = [r for r in rows if exact is None or r["backend"] == REFERENCE or bool(r["exact"]) == exact]
-    ref_ok_nodes = [r["nodes"] for r in rows if r["backend"] == REFERENCE and r["status"] == "ok"]
-    if ref_ok_nodes:
-        nodes = max(ref_ok_nodes, key=_nodes_key)
-        candidates = [r for r in rows if r["nodes"] == nodes and r["backend"] != REFERENCE and r["speedup"]]
+    ref_ok = [_point(r) for r in rows if r["backend"] == REFERENCE and r["status"] == "ok"]
+    if ref_ok:
+        point = max(ref_ok, key=point_key)
+        candidates = [r for r in rows if _point(r) == point and r["backend"] != REFERENCE and r["speedup"]]
         good = [r for r in candidates if r["parity_verdict"] in (OK, APPROX, NO_YARDSTICK)]
         pool = good or candidates
         return max(pool, key=lambda r: r["speedup"]) if pool else None
     ok = [r for r in rows if r["status"] == "ok" and r["wall_s"] and (r["backend"] != REFERENCE or exact is not False)]
     if not ok:
         return None
-    nodes = max((r["nodes"] for r in ok), key=_nodes_key)
-    return min((r for r in ok if r["nodes"] == nodes), key=lambda r: r["wall_s"])
+    point = max((_point(r) for r in ok), key=point_key)
+    return min((r for r in ok if _point(r) == point), key=lambda r: r["wall_s"])
+
+
+def _point(row: dict) -> tuple[int | None, Any]:
+    return (row.get("n_tokens"), row["nodes"])
 
 
 def environment_rows(result: dict) -> list[tuple[str, str]]:

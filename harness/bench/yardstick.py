@@ -81,7 +81,7 @@ class GroupYardsticks:
             return None
         best = self.ranked[0]
         return (
-            f"{best} did not complete at nodes={cell.nodes} repeat={cell.repeat} "
+            f"{best} did not complete at {cell.where()} "
             f"({self.status.get(best, 'not run')}); parity there is against {against}"
         )
 
@@ -134,7 +134,7 @@ class GroupYardsticks:
         if truth is None or cell.backend == truth.backend or self.status.get(truth.backend) == "ok":
             return None  # the truth cell itself is asked before its own status is recorded
         return (
-            f"the float32 truth {truth.backend} did not complete at nodes={cell.nodes} repeat={cell.repeat} "
+            f"the float32 truth {truth.backend} did not complete at {cell.where()} "
             f"({self.status.get(truth.backend, 'not run')}); exact bf16 backends there are judged against "
             f"the bf16 yardstick instead (Jaccard 1, relative error within the bf16 tolerance)"
         )
@@ -151,7 +151,7 @@ class GroupYardsticks:
         return {"verdict": verdict, "verdict_note": why}
 
     def _recreate(self, cell: Cell, against: str, truth: Cell | None = None) -> Path | None:
-        folder = self.rerun(truth or Cell(against, cell.nodes, cell.repeat))
+        folder = self.rerun(truth or Cell(against, cell.nodes, cell.repeat, n_tokens=cell.n_tokens, sweep=cell.sweep))
         if folder is not None:
             self.graphs[against] = folder
         return folder

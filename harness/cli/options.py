@@ -54,7 +54,7 @@ workload_options = stack(
         "--model",
         "model",
         default=None,
-        help="Workload preset name (tiny, small, large, qwen3-4b) or a local Hugging Face model folder "
+        help="Workload preset name (tiny, small, large, long, qwen3-4b, ...) or a local Hugging Face model folder "
         "(with --transcoders and --prompt). Default: the smallest preset with enough active "
         "features for the largest --nodes.",
     ),
@@ -114,7 +114,14 @@ attribution_options = stack(
 
 workload_size_options = stack(
     click.option("--d-transcoder", type=int, default=None, help="Override the workload's transcoder width."),
-    click.option("--n-tokens", type=int, default=None, help="Override the workload's prompt length."),
+    click.option(
+        "--n-tokens",
+        "n_tokens_opt",
+        default=None,
+        metavar="N[,N...]",
+        help="Override the workload's prompt length; several (comma-separated) sweep prompt lengths, each its "
+        "own workload (the same model and transcoders, the prompt extended).",
+    ),
 )
 
 backends_option = click.option(
@@ -293,14 +300,25 @@ def _short(value: object) -> str:
     return text if len(text) <= 24 else text[:20] + "..."
 
 
-def check_plan_size(n_backends: int, n_nodes: int, repeats: int) -> None:
+def check_plan_size(n_backends: int, n_nodes: int, repeats: int, n_lengths: int = 1) -> None:
     """A run of more than :data:`MAX_PLAN_CELLS` cells is refused before anything is planned."""
-    cells = n_backends * n_nodes * repeats
+    cells = n_backends * n_nodes * repeats * n_lengths
     if cells > MAX_PLAN_CELLS:
+        lengths = f" x {n_lengths} prompt lengths" if n_lengths > 1 else ""
         raise UsageError(
-            f"the run would have {cells:,} cells ({n_backends} backends x {n_nodes} node counts x "
+            f"the run would have {cells:,} cells ({n_backends} backends x {n_nodes} node counts{lengths} x "
             f"{repeats} repeats); at most {MAX_PLAN_CELLS:,} per run: split it into several runs"
         )
+
+
+def parse_lengths(value: str | None) -> list[int] | None:
+    """``--n-tokens 64,256`` -> ``[64, 256]`` (ascending, duplicates dropped); None when not given."""
+    if value is None:
+        return None
+    lengths = sorted(parse_int_list(value, "--n-tokens"))
+    if lengths[0] < 2:
+        raise UsageError(f"--n-tokens takes prompt lengths of at least 2, got {lengths[0]}")
+    return lengths
 
 
 def bench_settings(
@@ -369,7 +387,8 @@ def resolve_spec(
     n_tokens: int | None = None,
 ) -> tuple[wl.WorkloadSpec, str | None]:
     """The workload of --model PRESET|DIR (+ --transcoders DIR --prompt TEXT) or --workload FILE, checked
-    against the node counts; returns (spec, note about an automatically chosen preset or None)."""
+    against the node counts; returns (spec, note about an automatically chosen preset or None). A sweep over
+    prompt lengths passes its longest here: the node counts are checked against that workload."""
     if model is not None and workload_file is not None:
         raise UsageError("--model and --workload are mutually exclusive; give one")
     _positive("--d-transcoder", d_transcoder)

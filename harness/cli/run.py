@@ -31,6 +31,7 @@ from attrbench.cli.options import (
     nodes_list_option,
     output_option,
     parse_int_list,
+    parse_lengths,
     parse_options,
     resolve_device,
     resolve_spec,
@@ -180,7 +181,7 @@ def run_cmd(
     no_warmup: bool,
     options: tuple[str, ...],
     d_transcoder: int | None,
-    n_tokens: int | None,
+    n_tokens_opt: str | None,
     memory_limit: float | None,
     strict: bool,
     transcoders_dir: str | None,
@@ -194,6 +195,8 @@ def run_cmd(
 ) -> int:
     """Run the benchmark: every backend x node count x repeat in its own child process."""
     nodes = parse_int_list(nodes_opt, "--nodes") if nodes_opt is not None else list(DEFAULT_NODES)
+    lengths = parse_lengths(n_tokens_opt)
+    n_tokens = lengths[-1] if lengths else None
     opts = parse_options(options)
     settings = bench_settings(
         device=resolve_device(device),
@@ -219,7 +222,7 @@ def run_cmd(
     for name in names:
         check_supports(known[name], settings.device, dtype)
     check_options(opts, [known[n] for n in names])
-    check_plan_size(len(names), len(nodes), repeats)
+    check_plan_size(len(names), len(nodes), repeats, len(lengths or [None]))
     launcher = choose_launcher(launcher_name, ray_address)
 
     output = output or resume_file
@@ -227,7 +230,7 @@ def run_cmd(
         check_writable(Path(output), "--output")
     # held from before --resume is read until the run has written its last cell
     with output_lock(Path(output) if output else None):
-        config = _config(spec, names, nodes, settings, output, resume_file, scratch_dir)
+        config = _config(spec, names, nodes, settings, output, resume_file, scratch_dir, lengths)
         configure_launcher(launcher, ray_address)
         return _run_locked(config, launcher, preset_note, fmt, verbose, allow_parity_failures)
 
@@ -240,6 +243,7 @@ def _config(
     output: str | None,
     resume_file: str | None,
     scratch_dir: str | None,
+    lengths: list[int] | None = None,
 ) -> RunConfig:
     """The run's configuration, with the cells of ``--resume`` (checked against this workload and settings)."""
     resume = None
@@ -263,6 +267,7 @@ def _config(
         output=Path(output) if output else None,
         resume=resume,
         scratch=Path(scratch_dir) if scratch_dir else None,
+        lengths=lengths,
     )
 
 
@@ -289,8 +294,10 @@ def exit_code(doc: dict[str, Any], verbose: bool = False, allow_parity_failures:
     """1 when a cell errored or returned an invalid graph, or (unless allowed) an exact backend's parity
     failed; else 0. Says why on stderr; with ``verbose`` also prints each failed cell's traceback."""
     code = 0
+    sweep = len({cell.get("n_tokens") for cell in doc["cells"]}) > 1
     for cell in doc["cells"]:
-        label = f"{cell['backend']} nodes={cell['nodes']} repeat={cell['repeat']}"
+        tokens = f" n_tokens={cell.get('n_tokens')}" if sweep else ""
+        label = f"{cell['backend']}{tokens} nodes={cell['nodes']} repeat={cell['repeat']}"
         if verbose and cell.get("error_traceback"):
             err(f"traceback of {label}:\n{cell['error_traceback'].rstrip()}")
         if cell.get("status") in ("error", "invalid"):

@@ -68,16 +68,32 @@ def calibrated_thresholds(pre_acts: torch.Tensor, target_l0: float, margin: floa
     a feature whose pre-activations come within ``margin`` of it gets the nearest threshold that keeps that
     margin instead. So rounding differences between implementations and dtypes (HF vs TransformerLens,
     float32 vs bfloat16) cannot switch a feature on or off, and the active set is the same for all of them.
+
+    The candidates are the layer threshold and each pre-activation +- ``margin``; a candidate is clear when
+    its nearest pre-activation (found by binary search in the feature's sorted values) is at least ``margin``
+    away. Memory is ``O(F x n_pos)``, so long prompts (thousands of positions) calibrate as quickly as short
+    ones; the thresholds are bit-identical to comparing every candidate with every pre-activation.
     """
     flat = pre_acts.flatten().sort(descending=True).values
     k = max(1, min(flat.numel() - 1, int(round(target_l0 * pre_acts.shape[0]))))
     layer_threshold = (flat[k - 1] + flat[k]) / 2
-    values = pre_acts.T  # [F, n_pos]
+    values = pre_acts.T.contiguous()  # [F, n_pos]
     step = margin * 1.001
     candidates = torch.cat([layer_threshold.expand(values.shape[0], 1), values - step, values + step], dim=1)
-    clear = ((values[:, None, :] - candidates[:, :, None]).abs() >= margin).all(-1)  # [F, candidates]
+    clear = _nearest_distance(values, candidates) >= margin  # [F, candidates]
     distance = (candidates - layer_threshold).abs().masked_fill(~clear, float("inf"))
     return candidates.gather(1, distance.argmin(1, keepdim=True))[:, 0]
+
+
+def _nearest_distance(values: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """``min_j |values[f, j] - candidates[f, c]|`` for every (f, c), from the two sorted neighbours of each
+    candidate (rounding of ``v - c`` is monotone in ``v``, so the minimum over all values is at one of them)."""
+    ordered = values.sort(dim=1).values
+    n = ordered.shape[1]
+    right = torch.searchsorted(ordered, candidates).clamp(max=n - 1)
+    left = (right - 1).clamp(min=0)
+    near = torch.minimum((ordered.gather(1, left) - candidates).abs(), (ordered.gather(1, right) - candidates).abs())
+    return near
 
 
 def build_transcoders(spec: WorkloadSpec, inputs: list[torch.Tensor]) -> list[TranscoderWeights]:
@@ -91,7 +107,8 @@ def build_transcoders(spec: WorkloadSpec, inputs: list[torch.Tensor]) -> list[Tr
         b_dec = torch.zeros(d)
         W_skip = torch.randn(d, d, generator=g) * (0.1 / d**0.5) if spec.transcoders.skip_connection else None
         pre = x[1:] @ W_enc.T + b_enc  # position 0 (BOS) never has active features
-        thresholds = calibrated_thresholds(pre, spec.transcoders.target_l0)
+        margin = spec.transcoders.threshold_margin or THRESHOLD_MARGIN
+        thresholds = calibrated_thresholds(pre, spec.transcoders.target_l0, margin)
         out.append(TranscoderWeights(W_enc, W_dec, b_enc, b_dec, thresholds, W_skip))
     return out
 
@@ -157,7 +174,7 @@ def build_seeded(spec: WorkloadSpec, hf_model: Any, token_ids: torch.Tensor) -> 
         W_dec = torch.randn(F, L - layer, d, generator=g) * (0.5 / (F * (L - layer)) ** 0.5)
         b_enc, b_dec = torch.zeros(F), torch.zeros(d)
         W_skip = torch.randn(d, d, generator=g) * (0.1 / d**0.5) if t.skip_connection else None
-        threshold = calibrated_thresholds(m[1:] @ W_enc.T, t.target_l0, CLT_THRESHOLD_MARGIN)
+        threshold = calibrated_thresholds(m[1:] @ W_enc.T, t.target_l0, t.threshold_margin or CLT_THRESHOLD_MARGIN)
         if t.activation == "relu":
             b_enc, threshold = -threshold, torch.zeros(F)
         out.append(TranscoderWeights(W_enc, W_dec, b_enc, b_dec, threshold, W_skip, t.activation, t.k))

@@ -59,6 +59,11 @@ class TranscoderSpec:
     #: "jumprelu" | "relu" | "topk"; TopK keeps the ``k`` largest pre-activations per position
     activation: str = "jumprelu"
     k: int | None = None
+    #: no pre-activation of the calibration prompt lies closer than this to its feature's threshold; None =
+    #: the kind's default (0.05 per-layer, 0.1 cross-layer, safe for bf16). Long prompts need a smaller one:
+    #: a feature has thousands of pre-activations there, and gaps of twice the default margin near the cut
+    #: are rare, so the default pushes thresholds up and the active count grows far slower than the prompt.
+    threshold_margin: float | None = None
 
     @property
     def per_position_l0(self) -> float:
@@ -125,7 +130,7 @@ class WorkloadSpec:
         for key in OPTIONAL_FIELDS:
             if d["model"][key] is None:
                 del d["model"][key]
-        for key, default in (("kind", "plt"), ("activation", "jumprelu"), ("k", None)):
+        for key, default in (("kind", "plt"), ("activation", "jumprelu"), ("k", None), ("threshold_margin", None)):
             if d["transcoders"].get(key) == default:
                 del d["transcoders"][key]  # so do per-layer JumpReLU workloads
         if d["prompt"]["token_ids"] is None:
@@ -214,6 +219,22 @@ PRESETS: dict[str, tuple[WorkloadSpec, str]] = dict(
             TranscoderSpec(d_transcoder=4096, target_l0=200, kind="clt"),
             32,
             "small with a cross-layer JumpReLU transcoder (>= 40,000 active features, decoders 4.5x larger)",
+        ),
+        _preset(
+            "long",
+            ModelSpec(
+                num_hidden_layers=4,
+                hidden_size=128,
+                num_attention_heads=8,
+                num_key_value_heads=2,
+                head_dim=16,
+                intermediate_size=256,
+                vocab_size=2048,
+            ),
+            TranscoderSpec(d_transcoder=4096, target_l0=20, threshold_margin=0.002),
+            256,
+            "prompt-length sweeps on CPU (--n-tokens 64,256,1024,2048: about 5,000 to 164,000 active "
+            "features); float32 only (threshold margin 0.002)",
         ),
         _preset(
             "qwen3-4b",
@@ -373,6 +394,8 @@ def validate(spec: WorkloadSpec) -> WorkloadSpec:
         raise UsageError(
             f"workload: transcoders.activation must be one of {', '.join(ACTIVATIONS)}, got {t.activation!r}"
         )
+    if t.threshold_margin is not None:
+        _positive_float("transcoders", "threshold_margin", t.threshold_margin)
     if t.activation == "topk":
         k = _positive_int("transcoders", "k", t.k)
         if k > t.d_transcoder:

@@ -89,3 +89,18 @@ def test_strict_records_predicted_oom_without_running(tmp_path, monkeypatch, cap
     assert cells["gqa-shared"]["status"] == "ok"
     assert "warning: reference nodes=100: predicted peak" in err
     assert json.loads(out.read_text())["settings"]["strict"] is True
+
+
+def test_cli_estimates_every_prompt_length(capsys):
+    code, out, err = invoke(
+        capsys,
+        ["estimate", "--model", "long", "--n-tokens", "2048,64", "--nodes", "10000", "--backends", "gqa-shared"],
+    )
+    assert code == 0, err
+    rows = [line.split() for line in out.splitlines() if line.startswith("gqa-shared")]
+    assert [(r[1], r[2]) for r in rows] == [("64", "10000"), ("2048", "10000")]
+    assert "tokens" in out.splitlines()[1]
+    code, out, err = invoke(
+        capsys, ["estimate", "--model", "long", "--n-tokens", "1", "--nodes", "100", "--backends", "gqa-shared"]
+    )
+    assert code == 2 and "--n-tokens" in err

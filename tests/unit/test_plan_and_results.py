@@ -21,10 +21,10 @@ def test_cell_order_puts_yardsticks_first():
     ]
     cells = plan_cells(["gqa-shared", "reference"], [200, 800], 2, known)
     assert [c.key for c in cells[:4]] == [
-        ("reference", 200, 0),
-        ("gqa-shared", 200, 0),
-        ("reference", 200, 1),
-        ("gqa-shared", 200, 1),
+        ("reference", None, 200, 0),
+        ("gqa-shared", None, 200, 0),
+        ("reference", None, 200, 1),
+        ("gqa-shared", None, 200, 1),
     ]
     assert len(cells) == 8
 
@@ -65,7 +65,7 @@ def test_results_file_helpers(tmp_path):
     write_results_atomic(path, doc)
     assert load_results(path) == json.loads(json.dumps(doc))
     assert [p.name for p in path.parent.iterdir()] == ["r.json"]  # no temp file left
-    assert cell_key(doc["cells"][0]) == ("reference", 200, 0)
+    assert cell_key(doc["cells"][0]) == ("reference", None, 200, 0)  # written before prompt-length sweeps
     for content, fragment in [
         ("{", "not valid JSON"),
         ("[]", "not an attrbench results file"),
