@@ -13,6 +13,8 @@ from attrbench.backends.exact import ranking, zeroed
 
 #: rows packaged per block, so that packaging never holds a second full copy of the edge rows
 PACKAGE_BLOCK_ROWS = 4096
+#: rows whose |.| sums are taken at once
+SUM_BLOCK_ROWS = 64
 
 
 class BlockStore:
@@ -90,8 +92,10 @@ class DenseEdgeStore(BlockStore):
         if rows.data_ptr() != target.data_ptr():
             target.copy_(rows)
         if ranked:  # one pass, no |rows| temporary
-            # reduced in the rows' own dtype (float accumulation inside), without a float32 copy of them
-            self.row_sums[start:stop] = torch.linalg.vector_norm(target, 1, dim=1)
+            # a few rows at a time: a bfloat16 reduction converts its input, and that temporary stays small
+            for s in range(0, count, SUM_BLOCK_ROWS):
+                part = target[s : s + SUM_BLOCK_ROWS]
+                self.row_sums[start + s : start + s + part.shape[0]] = torch.linalg.vector_norm(part, 1, dim=1)
         self.row_nodes[start:stop] = nodes
         self.n_filled = stop
 

@@ -10,20 +10,28 @@ calibrated number of active features) and the run settings. The big terms, per b
   transcoders in the workload and in the replacement model); the forward pass with ``batch_size`` copies of
   the prompt (``batch x n_pos x d_model x ~12 L`` activations kept for the backward passes) and the
   backward's feature contraction (``batch x features_per_layer x d_model``).
-* exact backends (``autodiff-free``, ``causal-trick``, ``gqa-shared``): the weights once (+ stacked V/O/skip),
-  the edge rows in whichever store the backend would pick (:func:`attrbench.backends.exact.engine.make_edge_store`
-  decides dense vs lean with :func:`attrbench.memory.dense_fits`, and so does this estimate),
-  the ranking's temporaries (circuit-tracer's copy, or the streamed ``rows x rows`` block) and the square
-  adjacency; per-batch gradient buffers.
-* ``approximate-pruned``: like gqa-shared, but about :data:`PRUNED_KEPT_FRACTION` of the edges kept as
-  12-byte coordinate entries (twice while the chunks are concatenated), then the square adjacency; or,
-  where the exact backends would pick the lean store, that store (it falls back to it).
+* exact backends (``autodiff-free``, ``causal-trick``, ``gqa-shared``): the weights once (+ stacked V/O/skip
+  and encoders, the active features' decoders), the edge rows in whichever store the backend would pick
+  (:func:`attrbench.backends.exact.engine.make_edge_store` decides dense vs lean with
+  :func:`attrbench.memory.dense_fits`, and so does this estimate), the ranking's temporaries (circuit-tracer's
+  copy, or the streamed ``rows x rows`` block) and the square adjacency; per-batch gradient buffers. The dense
+  store costs only the pages its rows are written over (:mod:`attrbench.backends.exact.zeroed`): all columns
+  for autodiff-free, the reachable ones for the causal rungs, the selected ones in gqa-shared's last window.
+* ``approximate-pruned``: like gqa-shared with 2-byte (bfloat16) rows; where the exact backends would pick
+  the lean store, that store (small entries zeroed).
 
 Time is FLOP/byte based: multiply-adds of every row's VJP (circuit-tracer's backward over the whole prompt
 and every layer below the target, with partial batches padded to ``batch_size``; the causal backends only
 over positions <= the target's), at the GEMM rate measured on this machine once (:func:`gemm_rate`), plus
 memory passes over the edge rows for ranking and packaging at :data:`HOST_BANDWIDTH`, times a per-backend
 inefficiency factor calibrated from the measurements below.
+
+Since issue 16 the dense store costs only its written pages; the exact backends' peaks on this engine
+(alone, 2 cores): ``small`` 4,000 nodes: autodiff-free 1.43 GiB (estimate -7%), causal-trick 1.26 (-4%),
+gqa-shared 0.75 (+4%); batch 64: gqa-shared 0.76 (+3%); ``long`` at 64 / 256 / 1,024 / 2,048 tokens, 10,000
+nodes: every exact backend within -21% .. +15% (``reports/long-prompts.md``). approximate-pruned is off by
+-50% at 64 tokens (its bfloat16 GEMMs hold about 0.35 GiB more than this model counts) and +65% at 2,048.
+The older table below was measured on the engine before it.
 
 Estimate vs measured (2 CPU cores, fp32, batch 512, update_interval 4; ``peak_host_bytes`` and ``wall_s`` of
 ``attrbench run``; relative error = estimate / measured - 1):
@@ -100,8 +108,12 @@ GIB = 2**30
 #: autodiff-free and causal-trick rank with circuit-tracer's own function, so their cells import it (and
 #: TransformerLens) too, in the warm-up's first re-ranking
 BASE_HOST = {"autograd": 0.54 * GIB, "vjp": 0.54 * GIB, "vjp-causal": 0.54 * GIB, "default": 0.36 * GIB}
-#: fraction of the edges approximate-pruned keeps (its threshold's typical outcome)
-PRUNED_KEPT_FRACTION = 0.25
+#: average fraction of a layer's positions a causal rung's row is written over (its batch spans the
+#: positions up to the batch's last target; fitted on small, 4,000 nodes, batch 64 and 512)
+REACHED_POSITION_FRACTION = 0.6
+#: the same for autodiff-free, which writes every row over every layer below its batch's top target and every
+#: position; pages of columns nothing was written to stay untouched (fitted on long, 256 and 1,024 tokens)
+PLAIN_REACHED_FRACTION = 0.45
 #: activations of the replacement model's forward per (batch copy, position, d_model) and layer
 REF_ACTIVATION_TENSORS_PER_LAYER = 12
 #: fitted scale of the reference's activation + contraction terms (tiny and small, see the table above)
@@ -301,9 +313,9 @@ def _row_macs(s: Shape, backend: str) -> tuple[float, float]:
 
 def _choose_store(model: str, s: Shape, device: str, options: dict[str, Any]) -> str:
     """What the exact engine would pick (the same rule, :func:`attrbench.memory.dense_fits`).
-    The pruned model keeps coordinate lists where the others keep dense rows, and the lean layered store
-    (small entries zeroed) where they go lean."""
-    dense = "pruned" if model == "vjp-causal-gqa-pruned" else "dense"  # its coordinate lists replace dense rows
+    approximate-pruned keeps bfloat16 dense rows, and the lean layered store (small entries zeroed) where the
+    others go lean."""
+    dense = "dense"
     choice = options.get("edge_storage", "auto")
     if choice in ("dense", "lean"):
         return dense if choice == "dense" else "lean"
@@ -396,12 +408,8 @@ class _EdgeBytes:
 
 
 def _vjp_edges(c: _Inputs, kind: str, store: str) -> _EdgeBytes:
-    """The exact engine's edge rows in ``store`` (``dense``, ``lean`` or ``pruned``)."""
+    """The exact engine's edge rows in ``store`` (``dense`` or ``lean``)."""
     s, E, S = c.s, c.E, c.S
-    if store == "pruned":
-        kept = PRUNED_KEPT_FRACTION * s.n_rows * s.row_size
-        # the coordinate chunks, their concatenation (ranking), then the dense square adjacency
-        return _EdgeBytes(12 * kept, 12 * kept, S, c.ranks * kept * 40 + kept * 40)
     if store == "lean":
         # a row at layer l keeps the features and error nodes of the layers below l, and every token: on
         # average (L - 1) / 2L of the features and (L - 1) / 2 layers of error nodes; logit rows keep all
@@ -410,25 +418,40 @@ def _vjp_edges(c: _Inputs, kind: str, store: str) -> _EdgeBytes:
         # ranking reads the rows in place; packaging joins one layer's rows (about 1/L of them) at a time and
         # writes the adjacency to a file in blocks
         return _EdgeBytes(lean, 0, lean / s.L + 4 * 512 * s.n_square, c.ranks * lean + 2 * lean + S)
-    plain = kind in ("vjp", "vjp-causal")
-    # circuit-tracer's ranking copies the rows filled so far: at the last re-ranking, all but the last window;
-    # the streamed ranking takes the square block and one |block| of up to 8,192 rows
-    last_rank_rows = max(0, s.n_rows - c.update_interval * c.B)
-    rank_tmp = E * last_rank_rows // s.n_rows if plain else 4 * s.n_rows**2 + 4 * min(8192, s.n_rows) * s.total_nodes
-    packaging = S + 2 * 4 * min(4096, s.n_rows) * s.n_square
-    return _EdgeBytes(E, rank_tmp if c.ranks else 0, packaging, c.ranking_passes((s.L + 4) if plain else 3) + E + 2 * S)
+    # The dense store is fresh anonymous memory: only the pages a row is written over become resident.
+    # autodiff-free writes every row over every layer's columns; the causal rungs only over the layers below
+    # the target and the positions up to the batch's last one; gqa-shared computes the last window (never
+    # ranked) over the selected columns only; approximate-pruned keeps 2-byte rows.
+    plain, narrow = kind == "vjp", kind in ("vjp-causal-gqa", "vjp-causal-gqa-pruned")
+    item = 2 if kind == "vjp-causal-gqa-pruned" else 4
+    last = min(s.nodes, c.update_interval * c.B) if (c.ranks and narrow) else 0
+    reach = PLAIN_REACHED_FRACTION if plain else (s.L - 1) / (2 * s.L) * REACHED_POSITION_FRACTION
+    wide_rows = s.n_rows - last - s.n_logits
+    resident = item * (
+        wide_rows * (s.n_active * reach + s.L * s.n_pos + s.n_pos)
+        + last * (s.nodes + (s.L + 1) * s.n_pos)
+        + s.n_logits * s.row_size
+    )
+    ranked_rows = max(0, s.n_rows - c.update_interval * c.B)  # rows at the last re-ranking
+    if kind in ("vjp", "vjp-causal"):  # circuit-tracer's ranking copies the rows ranked so far, densely
+        rank_tmp = 4 * ranked_rows * s.total_nodes
+    else:  # the streamed ranking: the rows x rows block and a 64-row |block|
+        rank_tmp = 4 * ranked_rows**2 + 4 * 64 * s.total_nodes
+    packaging = S + 4 * 1024 * s.n_square
+    plain_passes = (s.L + 4) if kind in ("vjp", "vjp-causal") else 3
+    return _EdgeBytes(resident, rank_tmp if c.ranks else 0, packaging, c.ranking_passes(plain_passes) + E + 2 * S)
 
 
 def _vjp_cost(c: _Inputs, kind: str, store: str, terms: dict[str, int]) -> tuple[float, float, float, float]:
     """The exact engine's rungs: (host bytes, GPU bytes, compute s, memory s)."""
     s, B = c.s, c.B
     weights = c.model_b + c.tc_b + 4 * s.L * (s.KV * s.dh * s.d + s.d * s.H * s.dh + (s.d * s.d if s.skip else 0))
-    if kind in ("vjp-causal-gqa", "vjp-causal-gqa-pruned"):  # padded per-position decoder layouts
-        per_pos = max(1, math.ceil(s.n_active / s.L / max(1, s.n_pos - 1)))
-        weights += int(4 * s.L * (s.n_pos * s.d * per_pos * 2) * s.decoder_factor)
+    weights += 4 * s.L * s.F * s.d  # the encoders stacked once (a batch's encoder vectors are gathered from them)
+    weights += int(4 * s.n_active * s.d * s.decoder_factor)  # the active features' scaled decoders
     # one batch's edge rows, and its gradients [B, P, d] through the layers (the attention VJP's temporaries
     # included); P is the whole prompt for the rows at the last positions, in every rung
-    buffers = int(4 * B * s.row_size + GRAD_BUFFERS.get(kind, GRAD_BUFFERS["default"]) * 4 * B * s.n_pos * s.d)
+    item = 2 if kind == "vjp-causal-gqa-pruned" else 4  # approximate-pruned's backward runs in bfloat16
+    buffers = int(item * B * s.row_size + GRAD_BUFFERS.get(kind, GRAD_BUFFERS["default"]) * item * B * s.n_pos * s.d)
     # the frozen attention patterns [L, H, n, n] of the linearised model; gqa-shared keeps a grouped copy
     patterns = 4 * s.L * s.H * s.n_pos**2 * (2 if kind in ("vjp-causal-gqa", "vjp-causal-gqa-pruned") else 1)
     edges = _vjp_edges(c, kind, store)
