@@ -278,6 +278,25 @@ def estimate_backend(spec: WorkloadSpec, label: str, backend: Backend, nodes: in
     return replace(estimate_cell(spec, model, nodes, **kw), backend=label)
 
 
+def estimate_run_cell(
+    spec: WorkloadSpec, label: str, backend: Backend, nodes: int, settings: BenchSettings, rate: float | None
+) -> Estimate | None:
+    """:func:`estimate_backend` with a run's settings (device, dtype, batch, update interval, logits, options)."""
+    return estimate_backend(
+        spec,
+        label,
+        backend,
+        nodes,
+        device=settings.device,
+        dtype=settings.dtype,
+        batch_size=settings.batch_size,
+        update_interval=settings.update_interval,
+        max_n_logits=settings.max_n_logits,
+        options=settings.backend_options,
+        rate=rate,
+    )
+
+
 def _dtype_bytes(dtype: str) -> int:
     return 2 if dtype in ("bfloat16", "float16") else 4
 
@@ -586,19 +605,7 @@ def predict_unfit(
     too_big: dict[tuple[str, int], str] = {}
     for b, n in dict.fromkeys((cell.backend, cell.nodes) for cell in cells):
         try:
-            est = estimate_backend(
-                spec,
-                b,
-                backends[b],
-                n,
-                device=settings.device,
-                dtype=settings.dtype,
-                batch_size=settings.batch_size,
-                update_interval=settings.update_interval,
-                max_n_logits=settings.max_n_logits,
-                options=settings.backend_options,
-                rate=DEFAULT_CPU_RATE,
-            )
+            est = estimate_run_cell(spec, b, backends[b], n, settings, DEFAULT_CPU_RATE)
         except Exception:
             continue
         ok, reason = fits(est, host, gpu) if est is not None else (True, None)

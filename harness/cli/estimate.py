@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import click
 
 from attrbench.api import Backend
-from attrbench.bench.estimate import Estimate, available_memory, estimate_backend, estimate_table, fits, gemm_rate
+from attrbench.bench.estimate import Estimate, available_memory, estimate_run_cell, estimate_table, fits, gemm_rate
 from attrbench.bench.settings import BenchSettings
 from attrbench.cli.options import (
     attribution_options,
@@ -122,19 +122,7 @@ def _estimates(
     cost model)."""
     out = []
     for b in names:
-        est = estimate_backend(
-            spec,
-            b,
-            known[b],
-            n,
-            device=settings.device,
-            dtype=settings.dtype,
-            batch_size=settings.batch_size,
-            update_interval=settings.update_interval,
-            max_n_logits=settings.max_n_logits,
-            options=settings.backend_options,
-            rate=rate,
-        )
+        est = estimate_run_cell(spec, b, known[b], n, settings, rate)
         if est is None:
             err(f"{b}: declares no cost model; it cannot be estimated")
         else:
