@@ -164,3 +164,24 @@ def test_backend_variant_fixes_options():
         variant.prepare(built, "cpu", torch.float32), AttributeSettings(max_feature_nodes=200, batch_size=64)
     )
     assert result.info["approx_threshold"] == 0.1
+
+
+def test_approximate_bfloat16_backward_is_close_and_auto_picks_by_batch():
+    """approx_dtype=bfloat16 runs the VJPs in bfloat16: close to the reference (within the approximate
+    targets on tiny) but not identical; ``auto`` takes float32 for small batches on a CPU, bfloat16 from 256."""
+    from attrbench.backends.approximate_pruned import compute_dtype_name
+
+    built = build_workload(preset("tiny"))
+    reference = run("reference", built, 400, batch_size=64)
+    backend = get_backends()["approximate-pruned"]
+    prepared = backend.prepare(built, "cpu", torch.float32)
+    options = {"approx_dtype": "bfloat16", "approx_threshold": 0.0}
+    result = backend.attribute(prepared, AttributeSettings(max_feature_nodes=400, batch_size=64, options=options))
+    assert result.info["approx_dtype"] == "bfloat16"
+    figures = compare(result, reference, "reference")
+    assert figures["edge_recall"] >= 0.99 and figures["pruned_node_jaccard"] >= 0.95, figures
+    assert 1e-5 < figures["rel_frobenius"] < 0.05, figures  # bfloat16 rounding, not float32's
+    cpu = torch.device("cpu")
+    assert compute_dtype_name(AttributeSettings(batch_size=64), cpu) == "float32"
+    assert compute_dtype_name(AttributeSettings(batch_size=512), cpu) == "bfloat16"
+    assert compute_dtype_name(AttributeSettings(batch_size=64), torch.device("cuda")) == "bfloat16"
