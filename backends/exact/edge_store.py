@@ -47,7 +47,7 @@ class DenseEdgeStore(BlockStore):
     """Dense ``[rows, nodes]`` float32 edge rows (circuit-tracer's layout), the row-node map and each ranked
     row's ``|.|`` sum.
 
-    The engine writes float32 rows straight into the store (:meth:`reserve` returns a view of the next
+    The engine writes rows of the store's dtype straight into it (:meth:`reserve` returns a view of the next
     rows), so a batch is never copied. After :meth:`restrict`, rows go to a second, narrower matrix whose
     columns are the selected features, the error and the token nodes (the last window's rows, see
     :mod:`attrbench.backends.exact.columns`).
@@ -74,23 +74,24 @@ class DenseEdgeStore(BlockStore):
     def reserve(self, count: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         if dtype != self.dtype:  # computed in another dtype: a scratch block, copied on commit
             return super().reserve(count, width, dtype, device)
+        return self._next_rows(count, width)
+
+    def _next_rows(self, count: int, width: int) -> torch.Tensor:
+        """The store's next ``count`` rows, first ``width`` columns: narrow ones after :meth:`restrict`."""
         if self.narrow is not None:
             return self.narrow[self.n_narrow : self.n_narrow + count, :width]
         return self.edges[self.n_filled : self.n_filled + count, :width]
 
     def commit(self, rows: torch.Tensor, nodes: torch.Tensor, ranked: bool) -> None:
         count, width = rows.shape
+        target = self._next_rows(count, width)
+        if rows.data_ptr() != target.data_ptr():  # written in a scratch block (another dtype, or append)
+            target.copy_(rows)
         if self.narrow is not None:
-            target = self.narrow[self.n_narrow : self.n_narrow + count, :width]
-            if rows.data_ptr() != target.data_ptr():
-                target.copy_(rows)
             self.narrow_nodes[self.n_narrow : self.n_narrow + count] = nodes
             self.n_narrow += count
             return
         start, stop = self.n_filled, self.n_filled + count
-        target = self.edges[start:stop, :width]
-        if rows.data_ptr() != target.data_ptr():
-            target.copy_(rows)
         if ranked:  # one pass, no |rows| temporary
             # a few rows at a time: a bfloat16 reduction converts its input, and that temporary stays small
             for s in range(0, count, SUM_BLOCK_ROWS):
