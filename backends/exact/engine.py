@@ -131,7 +131,9 @@ class ExactBackend(Backend):
         """How many leading rows of ``batch`` the VJP must carry at ``layer`` (all of them here).
 
         Rows whose target lies below ``layer`` still have a zero gradient there; a backend that orders
-        each batch by descending target layer can skip them (they form the tail).
+        each batch by descending target layer can skip them (they form the tail). Rows
+        ``[live_rows(layer + 1), live_rows(layer))`` must be exactly those whose target is at ``layer``:
+        they join the pass there with a gradient at their own position only.
         """
         return len(batch)
 
@@ -150,6 +152,24 @@ class ExactBackend(Backend):
         grad_v = torch.einsum("hij,bihd->bjhd", pattern, grad_z)  # [B, key, H, dh]
         W_V_per_head = w.W_V[layer].repeat_interleave(H // KV, dim=0)  # [H, dh, d]
         return torch.einsum("bjhd,hde->bje", grad_v, W_V_per_head)
+
+    def attention_vjp_at(
+        self, model: LinearisedModel, layer: int, vectors: torch.Tensor, positions: torch.Tensor, n_pos: int
+    ) -> torch.Tensor:
+        """The same VJP for rows whose gradient sits at one query position each (rows joining at ``layer``).
+
+        ``vectors[j]`` at query ``positions[j]`` -> ``[len(vectors), n_pos, d]``. The output projection is
+        applied at that one position instead of all ``n_pos`` (the dense path's cost), and the heads of a
+        KV group are summed before their shared V projection.
+        """
+        w = model.weights
+        J, KV, dh = len(vectors), w.n_kv_heads, w.d_head
+        G = w.n_heads // KV
+        grad_z = (vectors @ w.W_O[layer]).view(J, KV, G, dh)
+        rows = model.patterns[layer][:, positions, :n_pos]  # [H, J, key]: each row's query pattern
+        rows = rows.view(KV, G, J, n_pos).permute(2, 0, 3, 1)  # [J, KV, key, G]
+        grad_v = torch.matmul(rows, grad_z).permute(0, 2, 1, 3).reshape(J * n_pos, KV * dh)  # [(J, key), KV*dh]
+        return (grad_v @ w.W_V[layer].view(KV * dh, w.d_model)).view(J, n_pos, w.d_model)
 
     def contract_features(
         self,
@@ -243,32 +263,59 @@ class ExactBackend(Backend):
                     self.contract_cross_features(model, prepared, layout, columns, layer, grad[:reached], out[:reached])
                 e0 = columns.error_offset + layer * n_pos
                 out[:reached, e0 : e0 + P] = torch.einsum("bpd,pd->bp", grad[:reached], model.error_vecs[layer, :P])
+            if reached:
+                self._layer_vjp(model, prepared, layout, batch, layer, grad[:reached], batch_index[:reached])
             live = self.live_rows(batch, layer)
-            g = grad[:live]
-            here = batch.layers[:live] == layer
-            if model.reads_resid_mid:  # cross-layer: skip and features read the residual after attention
-                grad_mid = g + g @ w.W_skip[layer] if w.W_skip is not None else g.clone()
-                if here.any():
-                    grad_mid.index_put_(
-                        (batch_index[:live][here], batch.positions[:live][here]),
-                        batch.vectors[:live][here],
-                        accumulate=True,
-                    )
-            else:
-                grad_x = g @ w.W_skip[layer] if w.W_skip is not None else torch.zeros_like(g)
-                if here.any():
-                    grad_x.index_put_(
-                        (batch_index[:live][here], batch.positions[:live][here]),
-                        batch.vectors[:live][here],
-                        accumulate=True,
-                    )
-                grad_mid = torch.addcmul(g, grad_x, model.ln2_gain[layer, :P])
-            # Gemma: the frozen post-attention norm sits between attention and the residual
-            grad_attn = grad_mid if model.post_attn_gain is None else grad_mid * model.post_attn_gain[layer, :P]
-            grad_ln1 = self.attention_vjp(model, prepared, layout, layer, grad_attn)
-            torch.addcmul(grad_mid, grad_ln1, model.ln1_gain[layer, :P], out=grad[:live])
+            if live > reached:
+                self._joining_vjp(model, batch, layer, slice(reached, live), grad[reached:live])
         t0 = columns.token_offset
         out[:, t0 : t0 + P] = torch.einsum("bpd,pd->bp", grad, model.token_vecs[:P])
+
+    def _layer_vjp(
+        self,
+        model: LinearisedModel,
+        prepared: Prepared,
+        layout: Any,
+        batch: TargetBatch,
+        layer: int,
+        g: torch.Tensor,
+        rows: torch.Tensor,
+    ) -> None:
+        """``g`` (rows already in the pass, gradient above ``layer``'s MLP) -> their gradient below ``layer``,
+        in place; targets at ``layer`` among them (unordered batches) are injected on the way."""
+        w = model.weights
+        P = g.shape[1]
+        here = rows[batch.layers[rows] == layer]
+        at, vectors = (here, batch.positions[here]), batch.vectors[here]
+        if model.reads_resid_mid:  # cross-layer: skip and features read the residual after attention
+            grad_mid = g + g @ w.W_skip[layer] if w.W_skip is not None else g.clone()
+            if len(here):
+                grad_mid.index_put_(at, vectors, accumulate=True)
+        else:
+            grad_x = g @ w.W_skip[layer] if w.W_skip is not None else torch.zeros_like(g)
+            if len(here):
+                grad_x.index_put_(at, vectors, accumulate=True)
+            grad_mid = torch.addcmul(g, grad_x, model.ln2_gain[layer, :P])
+        # Gemma: the frozen post-attention norm sits between attention and the residual
+        grad_attn = grad_mid if model.post_attn_gain is None else grad_mid * model.post_attn_gain[layer, :P]
+        grad_ln1 = self.attention_vjp(model, prepared, layout, layer, grad_attn)
+        torch.addcmul(grad_mid, grad_ln1, model.ln1_gain[layer, :P], out=g)
+
+    def _joining_vjp(
+        self, model: LinearisedModel, batch: TargetBatch, layer: int, rows: slice, out: torch.Tensor
+    ) -> None:
+        """Rows whose target is at ``layer`` (zero gradient above it): write their gradient below ``layer``
+        into ``out`` (zeros). Their gradient there is their vector at their own position, so neither the
+        skip connection nor attention's output projection runs over the other positions."""
+        vectors, positions = batch.vectors[rows], batch.positions[rows]
+        if model.reads_resid_mid:  # cross-layer: the feature reads the residual after attention itself
+            grad_mid = vectors
+        else:
+            grad_mid = vectors * model.ln2_gain[layer, positions]
+        grad_attn = grad_mid if model.post_attn_gain is None else grad_mid * model.post_attn_gain[layer, positions]
+        grad_ln1 = self.attention_vjp_at(model, layer, grad_attn, positions, out.shape[1])
+        torch.mul(grad_ln1, model.ln1_gain[layer, : out.shape[1]], out=out)
+        out.index_put_((torch.arange(len(positions), device=out.device), positions), grad_mid, accumulate=True)
 
     # ------------------------------------------------------------------ circuit-tracer's loop
     def attribute(self, prepared: Prepared, settings: AttributeSettings) -> AttributionResult:

@@ -5,8 +5,10 @@ l_t and nothing after p_t can be reached, so the floor counts, for every layer b
 P = p_t + 1 positions it can reach: the skip connection (d x d per position), the attention output
 projection (d x H*d_head), the frozen-pattern product over the causal triangle (H * d_head * P(P+1)/2),
 one V projection per KV group (KV*d_head x d), and one dot product of length d with every node there
-(features, errors), plus the token nodes. A backend's achieved fraction is this floor over what its wall
-time at the machine's measured GEMM rate could have done.
+(features, errors), plus the token nodes. A feature target reads the residual after its own layer's
+attention, so that attention is on its path too, from its one query position: the output projection
+once, the pattern over P keys and the V projection at P positions. A backend's achieved fraction is this
+floor over what its wall time at the machine's measured GEMM rate could have done.
 """
 
 from __future__ import annotations
@@ -42,5 +44,8 @@ def row_flop_floor(model: LinearisedModel, layers: torch.Tensor, positions: torc
         p = P[below].double()
         total += (p * per_pos_layer + H * dh * p * (p + 1) / 2).sum()
         total += nodes_reached[layer, P[below] - 1].sum() * d
+    own = layers < L  # feature targets: their own layer's attention, from the one query position
+    p_own = P[own].double()
+    total += (d * H * dh + H * dh * p_own + KV * dh * d * p_own).sum()
     total += P.double().sum() * d  # token nodes
     return float(2 * total)
