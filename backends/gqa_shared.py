@@ -37,6 +37,11 @@ class GqaSharedBackend(CausalTrickBackend):
     )
     ranking_rule = "streamed"
     last_window_selected_only = True
+    #: contract each layer in one batched GEMM over padded positions (None: on a GPU only)
+    batched: bool | None = None
+
+    def batched_contract(self, device: torch.device) -> bool:
+        return device.type == "cuda" if self.batched is None else self.batched
 
     def cost_model(self) -> str | None:
         return "vjp-causal-gqa"
@@ -62,9 +67,13 @@ class GqaSharedBackend(CausalTrickBackend):
 
     def contract_features(self, model, prepared, layout: NodeLayout, columns: Columns, layer, grad, out):
         """One GEMM per position whose result is written straight into the rows' columns (no gather, no
-        temporary); accumulated where cross-layer decoders have already written there."""
+        temporary); accumulated where cross-layer decoders have already written there. On a GPU, where a
+        launch costs more than these small GEMMs, one batched GEMM over padded positions and a gather."""
         bounds = columns.bounds[layer]
         accumulate = bool(columns.cross)
+        if self.batched_contract(out.device):
+            _batched_into(out[:, bounds[0] :], grad, columns, layer, accumulate)
+            return
         for p in range(grad.shape[1]):
             s, e = bounds[p], bounds[p + 1]
             if e > s:
@@ -80,6 +89,21 @@ class GqaSharedBackend(CausalTrickBackend):
                 s, e = bounds[p], bounds[p + 1]
                 if e > s:
                     _gemm_into(out[:, s:e], grad[:, p], vecs[s - first : e - first].T, accumulate=True)
+
+
+def _batched_into(out: torch.Tensor, grad: torch.Tensor, columns: Columns, layer: int, accumulate: bool) -> None:
+    """``out[:, :n]`` (= or +=) the layer's columns at positions ``< P``: one bmm over padded positions."""
+    decoders, index, ends = columns.padded(layer)
+    B, P, _ = grad.shape
+    n = ends[P]
+    if not n:
+        return
+    products = torch.bmm(grad.transpose(0, 1), decoders[:P].transpose(1, 2))  # [P, B, width]
+    values = products.transpose(0, 1).reshape(B, -1).index_select(1, index[:n])
+    if accumulate:
+        out[:, :n] += values
+    else:
+        out[:, :n] = values
 
 
 def _gemm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool) -> None:

@@ -31,8 +31,31 @@ class Columns:
     #: cross-layer transcoders: (source layer, output layer) -> ``[columns of the source layer, d]``
     cross: dict = field(default_factory=dict)
 
+    #: per layer, :meth:`padded` built once
+    _padded: dict = field(default_factory=dict, repr=False)
+
     def layer_start(self, layer: int) -> int:
         return self.bounds[layer][0]
+
+    def padded(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Layer ``layer``'s decoders padded per position, for one batched GEMM over positions.
+
+        Returns ``decoders [n_pos, width, d]`` (position ``p``'s columns first, zeros after), ``index``
+        (the flattened ``(position, slot)`` of each real column, in column order) and ``ends`` (``ends[P]``:
+        how many of the layer's columns sit at positions ``< P``).
+        """
+        if layer not in self._padded:
+            bounds = self.bounds[layer]
+            counts = [bounds[p + 1] - bounds[p] for p in range(len(bounds) - 1)]
+            width = max(max(counts, default=0), 1)
+            dec = self.decoders.new_zeros(len(counts), width, self.decoders.shape[1])
+            index: list[int] = []
+            for p, count in enumerate(counts):
+                dec[p, :count] = self.decoders[bounds[p] : bounds[p + 1]]
+                index.extend(range(p * width, p * width + count))
+            ends = [0] + torch.tensor(counts).cumsum(0).tolist()
+            self._padded[layer] = (dec, torch.tensor(index, dtype=torch.long, device=dec.device), ends)
+        return self._padded[layer]
 
 
 def all_columns(model: LinearisedModel) -> Columns:

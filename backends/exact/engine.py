@@ -86,9 +86,18 @@ class TargetBatch:
     layers: torch.Tensor  # int64 on the device
     positions: torch.Tensor
     vectors: torch.Tensor  # [b, d]
+    #: the same on the CPU: the loop's control flow reads these, so that a GPU is never waited for
+    host_layers: torch.Tensor
+    host_positions: torch.Tensor
+
+    @classmethod
+    def on(cls, layers: torch.Tensor, positions: torch.Tensor, vectors: torch.Tensor) -> TargetBatch:
+        """A batch from CPU ``layers`` / ``positions`` and ``vectors`` on the device."""
+        device = vectors.device
+        return cls(layers.to(device), positions.to(device), vectors, layers, positions)
 
     def __len__(self) -> int:
-        return self.layers.shape[0]
+        return self.host_layers.shape[0]
 
 
 class ExactBackend(Backend):
@@ -249,12 +258,11 @@ class ExactBackend(Backend):
         n_pos, L = model.n_pos, model.n_layers
         P = self.position_limit(batch, n_pos)
         B = len(batch)
-        top = int(batch.layers.max())
+        top = int(batch.host_layers.max())
         grad = torch.zeros(B, P, w.d_model, dtype=w.dtype, device=w.device)  # d r_{l+1}
         if top == L:  # logit targets sit after the final norm at the last position
-            logit = batch.layers == L
+            logit = torch.nonzero(batch.host_layers == L).flatten().to(w.device)
             grad[logit, P - 1] = batch.vectors[logit] * model.final_gain[P - 1]
-        batch_index = torch.arange(B, device=w.device)
         for layer in range(min(top, L - 1), -1, -1):
             reached = self.live_rows(batch, layer + 1)  # rows whose gradient can be non-zero above the MLP
             if layer < top and reached:
@@ -264,7 +272,7 @@ class ExactBackend(Backend):
                 e0 = columns.error_offset + layer * n_pos
                 out[:reached, e0 : e0 + P] = torch.einsum("bpd,pd->bp", grad[:reached], model.error_vecs[layer, :P])
             if reached:
-                self._layer_vjp(model, prepared, layout, batch, layer, grad[:reached], batch_index[:reached])
+                self._layer_vjp(model, prepared, layout, batch, layer, grad[:reached])
             live = self.live_rows(batch, layer)
             if live > reached:
                 self._joining_vjp(model, batch, layer, slice(reached, live), grad[reached:live])
@@ -279,13 +287,13 @@ class ExactBackend(Backend):
         batch: TargetBatch,
         layer: int,
         g: torch.Tensor,
-        rows: torch.Tensor,
     ) -> None:
-        """``g`` (rows already in the pass, gradient above ``layer``'s MLP) -> their gradient below ``layer``,
-        in place; targets at ``layer`` among them (unordered batches) are injected on the way."""
+        """``g`` (the batch's leading rows, already in the pass: gradient above ``layer``'s MLP) -> their
+        gradient below ``layer``, in place; targets at ``layer`` among them (unordered batches) are injected
+        on the way."""
         w = model.weights
         P = g.shape[1]
-        here = rows[batch.layers[rows] == layer]
+        here = torch.nonzero(batch.host_layers[: len(g)] == layer).flatten().to(w.device)
         at, vectors = (here, batch.positions[here]), batch.vectors[here]
         if model.reads_resid_mid:  # cross-layer: skip and features read the residual after attention
             grad_mid = g + g @ w.W_skip[layer] if w.W_skip is not None else g.clone()
@@ -348,12 +356,10 @@ class ExactBackend(Backend):
         with timer("logit_rows"):
             for i in range(0, n_logits, B):
                 vecs = targets.vectors[i : i + B].to(w.dtype)
-                layers = torch.full((len(vecs),), model.n_layers, device=w.device)
-                batch = TargetBatch(layers, torch.full_like(layers, model.n_pos - 1), vecs)
+                layers = torch.full((len(vecs),), model.n_layers)
+                batch = TargetBatch.on(layers, torch.full_like(layers, model.n_pos - 1), vecs)
                 compute(batch, torch.arange(i, i + len(vecs)) + row_size, columns, ranks)
 
-        feat_layers = model.active_features[:, 0].to(w.device)
-        feat_pos = model.active_features[:, 1].to(w.device)
         visited = torch.zeros(n_active, dtype=torch.bool)
         n_visited = 0
         while n_visited < max_nodes:
@@ -378,9 +384,8 @@ class ExactBackend(Backend):
                 pending = self.order_window(model, pending, B)
                 for i in range(0, len(pending), B):
                     idx = pending[i : i + B]
-                    idx_dev = idx.to(w.device)
                     vecs = model.encoder_vectors(idx).to(w.dtype)
-                    batch = TargetBatch(feat_layers[idx_dev], feat_pos[idx_dev], vecs)
+                    batch = TargetBatch.on(model.active_features[idx, 0], model.active_features[idx, 1], vecs)
                     compute(batch, idx, cols, not last_window)
                     visited[idx] = True
                     n_visited += len(idx)

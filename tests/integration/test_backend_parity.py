@@ -55,9 +55,12 @@ def reference_graphs(request):
     return request.param, built, {n_active // 3: partial, n_active: full}
 
 
-@pytest.mark.parametrize("backend_name", EXACT)
-def test_exact_backend_matches_reference_fp32(reference_graphs, backend_name):
+@pytest.mark.parametrize("backend_name", [*EXACT, "gqa-shared/batched"])
+def test_exact_backend_matches_reference_fp32(reference_graphs, backend_name, monkeypatch):
     name, built, graphs = reference_graphs
+    if backend_name.endswith("/batched"):  # the GPU's contraction (one bmm over padded positions), on the CPU
+        backend_name = backend_name.removesuffix("/batched")
+        monkeypatch.setattr(type(get_backends()[backend_name]), "batched", True)
     for nodes, reference in graphs.items():
         result = run(backend_name, built, nodes)
         assert torch.equal(result.active_features, reference.active_features), name
