@@ -5,7 +5,8 @@
   then the group's V projection is applied once, as a single GEMM over all groups.
 * Features are contracted per position with one GEMM that BLAS writes straight into the edge rows'
   columns (the store hands out its rows, :meth:`attrbench.backends.exact.edge_store.DenseEdgeStore.reserve`):
-  no batch block, no gather, no copy.
+  no batch block, no gather, no copy. On a GPU and for bfloat16 rows on a CPU, each layer is one batched
+  GEMM over padded positions instead, and a gather (:meth:`GqaSharedBackend.batched_contract`).
 * The last window's rows, which are never ranked, are computed over the selected features' columns only
   (:mod:`attrbench.backends.exact.columns`): the graph keeps no other feature column.
 * Ranking reads the edge rows once per re-ranking (:func:`attrbench.backends.exact.ranking.streamed_influences`)
@@ -37,11 +38,16 @@ class GqaSharedBackend(CausalTrickBackend):
     )
     ranking_rule = "streamed"
     last_window_selected_only = True
-    #: contract each layer in one batched GEMM over padded positions (None: on a GPU only)
+    #: contract each layer in one batched GEMM over padded positions (None: where it pays, see below)
     batched: bool | None = None
 
-    def batched_contract(self, device: torch.device) -> bool:
-        return device.type == "cuda" if self.batched is None else self.batched
+    def batched_contract(self, rows: torch.Tensor) -> bool:
+        """One batched GEMM per layer instead of one GEMM per position: on a GPU, where a launch costs more
+        than these small GEMMs, and for bfloat16/float16 rows on a CPU, where oneDNN compiles a kernel for
+        every new GEMM shape (per position: hundreds; ``small``, 4,000 nodes: 0.48 -> 0.43 s)."""
+        if self.batched is not None:
+            return self.batched
+        return rows.device.type == "cuda" or rows.dtype in (torch.bfloat16, torch.float16)
 
     def cost_model(self) -> str | None:
         return "vjp-causal-gqa"
@@ -67,11 +73,11 @@ class GqaSharedBackend(CausalTrickBackend):
 
     def contract_features(self, model, prepared, layout: NodeLayout, columns: Columns, layer, grad, out):
         """One GEMM per position whose result is written straight into the rows' columns (no gather, no
-        temporary); accumulated where cross-layer decoders have already written there. On a GPU, where a
-        launch costs more than these small GEMMs, one batched GEMM over padded positions and a gather."""
+        temporary); accumulated where cross-layer decoders have already written there. Or, where
+        :meth:`batched_contract` says so, one batched GEMM over padded positions and a gather."""
         bounds = columns.bounds[layer]
         accumulate = bool(columns.cross)
-        if self.batched_contract(out.device):
+        if self.batched_contract(out):
             _batched_into(out[:, bounds[0] :], grad, columns, layer, accumulate)
             return
         for p in range(grad.shape[1]):
