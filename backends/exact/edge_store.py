@@ -194,6 +194,9 @@ class LayeredEdgeStore(BlockStore):
         self.node_layer = torch.cat(
             [model.active_features[:, 0], torch.full((n_nodes - model.n_active,), self.n_layers)]
         )
+        # each node's position (logits: the last); a target at position p is reached by nothing after p
+        self.active_pos = model.active_features[:, 1]
+        self.node_pos = torch.cat([self.active_pos, torch.full((n_nodes - model.n_active,), self.n_pos - 1)])
         self.columns: list[torch.Tensor] = []  # per target layer: the row columns it keeps
         for layer in range(self.n_layers + 1):
             n_feat = model.layer_offsets[layer]
@@ -258,8 +261,11 @@ class LayeredEdgeStore(BlockStore):
         folder = self.scratch_dir or tempfile.gettempdir()
         os.makedirs(folder, exist_ok=True)
         fd, path = tempfile.mkstemp(prefix="adjacency-", suffix=".npy", dir=folder)
-        # Only the reachable column ranges of each row are written; the rest of the file (columns of the
-        # target's own and higher layers, error and token rows) is left as holes, which read as zeros.
+        # Only the reachable column ranges of each row are written: per source layer, the selected features at
+        # positions up to the target's own. The rest of the file (features after the target's position, of its
+        # own and higher layers, error and token rows) is left as holes, which read as zeros: about half of
+        # the bytes of writing every selected feature below the target's layer.
+        reach = _selected_reach(selected, self.active_pos, self.feature_prefix, L, n_pos)
         with os.fdopen(fd, "wb") as f:
             np.lib.format.write_array_header_2_0(f, {"descr": "<f4", "fortran_order": False, "shape": (n, n)})
             data_start = f.tell()
@@ -272,33 +278,60 @@ class LayeredEdgeStore(BlockStore):
                 if not self.rows[layer]:
                     continue
                 width = self.rows[layer][0].shape[1]
-                rows = torch.cat(self.rows[layer])
-                rows[_unpack_bits(torch.cat(self.signs[layer]), width)] *= -1
-                self.rows[layer], self.signs[layer] = [], []
-                order = torch.cat(self.nodes[layer]).argsort()
+                nodes = torch.cat(self.nodes[layer])
+                # rows go to the file in node order; blocks are read as stored (no concatenated copy of the
+                # layer), each row written at its rank, and each block freed once written
+                rank = torch.empty_like(nodes)
+                rank[nodes.argsort()] = torch.arange(len(nodes))
+                destinations = (dest + rank).tolist()
+                target_pos = self.node_pos[nodes].tolist()
                 n_feat = self.feature_prefix[layer]
                 keep_sel = int(torch.searchsorted(selected, n_feat))  # selected features below this layer
-                for s in range(0, order.numel(), PACKAGE_BLOCK_ROWS // 8):
-                    part = rows[order[s : s + PACKAGE_BLOCK_ROWS // 8].to(rows.device)].cpu()
-                    features = part[:, selected[:keep_sel]].numpy()
+                columns = selected[:keep_sel].to(self.rows[layer][0].device)
+                done = 0
+                blocks, signs = self.rows[layer], self.signs[layer]
+                self.rows[layer], self.signs[layer] = [], []
+                while blocks:
+                    part, packed = blocks.pop(0), signs.pop(0)
+                    # signs restored by a multiply: boolean-mask indexing spent most of packaging in nonzero()
+                    part = part.mul_(_unpack_bits(packed, width).to(part.dtype).mul_(-2).add_(1)).cpu()
+                    features = part.index_select(1, columns.cpu()).numpy()
                     tail_rows = torch.zeros(part.shape[0], (L + 1) * n_pos, dtype=torch.float32)
                     tail_rows[:, : layer * n_pos] = part[:, n_feat : n_feat + layer * n_pos]
                     tail_rows[:, L * n_pos :] = part[:, n_feat + layer * n_pos :]
                     tail = tail_rows.numpy()
                     for i in range(part.shape[0]):
-                        offset = data_start + (dest + i) * row_bytes
-                        if keep_sel:
-                            f.seek(offset)
-                            f.write(memoryview(features[i]))
+                        offset = data_start + destinations[done + i] * row_bytes
+                        row_reach = reach[target_pos[done + i]]
+                        for source in range(layer):  # each source layer's reachable selected features
+                            first, stop = row_reach[source]
+                            if stop > first:
+                                f.seek(offset + 4 * first)
+                                f.write(features[i, first:stop].data)
                         f.seek(offset + 4 * tail_start)
                         f.write(memoryview(tail[i]))
-                    dest += part.shape[0]
-                del rows
+                    done += part.shape[0]
+                dest += done
             f.truncate(data_start + n * row_bytes)
         self.adjacency_file = path
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # read-only memmap: never written to
             return torch.from_numpy(np.load(path, mmap_mode="r"))
+
+
+def _selected_reach(
+    selected: torch.Tensor, feature_pos: torch.Tensor, layer_offsets: list[int], n_layers: int, n_pos: int
+) -> list[list[tuple[int, int]]]:
+    """``reach[p][l]``: the range of ``selected`` (ascending feature indices, features ordered by layer then
+    position) that holds layer ``l``'s selected features at positions ``<= p``."""
+    starts = torch.searchsorted(selected, torch.tensor(layer_offsets[:n_layers]))
+    stops = torch.searchsorted(selected, torch.tensor(layer_offsets[1 : n_layers + 1]))
+    reach = torch.zeros(n_pos, n_layers, 2, dtype=torch.long)
+    for layer in range(n_layers):
+        positions = feature_pos[selected[starts[layer] : stops[layer]]]
+        reach[:, layer, 0] = starts[layer]
+        reach[:, layer, 1] = starts[layer] + torch.searchsorted(positions, torch.arange(n_pos), right=True)
+    return [[(int(a), int(b)) for a, b in row] for row in reach.tolist()]
 
 
 _BIT_WEIGHTS = 2 ** torch.arange(8, dtype=torch.uint8)
