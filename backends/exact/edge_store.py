@@ -287,7 +287,7 @@ class LayeredEdgeStore(BlockStore):
                 target_pos = self.node_pos[nodes].tolist()
                 n_feat = self.feature_prefix[layer]
                 keep_sel = int(torch.searchsorted(selected, n_feat))  # selected features below this layer
-                columns = selected[:keep_sel].to(self.rows[layer][0].device)
+                columns = selected[:keep_sel]  # on the CPU, where each block is read
                 done = 0
                 blocks, signs = self.rows[layer], self.signs[layer]
                 self.rows[layer], self.signs[layer] = [], []
@@ -295,7 +295,7 @@ class LayeredEdgeStore(BlockStore):
                     part, packed = blocks.pop(0), signs.pop(0)
                     # signs restored by a multiply: boolean-mask indexing spent most of packaging in nonzero()
                     part = part.mul_(_unpack_bits(packed, width).to(part.dtype).mul_(-2).add_(1)).cpu()
-                    features = part.index_select(1, columns.cpu()).numpy()
+                    features = part.index_select(1, columns).numpy()
                     tail_rows = torch.zeros(part.shape[0], (L + 1) * n_pos, dtype=torch.float32)
                     tail_rows[:, : layer * n_pos] = part[:, n_feat : n_feat + layer * n_pos]
                     tail_rows[:, L * n_pos :] = part[:, n_feat + layer * n_pos :]
