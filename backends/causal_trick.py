@@ -30,7 +30,7 @@ class CausalTrickBackend(AutodiffFreeBackend):
         return "vjp-causal"
 
     def position_limit(self, batch: TargetBatch, n_pos: int) -> int:
-        return int(batch.host_positions.max()) + 1
+        return int(batch.positions.max()) + 1
 
     def order_window(self, model: LinearisedModel, pending: torch.Tensor, batch_size: int) -> torch.Tensor:
         layer, position = model.active_features[pending, 0], model.active_features[pending, 1]
@@ -43,7 +43,7 @@ class CausalTrickBackend(AutodiffFreeBackend):
         return torch.cat(chunks) if chunks else pending
 
     def live_rows(self, batch: TargetBatch, layer: int) -> int:
-        return int((batch.host_layers >= layer).sum())
+        return int((batch.layers >= layer).sum())
 
 
 @hookimpl

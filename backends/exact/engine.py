@@ -83,21 +83,19 @@ class TargetBatch:
     input ``x_l`` (feature targets, injected with their encoder vectors).
     """
 
-    layers: torch.Tensor  # int64 on the device
+    #: int64 on the CPU: the loop's control flow reads these, so that a GPU is never waited for
+    layers: torch.Tensor
     positions: torch.Tensor
-    vectors: torch.Tensor  # [b, d]
-    #: the same on the CPU: the loop's control flow reads these, so that a GPU is never waited for
-    host_layers: torch.Tensor
-    host_positions: torch.Tensor
+    vectors: torch.Tensor  # [b, d] on the device
+    device_positions: torch.Tensor  # ``positions`` on the device, for indexing there
 
     @classmethod
     def on(cls, layers: torch.Tensor, positions: torch.Tensor, vectors: torch.Tensor) -> TargetBatch:
         """A batch from CPU ``layers`` / ``positions`` and ``vectors`` on the device."""
-        device = vectors.device
-        return cls(layers.to(device), positions.to(device), vectors, layers, positions)
+        return cls(layers, positions, vectors, positions.to(vectors.device))
 
     def __len__(self) -> int:
-        return self.host_layers.shape[0]
+        return self.layers.shape[0]
 
 
 class ExactBackend(Backend):
@@ -258,10 +256,10 @@ class ExactBackend(Backend):
         n_pos, L = model.n_pos, model.n_layers
         P = self.position_limit(batch, n_pos)
         B = len(batch)
-        top = int(batch.host_layers.max())
+        top = int(batch.layers.max())
         grad = torch.zeros(B, P, w.d_model, dtype=w.dtype, device=w.device)  # d r_{l+1}
         if top == L:  # logit targets sit after the final norm at the last position
-            logit = torch.nonzero(batch.host_layers == L).flatten().to(w.device)
+            logit = torch.nonzero(batch.layers == L).flatten().to(w.device)
             grad[logit, P - 1] = batch.vectors[logit] * model.final_gain[P - 1]
         for layer in range(min(top, L - 1), -1, -1):
             reached = self.live_rows(batch, layer + 1)  # rows whose gradient can be non-zero above the MLP
@@ -293,8 +291,8 @@ class ExactBackend(Backend):
         on the way."""
         w = model.weights
         P = g.shape[1]
-        here = torch.nonzero(batch.host_layers[: len(g)] == layer).flatten().to(w.device)
-        at, vectors = (here, batch.positions[here]), batch.vectors[here]
+        here = torch.nonzero(batch.layers[: len(g)] == layer).flatten().to(w.device)
+        at, vectors = (here, batch.device_positions[here]), batch.vectors[here]
         if model.reads_resid_mid:  # cross-layer: skip and features read the residual after attention
             grad_mid = g + g @ w.W_skip[layer] if w.W_skip is not None else g.clone()
             if len(here):
@@ -315,7 +313,7 @@ class ExactBackend(Backend):
         """Rows whose target is at ``layer`` (zero gradient above it): write their gradient below ``layer``
         into ``out`` (zeros). Their gradient there is their vector at their own position, so neither the
         skip connection nor attention's output projection runs over the other positions."""
-        vectors, positions = batch.vectors[rows], batch.positions[rows]
+        vectors, positions = batch.vectors[rows], batch.device_positions[rows]
         if model.reads_resid_mid:  # cross-layer: the feature reads the residual after attention itself
             grad_mid = vectors
         else:
