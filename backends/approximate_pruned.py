@@ -4,15 +4,24 @@
   (computed in the run's dtype); only the backward passes run in ``approx_dtype``: ``bfloat16``, whose
   GEMMs run with float32 accumulation about 4.5x faster than float32 ones on a CPU with AVX512-BF16 and on
   every GPU with tensor cores, where it pays (``auto``, the default: see :func:`compute_dtype_name`).
-  The edge rows are kept in that dtype too: half the memory traffic of every pass over them.
+  Their results are written into float32 edge rows: every later pass over the rows (ranking, pruning,
+  packaging) runs ~3x faster on float32 than on bfloat16 on a CPU.
 * Entries below ``approx_threshold`` times their row's largest magnitude are dropped from the packaged
   graph (for graphs too large for dense rows, the lean layered store drops them as rows arrive).
+* Features are ranked once, after the logit rows (``approx_ranking=once``, the default), instead of every
+  ``update_interval`` batches (``approx_ranking=interval``, circuit-tracer's schedule). The selection is then
+  the direct-influence one, and every feature row is computed over the selected features' columns only
+  (the last window's rule): no row over all ~10x more active features is written, summed or ranked.
+  On ``small`` at 4,000 nodes this keeps edge recall at 0.997 and the pruned-node Jaccard at 0.98 while
+  the selected features differ by a few percent (the low-influence tail): a third of the wall time.
 
 The graph diverges slightly from circuit-tracer's: the runner's parity (``edge_recall``,
 ``pruned_node_jaccard``, ``selected_jaccard``, ``rel_frobenius``) measures by how much.
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 
@@ -24,6 +33,7 @@ from attrbench.errors import UsageError
 from attrbench.hookspecs import hookimpl
 
 DEFAULT_THRESHOLD = 1e-3
+RANKINGS = ("once", "interval")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 #: ``approx_dtype=auto`` on a CPU: bfloat16 from this batch size up, float32 below it
 AUTO_BF16_MIN_BATCH = 256
@@ -45,14 +55,28 @@ def compute_dtype_name(settings: AttributeSettings, device: torch.device) -> str
 class ApproximatePrunedBackend(GqaSharedBackend):
     name = "approximate-pruned"
     exact = False
-    description = "gqa-shared in bfloat16 (backward passes, edge rows); edges below approx_threshold x row max pruned"
-    option_defaults = {"approx_threshold": DEFAULT_THRESHOLD, "approx_dtype": "auto", "edge_storage": "auto"}
+    description = "gqa-shared with bfloat16 backward passes; edges below approx_threshold x row max pruned"
+    option_defaults = {
+        "approx_threshold": DEFAULT_THRESHOLD,
+        "approx_dtype": "auto",
+        "approx_ranking": "once",
+        "edge_storage": "auto",
+    }
 
     def cost_model(self) -> str | None:
         return "vjp-causal-gqa-pruned"
 
     def compute_model(self, model, settings: AttributeSettings):
         return with_compute_dtype(model, DTYPES[compute_dtype_name(settings, model.weights.device)])
+
+    def ranking_window(self, settings: AttributeSettings) -> int:
+        """Option ``approx_ranking``: ``once`` (every feature row after one ranking) or ``interval``."""
+        ranking = settings.options.get("approx_ranking", "once")
+        if ranking not in RANKINGS:
+            raise UsageError(f"approx_ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
+        if ranking == "once":
+            return settings.max_feature_nodes or sys.maxsize
+        return super().ranking_window(settings)
 
     def make_edge_store(self, model, n_rows, n_nodes, settings: AttributeSettings):
         threshold = settings.options.get("approx_threshold", DEFAULT_THRESHOLD)
@@ -61,12 +85,13 @@ class ApproximatePrunedBackend(GqaSharedBackend):
         device = model.weights.device
         if self.edge_storage(model, n_rows, n_nodes, settings) == "lean":
             return LayeredEdgeStore(model, n_rows, n_nodes, device, settings.scratch_dir, float(threshold))
-        return DenseEdgeStore(n_rows, n_nodes, device, model.weights.dtype, float(threshold))
+        return DenseEdgeStore(n_rows, n_nodes, device, float(threshold))
 
     def attribute(self, prepared, settings):
         result = super().attribute(prepared, settings)
         result.info["approx_threshold"] = settings.options.get("approx_threshold", DEFAULT_THRESHOLD)
         result.info["approx_dtype"] = compute_dtype_name(settings, prepared.weights.device)
+        result.info["approx_ranking"] = settings.options.get("approx_ranking", "once")
         return result
 
 

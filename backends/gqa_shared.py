@@ -41,13 +41,13 @@ class GqaSharedBackend(CausalTrickBackend):
     #: contract each layer in one batched GEMM over padded positions (None: where it pays, see below)
     batched: bool | None = None
 
-    def batched_contract(self, rows: torch.Tensor) -> bool:
+    def batched_contract(self, grad: torch.Tensor) -> bool:
         """One batched GEMM per layer instead of one GEMM per position: on a GPU, where a launch costs more
-        than these small GEMMs, and for bfloat16/float16 rows on a CPU, where oneDNN compiles a kernel for
-        every new GEMM shape (per position: hundreds; ``small``, 4,000 nodes: 0.48 -> 0.43 s)."""
+        than these small GEMMs, and for bfloat16/float16 gradients on a CPU, where oneDNN compiles a kernel
+        for every new GEMM shape (per position: hundreds; ``small``, 4,000 nodes: 0.48 -> 0.43 s)."""
         if self.batched is not None:
             return self.batched
-        return rows.device.type == "cuda" or rows.dtype in (torch.bfloat16, torch.float16)
+        return grad.device.type == "cuda" or grad.dtype in (torch.bfloat16, torch.float16)
 
     def cost_model(self) -> str | None:
         return "vjp-causal-gqa"
@@ -77,7 +77,7 @@ class GqaSharedBackend(CausalTrickBackend):
         :meth:`batched_contract` says so, one batched GEMM over padded positions and a gather."""
         bounds = columns.bounds[layer]
         accumulate = bool(columns.cross)
-        if self.batched_contract(out):
+        if self.batched_contract(grad):
             _batched_into(out[:, bounds[0] :], grad, columns, layer, accumulate)
             return
         for p in range(grad.shape[1]):
@@ -98,23 +98,41 @@ class GqaSharedBackend(CausalTrickBackend):
 
 
 def _batched_into(out: torch.Tensor, grad: torch.Tensor, columns: Columns, layer: int, accumulate: bool) -> None:
-    """``out[:, :n]`` (= or +=) the layer's columns at positions ``< P``: one bmm over padded positions."""
+    """``out[:, :n]`` (= or +=) the layer's columns at positions ``< P``: one bmm over padded positions.
+
+    The padded products reach the rows' columns by one gather on a GPU (one launch), and by one strided copy
+    per position on a CPU: there the gather's transposed copy and index cost ~15x more than the copies."""
     decoders, index, ends = columns.padded(layer)
     B, P, _ = grad.shape
     n = ends[P]
     if not n:
         return
     products = torch.bmm(grad.transpose(0, 1), decoders[:P].transpose(1, 2))  # [P, B, width]
-    values = products.transpose(0, 1).reshape(B, -1).index_select(1, index[:n])
-    if accumulate:
-        out[:, :n] += values
-    else:
-        out[:, :n] = values
+    if out.device.type == "cuda":
+        values = products.transpose(0, 1).reshape(B, -1).index_select(1, index[:n])
+        if accumulate:
+            out[:, :n] += values
+        else:
+            out[:, :n] = values
+        return
+    for p in range(P):
+        s, e = ends[p], ends[p + 1]
+        if e > s:
+            if accumulate:
+                out[:, s:e] += products[p, :, : e - s]
+            else:
+                out[:, s:e] = products[p, :, : e - s]
 
 
 def _gemm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool) -> None:
-    """``out = a @ b`` (or ``out += a @ b``) with BLAS writing into ``out``'s strided rows directly."""
-    if accumulate:
+    """``out = a @ b`` (or ``out += a @ b``) with BLAS writing into ``out``'s strided rows directly (or,
+    where the VJP computes in another dtype than the float32 rows, through a converting copy)."""
+    if out.dtype != a.dtype:
+        if accumulate:
+            out += a @ b
+        else:
+            out.copy_(a @ b)
+    elif accumulate:
         out.addmm_(a, b)
     else:
         torch.mm(a, b, out=out)

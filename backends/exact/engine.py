@@ -13,8 +13,9 @@ backend adds its one idea by overriding these hooks, and nothing else:
   :attr:`ExactBackend.ranking_rule` and :attr:`ExactBackend.last_window_selected_only` attributes (one V
   GEMM per KV group, GEMMs written straight into the store's rows, single-pass ranking, the last window
   over the selected columns);
-* approximate-pruned: :meth:`ExactBackend.compute_model` (bfloat16 VJPs) and
-  :meth:`ExactBackend.make_edge_store` (bfloat16 rows, small edges dropped).
+* approximate-pruned: :meth:`ExactBackend.compute_model` (bfloat16 VJPs),
+  :meth:`ExactBackend.make_edge_store` (small edges dropped) and :meth:`ExactBackend.ranking_window` (one
+  ranking, after the logit rows).
 
 Rows are written in place: the store hands out zeroed rows (``reserve``), the VJP fills them, the store
 files them (``commit``). :meth:`ExactBackend.edge_storage` (dense or lean rows) is shared by all.
@@ -129,6 +130,11 @@ class ExactBackend(Backend):
     def position_limit(self, batch: TargetBatch, n_pos: int) -> int:
         """How many leading positions the backward pass of ``batch`` covers (all of them here)."""
         return n_pos
+
+    def ranking_window(self, settings: AttributeSettings) -> int:
+        """How many feature rows are computed between two influence rankings: circuit-tracer's
+        ``update_interval`` batches."""
+        return settings.update_interval * settings.batch_size
 
     def order_window(self, model: LinearisedModel, pending: torch.Tensor, batch_size: int) -> torch.Tensor:
         """The order in which one ranking window's features are batched (influence order here)."""
@@ -347,7 +353,7 @@ class ExactBackend(Backend):
         ranks = max_nodes < n_active  # otherwise every feature is a row and nothing is ever ranked
 
         def compute(batch: TargetBatch, nodes: torch.Tensor, cols: Columns, ranked: bool) -> None:
-            rows = store.reserve(len(batch), cols.width, w.dtype, w.device)
+            rows = store.reserve(len(batch), cols.width, w.device)
             self.backward_rows(model, prepared, layout, cols, batch, rows)
             store.commit(rows, nodes, ranked)
 
@@ -368,7 +374,7 @@ class ExactBackend(Backend):
                 with timer("ranking"):
                     infl = store.influences(targets.probabilities, self.ranking_rule)
                     rank = torch.argsort(infl[:n_active], descending=True).cpu()
-                    queue_size = min(settings.update_interval * B, max_nodes - n_visited)
+                    queue_size = min(self.ranking_window(settings), max_nodes - n_visited)
                     pending = rank[~visited[rank]][:queue_size]
             last_window = n_visited + len(pending) >= max_nodes
             cols = columns

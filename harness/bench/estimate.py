@@ -17,7 +17,8 @@ calibrated number of active features) and the run settings. The big terms, per b
   copy, or the streamed ``rows x rows`` block) and the square adjacency; per-batch gradient buffers. The dense
   store costs only the pages its rows are written over (:mod:`attrbench.backends.exact.zeroed`): all columns
   for autodiff-free, the reachable ones for the causal rungs, the selected ones in gqa-shared's last window.
-* ``approximate-pruned``: like gqa-shared with 2-byte (bfloat16) rows; where the exact backends would pick
+* ``approximate-pruned``: like gqa-shared, with one ranking (``approx_ranking=once``, the default): every
+  feature row is then a last-window row, over the selected columns only; where the exact backends would pick
   the lean store, that store (small entries zeroed).
 
 Time is FLOP/byte based: multiply-adds of every row's VJP (circuit-tracer's backward over the whole prompt
@@ -332,7 +333,7 @@ def _row_macs(s: Shape, backend: str) -> tuple[float, float]:
 
 def _choose_store(model: str, s: Shape, device: str, options: dict[str, Any]) -> str:
     """What the exact engine would pick (the same rule, :func:`attrbench.memory.dense_fits`).
-    approximate-pruned keeps bfloat16 dense rows, and the lean layered store (small entries zeroed) where the
+    approximate-pruned keeps the same dense rows, and the lean layered store (small entries zeroed) where the
     others go lean."""
     dense = "dense"
     choice = options.get("edge_storage", "auto")
@@ -440,9 +441,9 @@ def _vjp_edges(c: _Inputs, kind: str, store: str) -> _EdgeBytes:
     # The dense store is fresh anonymous memory: only the pages a row is written over become resident.
     # autodiff-free writes every row over every layer's columns; the causal rungs only over the layers below
     # the target and the positions up to the batch's last one; gqa-shared computes the last window (never
-    # ranked) over the selected columns only; approximate-pruned keeps 2-byte rows.
+    # ranked) over the selected columns only (approximate-pruned: every feature row, after its one ranking).
     plain, narrow = kind == "vjp", kind in ("vjp-causal-gqa", "vjp-causal-gqa-pruned")
-    item = 2 if kind == "vjp-causal-gqa-pruned" else 4
+    item = 4
     last = min(s.nodes, c.update_interval * c.B) if (c.ranks and narrow) else 0
     reach = PLAIN_REACHED_FRACTION if plain else (s.L - 1) / (2 * s.L) * REACHED_POSITION_FRACTION
     wide_rows = s.n_rows - last - s.n_logits
@@ -504,6 +505,8 @@ def estimate_cell(
         raise ValueError(f"unknown cost model {model!r}; known: {', '.join(COST_MODELS)}")
     s = Shape.of(spec, nodes, max_n_logits)
     cuda = str(device).startswith("cuda")
+    if model == "vjp-causal-gqa-pruned" and (options or {}).get("approx_ranking", "once") == "once":
+        update_interval = max(1, math.ceil(s.nodes / batch_size))  # one window: ranked once, after the logits
     c = _Inputs(
         s,
         cuda,

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from attrbench.api import AttributeSettings
+from attrbench.errors import UsageError
 from attrbench.graph.parity import compare
 from attrbench.plugin_manager import get_backends
 from attrbench.workload.build import build_workload
@@ -154,6 +155,38 @@ def test_approximate_accuracy_at_defaults_and_a_loose_knob():
     assert default["rel_frobenius"] > 0  # it does prune something
     assert loose["pruned_node_jaccard"] < default["pruned_node_jaccard"] - 0.1, (default, loose)
     assert loose["rel_frobenius"] > 10 * default["rel_frobenius"], (default, loose)
+
+
+@pytest.mark.parametrize("ranking", ["once", "interval"])
+def test_approximate_ranking_schedule(ranking):
+    """With its approximations off (float32, no pruning), approximate-pruned is gqa-shared with another
+    ranking schedule: ``interval`` is circuit-tracer's (every ``update_interval`` batches), ``once`` is the
+    same graph as ranking a single time, after the logit rows. The two schedules select different features
+    (the test fails if the option is ignored)."""
+    built = build_workload(preset("tiny"))
+    exact = get_backends()["gqa-shared"]
+    prepared = exact.prepare(built, "cpu", torch.float32)
+    nodes, batch = 300, 32
+    once_schedule = AttributeSettings(max_feature_nodes=nodes, batch_size=batch, update_interval=nodes)
+    schedules = {
+        "interval": exact.attribute(prepared, AttributeSettings(max_feature_nodes=nodes, batch_size=batch)),
+        "once": exact.attribute(prepared, once_schedule),
+    }
+    approx = get_backends()["approximate-pruned"]
+    options = {"approx_dtype": "float32", "approx_threshold": 0.0, "approx_ranking": ranking}
+    result = approx.attribute(
+        approx.prepare(built, "cpu", torch.float32),
+        AttributeSettings(max_feature_nodes=nodes, batch_size=batch, options=options),
+    )
+    assert result.info["approx_ranking"] == ranking
+    parity = compare(result, schedules[ranking], ranking)
+    assert parity["selected_jaccard"] == 1.0 and parity["rel_frobenius"] <= 1e-5, parity
+    assert compare(schedules["once"], schedules["interval"], "interval")["selected_jaccard"] < 1.0
+    with pytest.raises(UsageError, match="approx_ranking"):
+        approx.attribute(
+            approx.prepare(built, "cpu", torch.float32),
+            AttributeSettings(max_feature_nodes=nodes, batch_size=batch, options={"approx_ranking": "never"}),
+        )
 
 
 def test_backend_variant_fixes_options():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from attrbench.api import AttributeSettings
-from attrbench.backends.exact.edge_store import DenseEdgeStore, LayeredEdgeStore
+from attrbench.backends.exact.edge_store import DenseEdgeStore, LayeredEdgeStore, prune_rows_
 from attrbench.backends.exact.ranking import circuit_tracer_influences
 from attrbench.plugin_manager import get_backends
 from attrbench.workload.build import build_workload
@@ -89,3 +89,12 @@ def test_memory_limit_allows_mapping_a_graph_file_larger_than_it(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "refused" in out.stdout  # 2 GiB of anonymous memory is over the 1 GiB limit
+
+
+def test_prune_rows_drops_entries_below_the_relative_threshold():
+    """Each row keeps the entries whose magnitude reaches threshold x its largest magnitude (a negative
+    largest entry counts by its magnitude); nothing else changes."""
+    rows = torch.tensor([[1.0, -0.05, 0.2, -0.09], [0.3, -4.0, 0.39, -0.41], [0.0, 0.0, 0.0, 0.0]])
+    expected = torch.tensor([[1.0, 0.0, 0.2, 0.0], [0.0, -4.0, 0.0, -0.41], [0.0, 0.0, 0.0, 0.0]])
+    assert torch.equal(prune_rows_(rows.clone(), 0.1), expected)
+    assert torch.equal(prune_rows_(rows.clone(), 0.0), rows)
