@@ -7,12 +7,17 @@ keeps each row's reachable columns only, for graphs too large for the dense rows
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from attrbench.backends.exact import ranking, zeroed
+from attrbench.backends.exact.columns import Columns
 
 #: rows packaged per block, so that packaging never holds a second full copy of the edge rows
 PACKAGE_BLOCK_ROWS = 4096
+#: rows pruned at once: small temporaries, which the allocator reuses instead of mapping fresh pages
+PRUNE_BLOCK_ROWS = 64
 
 
 class BlockStore:
@@ -40,8 +45,8 @@ class BlockStore:
         """File the rows written into :meth:`reserve`'s block, for target ``nodes``."""
         self.append(rows, nodes)
 
-    def restrict(self, n_rows: int, width: int) -> bool:
-        """Keep the next ``n_rows`` rows over fewer columns; not supported here."""
+    def restrict(self, n_rows: int, columns: Columns) -> bool:
+        """Keep the next ``n_rows`` rows (the last window's, never ranked) over ``columns`` only."""
         return False
 
 
@@ -100,8 +105,8 @@ class DenseEdgeStore(BlockStore):
         """Store ``block`` (``[b, row_size]``, row_size <= nodes) as the next rows, for target ``nodes``."""
         self.commit(block, nodes, ranked=True)
 
-    def restrict(self, n_rows: int, width: int) -> bool:
-        self.narrow = zeroed.zeros((n_rows, width), torch.float32, self.edges.device)
+    def restrict(self, n_rows: int, columns: Columns) -> bool:
+        self.narrow = zeroed.zeros((n_rows, columns.width), torch.float32, self.edges.device)
         self.narrow_nodes = torch.zeros(n_rows, dtype=torch.long)
         return True
 
@@ -139,8 +144,8 @@ class DenseEdgeStore(BlockStore):
             # in place in the adjacency, whose target rows are all written by now: the store's narrow rows
             # are partly the shared zero page, which writing there would fault in
             for rows in (range(0, n_sel), range(n - n_logits, n)):
-                for s in range(rows.start, rows.stop, block):
-                    prune_rows_(adjacency[s : min(s + block, rows.stop)], self.prune_threshold)
+                for s in range(rows.start, rows.stop, PRUNE_BLOCK_ROWS):
+                    prune_rows_(adjacency[s : min(s + PRUNE_BLOCK_ROWS, rows.stop)], self.prune_threshold)
         self.edges = self.edges.new_empty(0)  # freed: the rows are in the adjacency now
         self.narrow = None
         return adjacency
@@ -161,13 +166,20 @@ class DenseEdgeStore(BlockStore):
         return host
 
 
-def prune_rows_(rows: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Zero, in place, the entries of each row below ``threshold`` x the row's largest magnitude.
+def prune_rows_(rows: torch.Tensor, threshold: float, *more: torch.Tensor) -> torch.Tensor:
+    """Zero, in place, the entries of each row below ``threshold`` x the row's largest magnitude; the rows
+    may continue in ``more`` (the same rows' other columns), pruned alike.
 
     The largest magnitude is taken as ``max(amax, -amin)``: two reductions without an ``|rows|`` temporary
     (``torch.aminmax`` is ~20x slower on a CPU)."""
-    largest = torch.maximum(rows.amax(1, keepdim=True), rows.amin(1, keepdim=True).neg_())
-    return rows.masked_fill_(rows.abs() < largest.mul_(threshold), 0)
+    parts = [p for p in (rows, *more) if p.shape[1]]
+    if not parts or not rows.shape[0]:
+        return rows
+    largest = torch.stack([torch.maximum(p.amax(1), p.amin(1).neg_()) for p in parts]).amax(0, keepdim=True).T
+    largest.mul_(threshold)
+    for part in parts:
+        part.masked_fill_(part.abs() < largest, 0)
+    return rows
 
 
 class LayeredEdgeStore(BlockStore):
@@ -205,41 +217,77 @@ class LayeredEdgeStore(BlockStore):
         # each node's position (logits: the last); a target at position p is reached by nothing after p
         self.active_pos = model.active_features[:, 1]
         self.node_pos = torch.cat([self.active_pos, torch.full((n_nodes - model.n_active,), self.n_pos - 1)])
-        self.columns: list[torch.Tensor] = []  # per target layer: the row columns it keeps
-        for layer in range(self.n_layers + 1):
-            n_feat = model.layer_offsets[layer]
-            self.columns.append(
-                torch.cat(
-                    [
-                        torch.arange(n_feat),
-                        torch.arange(model.error_offset, model.error_offset + layer * self.n_pos),
-                        torch.arange(model.token_offset, model.token_offset + self.n_pos),
-                    ]
-                ).to(device)
-            )
+        # per target layer: the column ranges of a full row it keeps (features and errors of the layers below,
+        # tokens), and those columns as one index (ranking adds into them)
+        self.column_ranges = [
+            _reachable_ranges(model.layer_offsets[layer], model.error_offset, model.token_offset, layer, self.n_pos)
+            for layer in range(self.n_layers + 1)
+        ]
+        self.columns = [torch.cat([torch.arange(a, b) for a, b in ranges]).to(device) for ranges in self.column_ranges]
         self.feature_prefix = list(model.layer_offsets)
         self.rows: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers + 1)]  # |edges|
         self.signs: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers + 1)]  # packed sign bits
         self.nodes: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers + 1)]
         self.sums: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers + 1)]
+        # after restrict(): rows over the selected columns, never ranked, so kept signed
+        self.narrow_ranges: list[list[tuple[int, int]]] | None = None
+        self.narrow_rows: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers + 1)]
+        self.narrow_nodes: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers + 1)]
         self.row_nodes = torch.zeros(n_rows, dtype=torch.long)
         self.n_filled = 0
 
+    def restrict(self, n_rows: int, columns: Columns) -> bool:
+        """The next rows come over ``columns`` (the selected features, errors, tokens): each is kept over the
+        selected features and errors of the layers below its target's, and the tokens, signed (they are never
+        ranked)."""
+        n_sel = columns.error_offset
+        self.narrow_ranges = [
+            _reachable_ranges(
+                columns.layer_start(layer) if layer < self.n_layers else n_sel,
+                columns.error_offset,
+                columns.token_offset,
+                layer,
+                self.n_pos,
+            )
+            for layer in range(self.n_layers + 1)
+        ]
+        return True
+
     def append(self, block: torch.Tensor, nodes: torch.Tensor) -> None:
         layers = self.node_layer[nodes]
-        sums = block.abs().sum(1, dtype=torch.float32)
-        if self.prune_threshold:  # the engine's scratch block, written again from zeros for the next batch
-            prune_rows_(block, self.prune_threshold)
-        for layer in layers.unique().tolist():
-            here = (layers == layer).nonzero().flatten()
-            here_dev = here.to(block.device)
-            rows = block[here_dev][:, self.columns[layer]].float()
-            self.signs[layer].append(_pack_bits(rows < 0))
-            self.rows[layer].append(rows.abs_())  # ranking reads |edges|; signs come back at packaging
-            self.nodes[layer].append(nodes[here])
-            self.sums[layer].append(sums[here_dev])
+        if self.narrow_ranges is not None:
+            for layer, here in self._by_layer(block, layers):
+                self.narrow_rows[layer].append(self._kept(block, here, self.narrow_ranges[layer]))
+                self.narrow_nodes[layer].append(nodes[here.cpu()])
+        else:
+            self._append_ranked(block, nodes, layers)
         self.row_nodes[self.n_filled : self.n_filled + len(nodes)] = nodes
         self.n_filled += len(nodes)
+
+    def _append_ranked(self, block: torch.Tensor, nodes: torch.Tensor, layers: torch.Tensor) -> None:
+        """Rows that ranking will read: magnitudes, sign bits and ``|.|`` sums."""
+        sums = torch.linalg.vector_norm(block, 1, dim=1)  # no |block| temporary
+        for layer, here in self._by_layer(block, layers):
+            rows = self._kept(block, here, self.column_ranges[layer])
+            self.signs[layer].append(_pack_bits(rows < 0))
+            self.rows[layer].append(rows.abs_())  # ranking reads |edges|; signs come back at packaging
+            self.nodes[layer].append(nodes[here.cpu()])
+            self.sums[layer].append(sums[here])
+
+    @staticmethod
+    def _by_layer(block: torch.Tensor, layers: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+        """Each target layer of a block and its rows (indices on the block's device)."""
+        for layer in layers.unique().tolist():
+            yield layer, (layers == layer).nonzero().flatten().to(block.device)
+
+    def _kept(self, block: torch.Tensor, here: torch.Tensor, ranges: list[tuple[int, int]]) -> torch.Tensor:
+        """Rows ``here`` of ``block`` over the column ``ranges`` (one new tensor)."""
+        first, count = int(here[0]), len(here)
+        if int(here[-1]) - first + 1 == count:  # batches ordered by target layer: a slice, not a gather
+            block = block[first : first + count]
+        else:
+            block = block.index_select(0, here)
+        return torch.cat([block[:, a:b] for a, b in ranges], dim=1)
 
     def influences(self, logit_probabilities: torch.Tensor, rule: str = "streamed") -> torch.Tensor:
         """circuit-tracer's partial influences by back-substitution, top layer first (one pass)."""
@@ -282,10 +330,9 @@ class LayeredEdgeStore(BlockStore):
             for layer in list(range(L)) + [L]:
                 if layer == L:
                     dest = n - n_logits  # error and token rows have no incoming edges: holes
-                if not self.rows[layer]:
+                if not self.rows[layer] and not self.narrow_rows[layer]:
                     continue
-                width = self.rows[layer][0].shape[1]
-                nodes = torch.cat(self.nodes[layer])
+                nodes = torch.cat(self.nodes[layer] + self.narrow_nodes[layer])
                 # rows go to the file in node order; blocks are read as stored (no concatenated copy of the
                 # layer), each row written at its rank, and each block freed once written
                 rank = torch.empty_like(nodes)
@@ -296,17 +343,31 @@ class LayeredEdgeStore(BlockStore):
                 keep_sel = int(torch.searchsorted(selected, n_feat))  # selected features below this layer
                 columns = selected[:keep_sel]  # on the CPU, where each block is read
                 done = 0
-                blocks, signs = self.rows[layer], self.signs[layer]
-                self.rows[layer], self.signs[layer] = [], []
+                # ranked blocks (magnitudes over every reachable feature, and signs), then narrow ones (signed,
+                # over the selected features only)
+                blocks: list[tuple[torch.Tensor, torch.Tensor | None]] = list(
+                    zip(self.rows[layer], self.signs[layer], strict=True)
+                )
+                blocks += [(part, None) for part in self.narrow_rows[layer]]
+                self.rows[layer], self.signs[layer], self.narrow_rows[layer] = [], [], []
                 while blocks:
-                    part, packed = blocks.pop(0), signs.pop(0)
-                    # signs restored by a multiply: boolean-mask indexing spent most of packaging in nonzero()
-                    part = part.mul_(_unpack_bits(packed, width).to(part.dtype).mul_(-2).add_(1)).cpu()
-                    features = part.index_select(1, columns).numpy()
+                    part, packed = blocks.pop(0)
+                    if packed is not None:
+                        # signs restored by a multiply: boolean-mask indexing spent most of packaging in nonzero()
+                        width = part.shape[1]
+                        part = part.mul_(_unpack_bits(packed, width).to(part.dtype).mul_(-2).add_(1)).cpu()
+                        features_t, tail_start_col = part.index_select(1, columns), n_feat
+                    else:
+                        part = part.cpu()
+                        features_t, tail_start_col = part[:, :keep_sel], keep_sel
                     tail_rows = torch.zeros(part.shape[0], (L + 1) * n_pos, dtype=torch.float32)
-                    tail_rows[:, : layer * n_pos] = part[:, n_feat : n_feat + layer * n_pos]
-                    tail_rows[:, L * n_pos :] = part[:, n_feat + layer * n_pos :]
-                    tail = tail_rows.numpy()
+                    tail_rows[:, : layer * n_pos] = part[:, tail_start_col : tail_start_col + layer * n_pos]
+                    tail_rows[:, L * n_pos :] = part[:, tail_start_col + layer * n_pos :]
+                    if self.prune_threshold:  # over the graph's columns, as the dense store prunes
+                        for s in range(0, part.shape[0], PRUNE_BLOCK_ROWS):
+                            rows = slice(s, s + PRUNE_BLOCK_ROWS)
+                            prune_rows_(features_t[rows], self.prune_threshold, tail_rows[rows])
+                    features, tail = features_t.numpy(), tail_rows.numpy()
                     for i in range(part.shape[0]):
                         offset = data_start + destinations[done + i] * row_bytes
                         row_reach = reach[target_pos[done + i]]
@@ -324,6 +385,14 @@ class LayeredEdgeStore(BlockStore):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # read-only memmap: never written to
             return torch.from_numpy(np.load(path, mmap_mode="r"))
+
+
+def _reachable_ranges(
+    n_features: int, error_offset: int, token_offset: int, layer: int, n_pos: int
+) -> list[tuple[int, int]]:
+    """The column ranges a row whose target is at ``layer`` can have edges in: the first ``n_features``
+    feature columns (those of the layers below), the error nodes of those layers, and the tokens."""
+    return [(0, n_features), (error_offset, error_offset + layer * n_pos), (token_offset, token_offset + n_pos)]
 
 
 def _selected_reach(

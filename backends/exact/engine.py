@@ -382,7 +382,7 @@ class ExactBackend(Backend):
                 with timer("setup"):
                     chosen = torch.sort(torch.cat([torch.where(visited)[0], pending])).values
                     narrow = selected_columns(model, chosen)
-                    if store.restrict(len(pending), narrow.width):
+                    if store.restrict(len(pending), narrow):
                         cols = narrow
             with timer("feature_rows"):
                 pending = self.order_window(model, pending, B)

@@ -19,13 +19,15 @@ def tiny():
     return build_workload(preset("tiny"))
 
 
-@pytest.mark.parametrize("backend_name", ["autodiff-free", "gqa-shared"])
+@pytest.mark.parametrize("backend_name", ["autodiff-free", "gqa-shared", "approximate-pruned"])
 def test_lean_store_gives_the_dense_graph(tiny, tmp_path, backend_name):
+    """Every row layout of the lean store (ranked rows as magnitudes and signs, the last window's rows over
+    the selected columns, signed; approximate-pruned: pruned alike) packages to the dense store's graph."""
     backend = get_backends()[backend_name]
     prepared = backend.prepare(tiny, "cpu", torch.float32)
-    settings = AttributeSettings(max_feature_nodes=500, batch_size=64)
+    settings = AttributeSettings(max_feature_nodes=500, batch_size=64, options=dict(backend.option_defaults))
     dense = backend.attribute(prepared, settings)
-    settings.options = {"edge_storage": "lean"}
+    settings.options = {**settings.options, "edge_storage": "lean"}
     settings.scratch_dir = str(tmp_path)
     lean = backend.attribute(prepared, settings)
     assert lean.info["edge_storage"] == "LayeredEdgeStore" and dense.info["edge_storage"] == "DenseEdgeStore"
@@ -34,6 +36,7 @@ def test_lean_store_gives_the_dense_graph(tiny, tmp_path, backend_name):
     # block the GEMMs differently: equal up to float32 rounding, not bit for bit
     torch.testing.assert_close(lean.adjacency_matrix, dense.adjacency_matrix, rtol=1e-5, atol=1e-5)
     assert lean.adjacency_matrix.abs().sum() > 0
+    assert torch.equal(lean.adjacency_matrix != 0, dense.adjacency_matrix != 0)  # pruned alike
     on_disk = np.load(lean.adjacency_file, mmap_mode="r")
     assert on_disk.shape == tuple(dense.adjacency_matrix.shape)
 
