@@ -20,6 +20,7 @@ MAX_INPUT_BYTES = 64 * 2**20
 PROGRESS_ENV = "ATTRBENCH_PROGRESS_INTERVAL"
 CACHE_ENV = "ATTRBENCH_CACHE"
 GRAPH_DIR_ENV = "ATTRBENCH_GRAPH_DIR"
+#: ``0``: parity skips the pruned-node Jaccard above 30,000 nodes (default: computed at every size)
 LARGE_PRUNE_PARITY_ENV = "ATTRBENCH_LARGE_PRUNE_PARITY"
 
 #: ATTRBENCH_PROGRESS_INTERVAL may be 0 (off) up to one day

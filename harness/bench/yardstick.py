@@ -18,9 +18,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from attrbench.api import Backend
+from attrbench.api import AttributionResult, Backend
 from attrbench.bench.plan import Cell, yardsticks_of
-from attrbench.graph.parity import compare
+from attrbench.graph.parity import compare, prune_parity_skipped, pruned_nodes
 from attrbench.graph.store import load_result
 from attrbench.graph.verdicts import TRUTH, YARDSTICK, judge
 from attrbench.workload.spec import WorkloadSpec
@@ -50,6 +50,8 @@ class GroupYardsticks:
         self.graphs: dict[str, Path] = {}
         #: each cell's figures against the fp32 truth (bf16 runs), by backend label
         self.truth_parity: dict[str, dict[str, Any]] = {}
+        #: each yardstick graph's pruned nodes, pruned once for all the cells compared with it
+        self.pruned: dict[Path, set[tuple] | None] = {}
 
     def __enter__(self) -> GroupYardsticks:
         return self
@@ -102,7 +104,7 @@ class GroupYardsticks:
                 out["parity_note"] = f"the {against} graph could not be re-created for parity"
             else:
                 try:
-                    out["parity"] = compare(load_result(graph_dir), load_result(yard_dir), against, workload=self.spec)
+                    out["parity"] = self._compare(load_result(graph_dir), yard_dir, against)
                 except Exception as exc:  # parity must never lose a measured cell
                     out["parity_note"] = f"parity failed: {type(exc).__name__}: {exc}"
         elif cell.backend not in self.ranked:
@@ -122,11 +124,22 @@ class GroupYardsticks:
         if truth_dir is None:
             return {}
         try:
-            figures = compare(load_result(graph_dir), load_result(truth_dir), truth.backend, workload=self.spec)
+            figures = self._compare(load_result(graph_dir), truth_dir, truth.backend)
         except Exception:  # parity must never lose a measured cell; the verdict falls back to the yardstick
             return {}
         self.truth_parity[cell.backend] = figures
         return {"truth_parity": figures}
+
+    def _compare(self, result: AttributionResult, yard_dir: Path, against: str) -> dict[str, Any]:
+        """:func:`attrbench.graph.parity.compare`, with the yardstick graph pruned once for every cell."""
+        yardstick = load_result(yard_dir)
+        if yard_dir not in self.pruned and not prune_parity_skipped(result, yardstick):
+            try:
+                self.pruned[yard_dir] = pruned_nodes(yardstick, self.spec)
+            except (RuntimeError, ValueError):
+                self.pruned[yard_dir] = None  # compare() tries again and reports no Jaccard
+        kept = self.pruned.get(yard_dir)
+        return compare(result, yardstick, against, workload=self.spec, yardstick_pruned=kept)
 
     def truth_note(self, cell: Cell) -> str | None:
         """What to say when a bf16 group has no fp32 truth to judge by (its cell did not complete)."""

@@ -22,6 +22,7 @@ import torch
 from attrbench.api import AttributionResult
 from attrbench.graph.interop import to_circuit_tracer_graph
 from attrbench.graph.prune import TopHistogram, abs_bits, prune, radix_select
+from attrbench.guard import LARGE_PRUNE_PARITY_ENV
 
 #: graphs with more nodes than this are pruned by the streaming attrbench.graph.prune.prune instead of prune_graph
 MAX_DENSE_PRUNE_NODES = 30_000
@@ -85,13 +86,18 @@ def _submatrix_blocks(adj: torch.Tensor, idx: torch.Tensor) -> Callable[[], Iter
 
 
 def compare(
-    result: AttributionResult, yardstick: AttributionResult, against: str, workload: Any = None
+    result: AttributionResult,
+    yardstick: AttributionResult,
+    against: str,
+    workload: Any = None,
+    yardstick_pruned: set[tuple] | None = None,
 ) -> dict[str, Any]:
     """Parity metrics of ``result`` against ``yardstick``.
 
     Returns ``{"against", "selected_jaccard", "rel_frobenius", "max_abs", "edge_recall", "pruned_node_jaccard"}``.
     ``workload`` (a spec or built workload) is used to build circuit-tracer ``Graph`` objects for pruning; without
-    it an equivalent stand-in is passed to ``prune_graph``.
+    it an equivalent stand-in is passed to ``prune_graph``. ``yardstick_pruned``: the yardstick's
+    :func:`pruned_nodes`, where the caller keeps them for several comparisons (a 70,000-node prune takes ~30 s).
     """
     feats_r = {ident for ident in node_identities(result) if ident[0] == "f"}
     feats_y = {ident for ident in node_identities(yardstick) if ident[0] == "f"}
@@ -135,7 +141,7 @@ def compare(
         "rel_frobenius": rel,
         "max_abs": max_abs,
         "edge_recall": edge_recall,
-        "pruned_node_jaccard": pruned_node_jaccard(result, yardstick, workload),
+        "pruned_node_jaccard": pruned_node_jaccard(result, yardstick, workload, yardstick_pruned),
     }
 
 
@@ -170,19 +176,30 @@ def pruned_nodes(result: AttributionResult, workload: Any = None) -> set[tuple]:
     return {ids[i] for i in torch.nonzero(mask).flatten().tolist()}
 
 
-def pruned_node_jaccard(result: AttributionResult, yardstick: AttributionResult, workload: Any = None) -> float | None:
+def prune_parity_skipped(result: AttributionResult, yardstick: AttributionResult) -> bool:
+    """Whether ``ATTRBENCH_LARGE_PRUNE_PARITY=0`` skips the pruned-node Jaccard of these two graphs."""
+    too_large = max(result.adjacency_matrix.shape[0], yardstick.adjacency_matrix.shape[0]) > MAX_DENSE_PRUNE_NODES
+    return too_large and os.environ.get(LARGE_PRUNE_PARITY_ENV) == "0"
+
+
+def pruned_node_jaccard(
+    result: AttributionResult,
+    yardstick: AttributionResult,
+    workload: Any = None,
+    yardstick_pruned: set[tuple] | None = None,
+) -> float | None:
     """Jaccard of the kept node identities after ``prune_graph`` on both graphs (the streaming prune above
     :data:`MAX_DENSE_PRUNE_NODES` nodes); None when pruning fails.
 
-    Above :data:`MAX_DENSE_PRUNE_NODES` nodes it is None unless ``ATTRBENCH_LARGE_PRUNE_PARITY=1``: the
-    streaming prune reads each adjacency about 15 times (300 GB at 70,000 nodes), which would take longer
-    than the attribution itself on a small machine. ``attrbench attribute --format json`` prunes such graphs.
+    Above :data:`MAX_DENSE_PRUNE_NODES` nodes ``ATTRBENCH_LARGE_PRUNE_PARITY=0`` skips it (None): each
+    streaming prune reads its graph a few times (about 30 s for a 70,000-node graph in the page cache on 2
+    cores, much longer from disk). ``yardstick_pruned`` is the yardstick's :func:`pruned_nodes`, if known.
     """
-    too_large = max(result.adjacency_matrix.shape[0], yardstick.adjacency_matrix.shape[0]) > MAX_DENSE_PRUNE_NODES
-    if too_large and os.environ.get("ATTRBENCH_LARGE_PRUNE_PARITY") != "1":
+    if prune_parity_skipped(result, yardstick):
         return None
     try:
         with torch.no_grad():
-            return _jaccard(pruned_nodes(result, workload), pruned_nodes(yardstick, workload))
+            kept = yardstick_pruned if yardstick_pruned is not None else pruned_nodes(yardstick, workload)
+            return _jaccard(pruned_nodes(result, workload), kept)
     except (RuntimeError, ValueError):  # e.g. influence power iteration not converging on a cyclic graph
         return None

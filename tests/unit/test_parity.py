@@ -157,10 +157,13 @@ def test_large_graphs_use_streaming_prune(monkeypatch):
     b.adjacency_matrix.mul_(1 + 0.3 * torch.randn(b.adjacency_matrix.shape, generator=torch.Generator().manual_seed(4)))
     dense_same, dense_noisy = parity.pruned_node_jaccard(a, a), parity.pruned_node_jaccard(b, a)
     monkeypatch.setattr(parity, "MAX_DENSE_PRUNE_NODES", 10)  # every graph takes the streaming prune
-    assert parity.pruned_node_jaccard(a, a) is None  # skipped by default above the size limit
-    monkeypatch.setenv("ATTRBENCH_LARGE_PRUNE_PARITY", "1")
     assert compare(a, a, "autodiff-free")["pruned_node_jaccard"] == dense_same == 1.0
     assert parity.pruned_node_jaccard(b, a) == dense_noisy
+    # the yardstick's kept nodes, when the caller has them, are used instead of pruning it again
+    assert parity.pruned_node_jaccard(b, a, yardstick_pruned=parity.pruned_nodes(a)) == dense_noisy
+    assert parity.pruned_node_jaccard(a, a, yardstick_pruned=set()) == 0.0
+    monkeypatch.setenv("ATTRBENCH_LARGE_PRUNE_PARITY", "0")
+    assert parity.pruned_node_jaccard(a, a) is None  # skipped on request above the size limit
 
 
 def test_blockwise_matches_dense(monkeypatch):

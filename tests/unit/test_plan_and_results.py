@@ -91,3 +91,36 @@ def test_truth_note_only_where_the_truth_did_not_complete():
     assert note is not None and "timeout" in note
     group.record("reference@fp32", "ok")
     assert group.truth_note(Cell("gqa-shared", 100, 0)) is None
+
+
+def test_a_yardstick_graph_is_pruned_once_for_all_its_cells(tmp_path, monkeypatch):
+    """Every cell of a group gets its pruned-node Jaccard, and the yardstick's graph is pruned once for
+    all of them (a 70,000-node prune takes ~30 s), not once per cell."""
+    import torch
+
+    import attrbench.bench.yardstick as yardstick_module
+    from attrbench.api import AttributeSettings
+    from attrbench.graph.store import save_result
+    from attrbench.workload.build import build_workload
+
+    spec = preset("tiny")
+    built = build_workload(spec)
+    backends = get_backends()
+    names = ["autodiff-free", "gqa-shared", "approximate-pruned"]
+    group = GroupYardsticks(names, backends, spec, rerun=lambda cell: None)
+    yardstick_prunes = []
+    real = yardstick_module.pruned_nodes
+    monkeypatch.setattr(yardstick_module, "pruned_nodes", lambda *a: yardstick_prunes.append(1) or real(*a))
+    figures = {}
+    for name in names:
+        backend = backends[name]
+        result = backend.attribute(
+            backend.prepare(built, "cpu", torch.float32), AttributeSettings(max_feature_nodes=150, batch_size=32)
+        )
+        out = group.compare(Cell(name, 150, 0), save_result(result, tmp_path / name))
+        group.record(name, "ok")
+        figures[name] = out.get("parity")
+    assert figures["autodiff-free"] is None  # the yardstick itself
+    assert figures["gqa-shared"]["pruned_node_jaccard"] == 1.0
+    assert 0.9 <= figures["approximate-pruned"]["pruned_node_jaccard"] <= 1.0
+    assert len(yardstick_prunes) == 1

@@ -283,3 +283,33 @@ finally:
     t.join()
 print(json.dumps([peak[0] - base, int(result.node_mask.sum())]))
 """
+
+
+def test_layered_influence_is_the_power_series_in_one_pass():
+    """On a multi-block graph in circuit-tracer's node order, the one-pass influence equals the power
+    series; an edge into a row that has already pushed its weight makes it decline (None), and the prune then
+    falls back to the power series and still matches circuit-tracer."""
+    from attrbench.graph.prune import _Scorer
+
+    graph = random_graph(900, 4, 12, 5, seed=4)
+    adj = graph.adjacency_matrix
+    n = adj.shape[0]
+    weights = torch.zeros(n)
+    weights[-5:] = graph.logit_probabilities
+    scorer = _Scorer(adj, 64)
+    layered = scorer.layered_influence(weights)
+    assert layered is not None and layered.abs().sum() > 0
+
+    current, series = scorer.vecmat(weights), torch.zeros(n)
+    while current.any():
+        series += current
+        current = scorer.vecmat(current)
+    torch.testing.assert_close(layered, series, rtol=1e-5, atol=1e-7)
+
+    # a feature of the first block reads a feature of the last feature block: the order is broken
+    late = int(torch.nonzero(adj[:900].abs().sum(1) > 0).flatten()[-1])
+    broken = adj.clone()
+    broken[0, late] = 1.0
+    assert _Scorer(broken, 64).layered_influence(weights) is None
+    graph.adjacency_matrix = broken
+    assert_same_as_circuit_tracer(graph, prune(graph, block_rows=64))
