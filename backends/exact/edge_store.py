@@ -168,32 +168,32 @@ class DenseEdgeStore(BlockStore):
 
 def prune_rows_(rows: torch.Tensor, threshold: float, *more: torch.Tensor) -> torch.Tensor:
     """Zero, in place, the entries of each row below ``threshold`` x the row's largest magnitude; the rows
-    may continue in ``more`` (the same rows' other columns), pruned alike.
-
-    The largest magnitude is taken as ``max(amax, -amin)``: two reductions without an ``|rows|`` temporary
-    (``torch.aminmax`` is ~20x slower on a CPU)."""
+    may continue in ``more`` (the same rows' other columns), pruned alike. Meant for a few rows at a time:
+    it holds an ``|rows|`` temporary."""
     parts = [p for p in (rows, *more) if p.shape[1]]
     if not parts or not rows.shape[0]:
         return rows
-    largest = torch.stack([torch.maximum(p.amax(1), p.amin(1).neg_()) for p in parts]).amax(0, keepdim=True).T
-    largest.mul_(threshold)
-    for part in parts:
-        part.masked_fill_(part.abs() < largest, 0)
+    magnitudes = [p.abs() for p in parts]
+    largest = torch.stack([m.amax(1) for m in magnitudes]).amax(0, keepdim=True).T.mul_(threshold)
+    for part, magnitude in zip(parts, magnitudes, strict=True):
+        part.masked_fill_(magnitude < largest, 0)
     return rows
 
 
 class LayeredEdgeStore(BlockStore):
     """Lean storage for large graphs: each row keeps only the columns its target can reach.
 
-        A row whose target sits at layer ``l`` (logits: ``l = n_layers``) has non-zero edges only from features
-        and error nodes of layers below ``l`` and from tokens; features are numbered layer by layer, so those
-        columns are a prefix of the feature range plus a prefix of the error range. Rows are kept per target
-        layer at that width, about half of a dense row on average, as magnitudes plus packed sign bits (ranking
-    reads only magnitudes, so it needs no temporary copy).
+    A row whose target sits at layer ``l`` (logits: ``l = n_layers``) has non-zero edges only from features
+    and error nodes of layers below ``l`` and from tokens; features are numbered layer by layer, so those
+    columns are a prefix of the feature range plus a prefix of the error range. Rows are kept per target
+    layer at that width, about half of a dense row on average, as magnitudes plus packed sign bits (ranking
+    reads only magnitudes, so it needs no temporary copy). The last window's rows, never ranked and computed
+    over the selected columns only (:meth:`restrict`), are kept signed in the blocks the engine wrote them
+    into: fresh anonymous memory, resident only where a row reaches.
 
-        Ranking is one pass over the rows in topological order (top layer first), which gives the same
-        influences as circuit-tracer's power iteration. Packaging writes the square adjacency to a ``.npy``
-        file row block by row block, so it never exists twice in memory (or once: it is memory-mapped back).
+    Ranking is one pass over the rows in topological order (top layer first), which gives the same
+    influences as circuit-tracer's power iteration. Packaging writes the square adjacency to a ``.npy``
+    file row block by row block, so it never exists twice in memory (or once: it is memory-mapped back).
     """
 
     def __init__(
@@ -229,35 +229,32 @@ class LayeredEdgeStore(BlockStore):
         self.signs: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers + 1)]  # packed sign bits
         self.nodes: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers + 1)]
         self.sums: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers + 1)]
-        # after restrict(): rows over the selected columns, never ranked, so kept signed
-        self.narrow_ranges: list[list[tuple[int, int]]] | None = None
+        # after restrict(): the columns of the rows that follow (never ranked: kept signed, as written)
+        self.narrow: Columns | None = None
         self.narrow_rows: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers + 1)]
         self.narrow_nodes: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers + 1)]
         self.row_nodes = torch.zeros(n_rows, dtype=torch.long)
         self.n_filled = 0
 
     def restrict(self, n_rows: int, columns: Columns) -> bool:
-        """The next rows come over ``columns`` (the selected features, errors, tokens): each is kept over the
-        selected features and errors of the layers below its target's, and the tokens, signed (they are never
-        ranked)."""
-        n_sel = columns.error_offset
-        self.narrow_ranges = [
-            _reachable_ranges(
-                columns.layer_start(layer) if layer < self.n_layers else n_sel,
-                columns.error_offset,
-                columns.token_offset,
-                layer,
-                self.n_pos,
-            )
-            for layer in range(self.n_layers + 1)
-        ]
+        """The next rows (never ranked) come over ``columns``: the selected features, errors and tokens. Each
+        batch's block is then kept as the engine wrote it, signed (:meth:`reserve`)."""
+        self.narrow = columns
         return True
+
+    def reserve(self, count: int, width: int, device: torch.device) -> torch.Tensor:
+        """After :meth:`restrict`, a fresh zero block that the store keeps as written: on the CPU its pages
+        cost memory only where a row reaches (:mod:`attrbench.backends.exact.zeroed`), so it needs neither
+        zeroing nor a copy of each row's reachable columns."""
+        if self.narrow is not None:
+            return zeroed.zeros((count, width), torch.float32, device)
+        return super().reserve(count, width, device)
 
     def append(self, block: torch.Tensor, nodes: torch.Tensor) -> None:
         layers = self.node_layer[nodes]
-        if self.narrow_ranges is not None:
+        if self.narrow is not None:
             for layer, here in self._by_layer(block, layers):
-                self.narrow_rows[layer].append(self._kept(block, here, self.narrow_ranges[layer]))
+                self.narrow_rows[layer].append(_rows(block, here))
                 self.narrow_nodes[layer].append(nodes[here.cpu()])
         else:
             self._append_ranked(block, nodes, layers)
@@ -282,12 +279,8 @@ class LayeredEdgeStore(BlockStore):
 
     def _kept(self, block: torch.Tensor, here: torch.Tensor, ranges: list[tuple[int, int]]) -> torch.Tensor:
         """Rows ``here`` of ``block`` over the column ``ranges`` (one new tensor)."""
-        first, count = int(here[0]), len(here)
-        if int(here[-1]) - first + 1 == count:  # batches ordered by target layer: a slice, not a gather
-            block = block[first : first + count]
-        else:
-            block = block.index_select(0, here)
-        return torch.cat([block[:, a:b] for a, b in ranges], dim=1)
+        rows = _rows(block, here)
+        return torch.cat([rows[:, a:b] for a, b in ranges], dim=1)
 
     def influences(self, logit_probabilities: torch.Tensor, rule: str = "streamed") -> torch.Tensor:
         """circuit-tracer's partial influences by back-substitution, top layer first (one pass)."""
@@ -321,9 +314,12 @@ class LayeredEdgeStore(BlockStore):
         # own and higher layers, error and token rows) is left as holes, which read as zeros: about half of
         # the bytes of writing every selected feature below the target's layer.
         reach = _selected_reach(selected, self.active_pos, self.feature_prefix, L, n_pos)
+        # where the narrow blocks hold their error and token columns
+        narrow_tail = (self.narrow.error_offset, self.narrow.token_offset) if self.narrow is not None else (0, 0)
         with os.fdopen(fd, "wb") as f:
             np.lib.format.write_array_header_2_0(f, {"descr": "<f4", "fortran_order": False, "shape": (n, n)})
             data_start = f.tell()
+            f.flush()
             row_bytes = 4 * n
             tail_start = n_sel  # errors and tokens: columns n_sel .. n_sel + (L + 1) * n_pos
             dest = 0
@@ -343,8 +339,8 @@ class LayeredEdgeStore(BlockStore):
                 keep_sel = int(torch.searchsorted(selected, n_feat))  # selected features below this layer
                 columns = selected[:keep_sel]  # on the CPU, where each block is read
                 done = 0
-                # ranked blocks (magnitudes over every reachable feature, and signs), then narrow ones (signed,
-                # over the selected features only)
+                # ranked blocks (magnitudes over every reachable feature, then errors and tokens, and signs),
+                # then the narrow ones (signed, in the selected columns' layout: features, errors, tokens)
                 blocks: list[tuple[torch.Tensor, torch.Tensor | None]] = list(
                     zip(self.rows[layer], self.signs[layer], strict=True)
                 )
@@ -356,17 +352,22 @@ class LayeredEdgeStore(BlockStore):
                         # signs restored by a multiply: boolean-mask indexing spent most of packaging in nonzero()
                         width = part.shape[1]
                         part = part.mul_(_unpack_bits(packed, width).to(part.dtype).mul_(-2).add_(1)).cpu()
-                        features_t, tail_start_col = part.index_select(1, columns), n_feat
+                        features_t = part.index_select(1, columns)
+                        errors, tokens = n_feat, n_feat + layer * n_pos
                     else:
                         part = part.cpu()
-                        features_t, tail_start_col = part[:, :keep_sel], keep_sel
+                        features_t = part[:, :keep_sel]  # pruned in place below, where written
+                        errors, tokens = narrow_tail
                     tail_rows = torch.zeros(part.shape[0], (L + 1) * n_pos, dtype=torch.float32)
-                    tail_rows[:, : layer * n_pos] = part[:, tail_start_col : tail_start_col + layer * n_pos]
-                    tail_rows[:, L * n_pos :] = part[:, tail_start_col + layer * n_pos :]
+                    tail_rows[:, : layer * n_pos] = part[:, errors : errors + layer * n_pos]
+                    tail_rows[:, L * n_pos :] = part[:, tokens : tokens + n_pos]
                     if self.prune_threshold:  # over the graph's columns, as the dense store prunes
+                        # the features the block's rows can reach (the rest is never written): about half
+                        block_reach = reach[max(target_pos[done : done + part.shape[0]])][:layer]
                         for s in range(0, part.shape[0], PRUNE_BLOCK_ROWS):
                             rows = slice(s, s + PRUNE_BLOCK_ROWS)
-                            prune_rows_(features_t[rows], self.prune_threshold, tail_rows[rows])
+                            reachable = [features_t[rows, a:b] for a, b in block_reach]
+                            prune_rows_(tail_rows[rows], self.prune_threshold, *reachable)
                     features, tail = features_t.numpy(), tail_rows.numpy()
                     for i in range(part.shape[0]):
                         offset = data_start + destinations[done + i] * row_bytes
@@ -374,10 +375,9 @@ class LayeredEdgeStore(BlockStore):
                         for source in range(layer):  # each source layer's reachable selected features
                             first, stop = row_reach[source]
                             if stop > first:
-                                f.seek(offset + 4 * first)
-                                f.write(features[i, first:stop].data)
-                        f.seek(offset + 4 * tail_start)
-                        f.write(memoryview(tail[i]))
+                                # one positioned write each: no seek, no buffer flush (half the calls)
+                                os.pwrite(fd, features[i, first:stop].data, offset + 4 * first)
+                        os.pwrite(fd, tail[i].data, offset + 4 * tail_start)
                     done += part.shape[0]
                 dest += done
             f.truncate(data_start + n * row_bytes)
@@ -385,6 +385,14 @@ class LayeredEdgeStore(BlockStore):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # read-only memmap: never written to
             return torch.from_numpy(np.load(path, mmap_mode="r"))
+
+
+def _rows(block: torch.Tensor, here: torch.Tensor) -> torch.Tensor:
+    """Rows ``here`` of ``block``: a view where they are consecutive (batches ordered by target layer)."""
+    first, count = int(here[0]), len(here)
+    if int(here[-1]) - first + 1 == count:
+        return block[first : first + count]
+    return block.index_select(0, here)
 
 
 def _reachable_ranges(
