@@ -187,10 +187,13 @@ def test_exact_backends_match_circuit_tracer_from_files_fp32(case, backend_name)
 
 
 def test_approximate_pruned_runs_on_every_kind(case):
+    """At its defaults approximate-pruned meets its accuracy targets on every transcoder kind and family (its
+    one ranking may select a few different low-influence features: the selection is not a target)."""
     model, kind, _, _, built, graphs = case
     nodes, reference = min(graphs.items())
     parity = compare(run("approximate-pruned", built, nodes), reference, "reference")
-    assert parity["selected_jaccard"] >= 0.95 and parity["rel_frobenius"] <= 2e-2, (model, kind, parity)
+    assert parity["edge_recall"] >= 0.99 and parity["pruned_node_jaccard"] >= 0.95, (model, kind, parity)
+    assert parity["rel_frobenius"] <= 2e-2, (model, kind, parity)
 
 
 @pytest.mark.parametrize("model", list(MODELS))
