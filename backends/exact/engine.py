@@ -274,14 +274,15 @@ class ExactBackend(Backend):
                 if columns.cross:
                     self.contract_cross_features(model, prepared, layout, columns, layer, grad[:reached], out[:reached])
                 e0 = columns.error_offset + layer * n_pos
-                out[:reached, e0 : e0 + P] = torch.einsum("bpd,pd->bp", grad[:reached], model.error_vecs[layer, :P])
+                # vecdot, not einsum("bpd,pd->bp"): einsum makes it a batched GEMV, ~3x slower
+                out[:reached, e0 : e0 + P] = torch.linalg.vecdot(grad[:reached], model.error_vecs[layer, :P])
             if reached:
                 self._layer_vjp(model, prepared, layout, batch, layer, grad[:reached])
             live = self.live_rows(batch, layer)
             if live > reached:
                 self._joining_vjp(model, batch, layer, slice(reached, live), grad[reached:live])
         t0 = columns.token_offset
-        out[:, t0 : t0 + P] = torch.einsum("bpd,pd->bp", grad, model.token_vecs[:P])
+        out[:, t0 : t0 + P] = torch.linalg.vecdot(grad, model.token_vecs[:P])
 
     def _layer_vjp(
         self,
