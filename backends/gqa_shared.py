@@ -97,6 +97,10 @@ class GqaSharedBackend(CausalTrickBackend):
                     _gemm_into(out[:, s:e], grad[:, p], vecs[s - first : e - first].T, accumulate=True)
 
 
+#: devices where the batched contraction's products reach the rows by one gather, not per-position copies
+GATHER_DEVICES = ("cuda",)
+
+
 def _batched_into(out: torch.Tensor, grad: torch.Tensor, columns: Columns, layer: int, accumulate: bool) -> None:
     """``out[:, :n]`` (= or +=) the layer's columns at positions ``< P``: one bmm over padded positions.
 
@@ -108,7 +112,7 @@ def _batched_into(out: torch.Tensor, grad: torch.Tensor, columns: Columns, layer
     if not n:
         return
     products = torch.bmm(grad.transpose(0, 1), decoders[:P].transpose(1, 2))  # [P, B, width]
-    if out.device.type == "cuda":
+    if out.device.type in GATHER_DEVICES:
         values = products.transpose(0, 1).reshape(B, -1).index_select(1, index[:n])
         if accumulate:
             out[:, :n] += values

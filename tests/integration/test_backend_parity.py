@@ -56,12 +56,16 @@ def reference_graphs(request):
     return request.param, built, {n_active // 3: partial, n_active: full}
 
 
-@pytest.mark.parametrize("backend_name", [*EXACT, "gqa-shared/batched"])
+@pytest.mark.parametrize("backend_name", [*EXACT, "gqa-shared/batched", "gqa-shared/batched-gather"])
 def test_exact_backend_matches_reference_fp32(reference_graphs, backend_name, monkeypatch):
     name, built, graphs = reference_graphs
-    if backend_name.endswith("/batched"):  # the GPU's contraction (one bmm over padded positions), on the CPU
-        backend_name = backend_name.removesuffix("/batched")
+    if "/batched" in backend_name:  # the GPU's contraction (one bmm over padded positions), on the CPU
+        backend_name, variant = backend_name.split("/")
         monkeypatch.setattr(type(get_backends()[backend_name]), "batched", True)
+        if variant == "batched-gather":  # with the GPU's gather of the products instead of per-position copies
+            import attrbench.backends.gqa_shared as gqa_shared
+
+            monkeypatch.setattr(gqa_shared, "GATHER_DEVICES", ("cuda", "cpu"))
     for nodes, reference in graphs.items():
         result = run(backend_name, built, nodes)
         assert torch.equal(result.active_features, reference.active_features), name
