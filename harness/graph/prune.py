@@ -279,22 +279,28 @@ class _Scorer:
             return x @ self.normalized(0, self.n)
         out = torch.zeros(self.n, dtype=torch.float64, device=x.device)
         for r0, r1 in self.ranges():
-            xs = x[r0:r1]
-            rows = torch.nonzero(xs).flatten()
-            if rows.numel() == 0:
-                continue
-            if rows.numel() == r1 - r0:
-                w = xs / self.rowsum(r0, r1)[:, 0]
-                block = self.adj[r0:r1]
-                block = block.abs() if block.dtype == torch.float32 else block.float().abs()
-            else:
-                w = xs[rows] / self.rowsum(r0, r1)[rows, 0]
-                block = self.adj[r0:r1].index_select(0, rows)
-                block = block.abs_() if block.dtype == torch.float32 else block.float().abs_()
-            out += (w @ block).double()
+            push = self._push(r0, r1, x[r0:r1])
+            if push is not None:
+                out += push
         if self.keep is not None:
             out.masked_fill_(self.drop_cols, 0.0)
         return out.to(x.dtype)
+
+    def _push(self, r0: int, r1: int, xs: torch.Tensor) -> torch.Tensor | None:
+        """``(xs / rowsum) @ |rows r0:r1|`` in float64, reading only the rows where ``xs`` is non-zero (the
+        columns of dropped nodes are not zeroed here); None when ``xs`` is all zero."""
+        rows = torch.nonzero(xs).flatten()
+        if rows.numel() == 0:
+            return None
+        if rows.numel() == r1 - r0:
+            w = xs / self.rowsum(r0, r1)[:, 0]
+            block = self.adj[r0:r1]
+            block = block.abs() if block.dtype == torch.float32 else block.float().abs()
+        else:
+            w = xs[rows] / self.rowsum(r0, r1)[rows, 0]
+            block = self.adj[r0:r1].index_select(0, rows)
+            block = block.abs_() if block.dtype == torch.float32 else block.float().abs_()
+        return (w.to(block.dtype) @ block).double()
 
     def influence(self, logit_weights: torch.Tensor, max_iter: int = MAX_ITER) -> torch.Tensor:
         """circuit-tracer's ``compute_influence`` power series: in one pass over the rows where the graph is
@@ -329,13 +335,9 @@ class _Scorer:
         closed = torch.zeros(self.n, dtype=torch.bool, device=logit_weights.device)  # pushed rows with edges
         for r0, r1 in reversed(list(self.ranges())):
             for _ in range(MAX_ITER):
-                xs = pending[r0:r1]
-                rows = torch.nonzero(xs).flatten()
-                if rows.numel() == 0:
+                push = self._push(r0, r1, pending[r0:r1])
+                if push is None:
                     break
-                whole = rows.numel() == r1 - r0
-                w = (xs if whole else xs[rows]) / self.rowsum(r0, r1)[:, 0][slice(None) if whole else rows]
-                push = (w.to(logit_weights.dtype) @ self._abs_rows(r0, r1, None if whole else rows)).double()
                 if self.keep is not None:
                     push.masked_fill_(self.drop_cols, 0.0)
                 if bool((push[r1:] != 0).logical_and_(closed[r1:]).any()):
