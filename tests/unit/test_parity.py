@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -219,3 +221,22 @@ def test_to_circuit_tracer_graph():
     assert g.cfg.n_layers == N_LAYERS
     assert prune_graph(g).node_mask.shape[0] == a.adjacency_matrix.shape[0]
     assert len(node_identities(a)) == a.adjacency_matrix.shape[0]
+
+
+@pytest.mark.parametrize("n_cols", [100, 16384 * 2, 16384 * 2 + 50])
+def test_written_adjacency_reads_back_with_its_zero_stretches_as_holes(tmp_path, n_cols):
+    """Rows are written from their first to their last non-zero segment (the last one may be short); all
+    of it reads back exactly, and a matrix that is mostly zero takes less disk than its size."""
+    from attrbench.graph.store import SEGMENT_COLUMNS, write_adjacency
+
+    torch.manual_seed(0)
+    adjacency = torch.zeros(200, n_cols)
+    adjacency[3, 0] = 1.0  # first column
+    adjacency[5, n_cols - 1] = -2.0  # last column, in the short segment where there is one
+    adjacency[7, n_cols // 2 :] = torch.randn(n_cols - n_cols // 2)  # a second half
+    adjacency[150:, :5] = torch.randn(50, 5)
+    path = tmp_path / "a.npy"
+    write_adjacency(adjacency, path)
+    assert torch.equal(torch.from_numpy(np.load(path)), adjacency)
+    if n_cols > 2 * SEGMENT_COLUMNS:
+        assert os.stat(path).st_blocks * 512 < adjacency.numel()  # under a quarter of its 4 bytes a value
