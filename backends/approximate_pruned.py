@@ -87,7 +87,7 @@ class ApproximatePrunedBackend(GqaSharedBackend):
             raise UsageError(f"approx_threshold must be a number in [0, 1), got {threshold!r}")
         device = model.weights.device
         if self.edge_storage(model, n_rows, n_nodes, settings) == "lean":
-            return LayeredEdgeStore(model, n_rows, n_nodes, device, float(threshold))
+            return LayeredEdgeStore(model, n_rows, n_nodes, device, settings.scratch_dir, float(threshold))
         return DenseEdgeStore(n_rows, n_nodes, device, float(threshold))
 
     def attribute(self, prepared, settings):

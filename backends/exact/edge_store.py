@@ -192,8 +192,8 @@ class LayeredEdgeStore(BlockStore):
     into: fresh anonymous memory, resident only where a row reaches.
 
     Ranking is one pass over the rows in topological order (top layer first), which gives the same
-    influences as circuit-tracer's power iteration. Packaging places the rows in the square adjacency block
-    by block, freeing each block once placed, so the rows never exist twice in memory.
+    influences as circuit-tracer's power iteration. Packaging writes the square adjacency to a ``.npy``
+    file row block by row block, so it never exists twice in memory (or once: it is memory-mapped back).
     """
 
     def __init__(
@@ -202,6 +202,7 @@ class LayeredEdgeStore(BlockStore):
         n_rows: int,
         n_nodes: int,
         device: torch.device,
+        scratch_dir: str | None,
         prune_threshold: float = 0.0,
     ):
         self.prune_threshold = prune_threshold  # approximate-pruned: zero entries below this x row max
@@ -209,6 +210,7 @@ class LayeredEdgeStore(BlockStore):
         self.n_active = model.n_active
         self.n_nodes = n_nodes
         self.device = device
+        self.scratch_dir = scratch_dir
         self.node_layer = torch.cat(
             [model.active_features[:, 0], torch.full((n_nodes - model.n_active,), self.n_layers)]
         )
@@ -295,95 +297,94 @@ class LayeredEdgeStore(BlockStore):
         return infl
 
     def package(self, selected: torch.Tensor, n_active: int, n_logits: int) -> torch.Tensor:
-        """circuit-tracer's square adjacency, in memory: fresh anonymous memory (:mod:`.zeroed`) written
-        only over each row's reachable columns, so it is resident for those alone (about half of a dense
-        matrix), with every block freed as soon as its rows are placed."""
+        import os
+        import tempfile
+        import warnings
+
+        import numpy as np
+
         n_sel = selected.numel()
         n = n_sel + self.n_nodes - n_active
         L, n_pos = self.n_layers, self.n_pos
-        adjacency = zeroed.zeros((n, n), torch.float32, torch.device("cpu"))
+        folder = self.scratch_dir or tempfile.gettempdir()
+        os.makedirs(folder, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix="adjacency-", suffix=".npy", dir=folder)
         # Only the reachable column ranges of each row are written: per source layer, the selected features at
-        # positions up to the target's own. The rest (features after the target's position, of its own and
-        # higher layers, error and token rows) is never touched and reads as the kernel's zero page.
+        # positions up to the target's own. The rest of the file (features after the target's position, of its
+        # own and higher layers, error and token rows) is left as holes, which read as zeros: about half of
+        # the bytes of writing every selected feature below the target's layer.
         reach = _selected_reach(selected, self.active_pos, self.feature_prefix, L, n_pos)
         # where the narrow blocks hold their error and token columns
         narrow_tail = (self.narrow.error_offset, self.narrow.token_offset) if self.narrow is not None else (0, 0)
-        tail_columns = adjacency.narrow(1, n_sel, (L + 1) * n_pos)  # errors and tokens
-        dest = 0
-        for layer in range(L + 1):
-            if layer == L:
-                dest = n - n_logits  # error and token rows have no incoming edges: never written
-            if not self.rows[layer] and not self.narrow_rows[layer]:
-                continue
-            nodes = torch.cat(self.nodes[layer] + self.narrow_nodes[layer])
-            # rows go to the adjacency in node order: each row at its rank among the layer's rows
-            rank = torch.empty_like(nodes)
-            rank[nodes.argsort()] = torch.arange(len(nodes))
-            destinations = dest + rank
-            target_pos = self.node_pos[nodes]
-            n_feat = self.feature_prefix[layer]
-            keep_sel = int(torch.searchsorted(selected, n_feat))  # selected features below this layer
-            columns = selected[:keep_sel]  # on the CPU, where each block is read
-            done = 0
-            # ranked blocks (magnitudes over every reachable feature, then errors and tokens, and signs),
-            # then the narrow ones (signed, in the selected columns' layout: features, errors, tokens)
-            blocks: list[tuple[torch.Tensor, torch.Tensor | None]] = list(
-                zip(self.rows[layer], self.signs[layer], strict=True)
-            )
-            blocks += [(part, None) for part in self.narrow_rows[layer]]
-            self.rows[layer], self.signs[layer], self.narrow_rows[layer] = [], [], []
-            while blocks:
-                part, packed = blocks.pop(0)
-                if packed is not None:
-                    # signs restored by a multiply: boolean-mask indexing spent most of packaging in nonzero()
-                    width = part.shape[1]
-                    part = part.mul_(_unpack_bits(packed, width).to(part.dtype).mul_(-2).add_(1)).cpu()
-                    features = part.index_select(1, columns)
-                    errors, tokens = n_feat, n_feat + layer * n_pos
-                else:
-                    part = part.cpu()
-                    features = part[:, :keep_sel]  # pruned in place below, where placed
-                    errors, tokens = narrow_tail
-                count = part.shape[0]
-                rows_at = destinations[done : done + count]
-                tail = torch.zeros(count, (L + 1) * n_pos, dtype=torch.float32)
-                tail[:, : layer * n_pos] = part[:, errors : errors + layer * n_pos]
-                tail[:, L * n_pos :] = part[:, tokens : tokens + n_pos]
-                if self.prune_threshold:  # over the graph's columns, as the dense store prunes
-                    # the features the block's rows can reach (the rest is never placed): about half
-                    block_reach = reach[int(target_pos[done : done + count].max())][:layer]
-                    for s in range(0, count, PRUNE_BLOCK_ROWS):
-                        rows = slice(s, s + PRUNE_BLOCK_ROWS)
-                        reachable = [features[rows, a:b] for a, b in block_reach]
-                        prune_rows_(tail[rows], self.prune_threshold, *reachable)
-                tail_columns.index_copy_(0, rows_at, tail)
-                _place_features(adjacency, features, rows_at, target_pos[done : done + count], reach, layer)
-                del part, features, tail
-                done += count
-            dest += done
-        return adjacency
-
-
-def _place_features(
-    adjacency: torch.Tensor,
-    features: torch.Tensor,
-    rows_at: torch.Tensor,
-    target_pos: torch.Tensor,
-    reach: list[list[tuple[int, int]]],
-    layer: int,
-) -> None:
-    """Copy ``features`` (rows over the selected features below ``layer``) into the adjacency rows
-    ``rows_at``, each source layer's reachable range only. Rows of one target position share their ranges:
-    a block's rows come in runs of one position (batches are ordered by position), one copy per run and
-    source layer."""
-    positions, counts = torch.unique_consecutive(target_pos, return_counts=True)
-    start = 0
-    for position, count in zip(positions.tolist(), counts.tolist(), strict=True):
-        run = slice(start, start + count)
-        for first, stop in reach[position][:layer]:
-            if stop > first:
-                adjacency.narrow(1, first, stop - first).index_copy_(0, rows_at[run], features[run, first:stop])
-        start += count
+        with os.fdopen(fd, "wb") as f:
+            np.lib.format.write_array_header_2_0(f, {"descr": "<f4", "fortran_order": False, "shape": (n, n)})
+            data_start = f.tell()
+            f.flush()
+            row_bytes = 4 * n
+            tail_start = n_sel  # errors and tokens: columns n_sel .. n_sel + (L + 1) * n_pos
+            dest = 0
+            for layer in list(range(L)) + [L]:
+                if layer == L:
+                    dest = n - n_logits  # error and token rows have no incoming edges: holes
+                if not self.rows[layer] and not self.narrow_rows[layer]:
+                    continue
+                nodes = torch.cat(self.nodes[layer] + self.narrow_nodes[layer])
+                # rows go to the file in node order; blocks are read as stored (no concatenated copy of the
+                # layer), each row written at its rank, and each block freed once written
+                rank = torch.empty_like(nodes)
+                rank[nodes.argsort()] = torch.arange(len(nodes))
+                destinations = (dest + rank).tolist()
+                target_pos = self.node_pos[nodes].tolist()
+                n_feat = self.feature_prefix[layer]
+                keep_sel = int(torch.searchsorted(selected, n_feat))  # selected features below this layer
+                columns = selected[:keep_sel]  # on the CPU, where each block is read
+                done = 0
+                # ranked blocks (magnitudes over every reachable feature, then errors and tokens, and signs),
+                # then the narrow ones (signed, in the selected columns' layout: features, errors, tokens)
+                blocks: list[tuple[torch.Tensor, torch.Tensor | None]] = list(
+                    zip(self.rows[layer], self.signs[layer], strict=True)
+                )
+                blocks += [(part, None) for part in self.narrow_rows[layer]]
+                self.rows[layer], self.signs[layer], self.narrow_rows[layer] = [], [], []
+                while blocks:
+                    part, packed = blocks.pop(0)
+                    if packed is not None:
+                        # signs restored by a multiply: boolean-mask indexing spent most of packaging in nonzero()
+                        width = part.shape[1]
+                        part = part.mul_(_unpack_bits(packed, width).to(part.dtype).mul_(-2).add_(1)).cpu()
+                        features_t = part.index_select(1, columns)
+                        errors, tokens = n_feat, n_feat + layer * n_pos
+                    else:
+                        part = part.cpu()
+                        features_t = part[:, :keep_sel]  # pruned in place below, where written
+                        errors, tokens = narrow_tail
+                    tail_rows = torch.zeros(part.shape[0], (L + 1) * n_pos, dtype=torch.float32)
+                    tail_rows[:, : layer * n_pos] = part[:, errors : errors + layer * n_pos]
+                    tail_rows[:, L * n_pos :] = part[:, tokens : tokens + n_pos]
+                    if self.prune_threshold:  # over the graph's columns, as the dense store prunes
+                        # the features the block's rows can reach (the rest is never written): about half
+                        block_reach = reach[max(target_pos[done : done + part.shape[0]])][:layer]
+                        for s in range(0, part.shape[0], PRUNE_BLOCK_ROWS):
+                            rows = slice(s, s + PRUNE_BLOCK_ROWS)
+                            reachable = [features_t[rows, a:b] for a, b in block_reach]
+                            prune_rows_(tail_rows[rows], self.prune_threshold, *reachable)
+                    features, tail = features_t.numpy(), tail_rows.numpy()
+                    for i in range(part.shape[0]):
+                        offset = data_start + destinations[done + i] * row_bytes
+                        row_reach = reach[target_pos[done + i]]
+                        for source in range(layer):  # each source layer's reachable selected features
+                            first, stop = row_reach[source]
+                            if stop > first:
+                                # one positioned write each: no seek, no buffer flush (half the calls)
+                                os.pwrite(fd, features[i, first:stop].data, offset + 4 * first)
+                        os.pwrite(fd, tail[i].data, offset + 4 * tail_start)
+                    done += part.shape[0]
+                dest += done
+            f.truncate(data_start + n * row_bytes)
+        self.adjacency_file = path
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # read-only memmap: never written to
+            return torch.from_numpy(np.load(path, mmap_mode="r"))
 
 
 def _rows(block: torch.Tensor, here: torch.Tensor) -> torch.Tensor:

@@ -244,7 +244,7 @@ class ExactBackend(Backend):
         """Storage of the edge rows, as :meth:`edge_storage` chooses."""
         device = model.weights.device
         if self.edge_storage(model, n_rows, n_nodes, settings) == "lean":
-            return LayeredEdgeStore(model, n_rows, n_nodes, device)
+            return LayeredEdgeStore(model, n_rows, n_nodes, device, settings.scratch_dir)
         return DenseEdgeStore(n_rows, n_nodes, device)
 
     # ------------------------------------------------------------------ the VJP chain
@@ -412,6 +412,7 @@ class ExactBackend(Backend):
             n_layers=model.n_layers,
             phases_s=timer.phases,
             info={"n_logits": n_logits, "flop_floor": flop_floor(model, selected, n_logits), "edge_storage": storage},
+            adjacency_file=getattr(store, "adjacency_file", None),
         )
 
 

@@ -28,6 +28,7 @@ def test_lean_store_gives_the_dense_graph(tiny, tmp_path, backend_name):
     settings = AttributeSettings(max_feature_nodes=500, batch_size=64, options=dict(backend.option_defaults))
     dense = backend.attribute(prepared, settings)
     settings.options = {**settings.options, "edge_storage": "lean"}
+    settings.scratch_dir = str(tmp_path)
     lean = backend.attribute(prepared, settings)
     assert lean.info["edge_storage"] == "LayeredEdgeStore" and dense.info["edge_storage"] == "DenseEdgeStore"
     assert torch.equal(lean.selected_features, dense.selected_features)
@@ -36,7 +37,8 @@ def test_lean_store_gives_the_dense_graph(tiny, tmp_path, backend_name):
     torch.testing.assert_close(lean.adjacency_matrix, dense.adjacency_matrix, rtol=1e-5, atol=1e-5)
     assert lean.adjacency_matrix.abs().sum() > 0
     assert torch.equal(lean.adjacency_matrix != 0, dense.adjacency_matrix != 0)  # pruned alike
-    assert lean.adjacency_file is None  # in memory, as circuit-tracer's graph: saving is the caller's
+    on_disk = np.load(lean.adjacency_file, mmap_mode="r")
+    assert on_disk.shape == tuple(dense.adjacency_matrix.shape)
 
 
 def test_layered_ranking_matches_circuit_tracer():
