@@ -38,6 +38,7 @@ OOM_MARKERS = (
     "can't allocate memory",
     "DefaultCPUAllocator: not enough memory",
     "std::bad_alloc",
+    "[Errno 12] Cannot allocate memory",  # ENOMEM from mmap (e.g. beyond the cell's RLIMIT_DATA)
 )
 
 

@@ -124,3 +124,12 @@ def test_a_yardstick_graph_is_pruned_once_for_all_its_cells(tmp_path, monkeypatc
     assert figures["gqa-shared"]["pruned_node_jaccard"] == 1.0
     assert 0.9 <= figures["approximate-pruned"]["pruned_node_jaccard"] <= 1.0
     assert len(yardstick_prunes) == 1
+
+
+def test_enomem_from_a_mapping_is_oom():
+    """Before: a 20 GB mmap refused by the cell's RLIMIT_DATA (``OSError: [Errno 12]``) was recorded
+    ``error``, not ``oom``."""
+    from attrbench.bench.worker import is_oom_text
+
+    assert is_oom_text("Traceback ...\nOSError: [Errno 12] Cannot allocate memory")
+    assert not is_oom_text("Traceback ...\nOSError: [Errno 2] No such file or directory: 'x'")
