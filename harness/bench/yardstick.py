@@ -21,7 +21,7 @@ from typing import Any
 from attrbench.api import AttributionResult, Backend
 from attrbench.bench.plan import Cell, yardsticks_of
 from attrbench.graph.parity import compare, prune_parity_skipped, pruned_nodes
-from attrbench.graph.store import load_result
+from attrbench.graph.store import drop_cached_pages, load_result
 from attrbench.graph.verdicts import TRUTH, YARDSTICK, judge
 from attrbench.workload.spec import WorkloadSpec
 
@@ -113,6 +113,8 @@ class GroupYardsticks:
             self.graphs[cell.backend] = graph_dir
         else:
             shutil.rmtree(graph_dir, ignore_errors=True)
+        for kept in set(self.graphs.values()):  # read for this comparison; the next cell starts without them
+            drop_cached_pages(kept)
         return out
 
     def _compare_with_truth(self, cell: Cell, graph_dir: Path) -> dict[str, Any]:

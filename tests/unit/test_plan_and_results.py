@@ -95,7 +95,7 @@ def test_truth_note_only_where_the_truth_did_not_complete():
 
 def test_a_yardstick_graph_is_pruned_once_for_all_its_cells(tmp_path, monkeypatch):
     """Every cell of a group gets its pruned-node Jaccard, and the yardstick's graph is pruned once for
-    all of them (a 70,000-node prune takes ~30 s), not once per cell."""
+    all of them (a 70,000-node prune takes ~30 s), not once per cell; its page cache is dropped after each."""
     import torch
 
     import attrbench.bench.yardstick as yardstick_module
@@ -111,6 +111,9 @@ def test_a_yardstick_graph_is_pruned_once_for_all_its_cells(tmp_path, monkeypatc
     yardstick_prunes = []
     real = yardstick_module.pruned_nodes
     monkeypatch.setattr(yardstick_module, "pruned_nodes", lambda *a: yardstick_prunes.append(1) or real(*a))
+    released = []  # graphs whose page cache is dropped after each comparison (the next cell starts without it)
+    drop = yardstick_module.drop_cached_pages
+    monkeypatch.setattr(yardstick_module, "drop_cached_pages", lambda d: released.append(d) or drop(d))
     figures = {}
     for name in names:
         backend = backends[name]
@@ -124,6 +127,7 @@ def test_a_yardstick_graph_is_pruned_once_for_all_its_cells(tmp_path, monkeypatc
     assert figures["gqa-shared"]["pruned_node_jaccard"] == 1.0
     assert 0.9 <= figures["approximate-pruned"]["pruned_node_jaccard"] <= 1.0
     assert len(yardstick_prunes) == 1
+    assert released.count(tmp_path / "autodiff-free") == len(names)  # the kept yardstick, after every cell
 
 
 def test_enomem_from_a_mapping_is_oom():
