@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from attrbench.api import CellJob, Tracker
+from attrbench.bench.allocator import keep_freed_memory
 from attrbench.bench.results import cpu_name
 from attrbench.bench.settings import BenchSettings
 from attrbench.graph.store import save_result
@@ -107,6 +108,7 @@ def run_job(job: CellJob, report: Report) -> dict[str, Any]:
     carry ``status`` ``invalid`` and the reasons in ``error``.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    keep_freed_memory()  # every cell alike, the reference included
     settings = BenchSettings.from_dict(job.settings)
 
     def say(text: str) -> None:

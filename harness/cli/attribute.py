@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 import torch
 
+from attrbench.bench.allocator import keep_freed_memory
 from attrbench.bench.schema import MAX_NODES
 from attrbench.cli.options import (
     attribution_options,
@@ -119,6 +120,7 @@ def attribute_cmd(
     interrupt_on_signals()
     # the backend's scratch files (the lean store's adjacency-*.npy) live here and go on every exit path:
     # success, a failing backend, Ctrl-C, SIGTERM, SIGHUP
+    keep_freed_memory()  # as the benchmark's cells do
     with tempfile.TemporaryDirectory(prefix=".attrbench-attribute-", dir=out_path.resolve().parent) as scratch:
         built = build_workload(spec)
         progress = ProgressLine(lambda text: err(f"{backend_name}: {text}"))
