@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
+from attrbench.allocator import release_free_memory
 from attrbench.backends.exact import ranking, zeroed
 from attrbench.backends.exact.columns import Columns
 
@@ -380,6 +381,7 @@ class LayeredEdgeStore(BlockStore):
                         os.pwrite(fd, tail[i].data, offset + 4 * tail_start)
                     done += part.shape[0]
                 dest += done
+                release_free_memory()  # the layer's blocks: for the page cache this file goes through
             f.truncate(data_start + n * row_bytes)
         self.adjacency_file = path
         with warnings.catch_warnings():

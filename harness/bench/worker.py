@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
+from attrbench.allocator import keep_freed_memory
 from attrbench.api import CellJob, Tracker
-from attrbench.bench.allocator import keep_freed_memory
 from attrbench.bench.results import cpu_name
 from attrbench.bench.settings import BenchSettings
 from attrbench.graph.store import save_result

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import torch
 
-from attrbench.bench.allocator import keep_freed_memory
+from attrbench.allocator import keep_freed_memory
 from attrbench.bench.schema import MAX_NODES
 from attrbench.cli.options import (
     attribution_options,

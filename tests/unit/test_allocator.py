@@ -12,7 +12,7 @@ import pytest
 PROBE = """
 import resource, sys
 if sys.argv[1] == "keep":
-    from attrbench.bench.allocator import keep_freed_memory
+    from attrbench.allocator import keep_freed_memory
     assert keep_freed_memory()
 import torch
 x = torch.ones(512, 32, 256)

