@@ -118,9 +118,9 @@ def attribute_cmd(
     if preset_note:
         err(preset_note)
     interrupt_on_signals()
+    keep_freed_memory()  # as the benchmark's cells do
     # the backend's scratch files (the lean store's adjacency-*.npy) live here and go on every exit path:
     # success, a failing backend, Ctrl-C, SIGTERM, SIGHUP
-    keep_freed_memory()  # as the benchmark's cells do
     with tempfile.TemporaryDirectory(prefix=".attrbench-attribute-", dir=out_path.resolve().parent) as scratch:
         built = build_workload(spec)
         progress = ProgressLine(lambda text: err(f"{backend_name}: {text}"))
