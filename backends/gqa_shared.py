@@ -102,30 +102,31 @@ GATHER_DEVICES = ("cuda",)
 
 
 def _batched_into(out: torch.Tensor, grad: torch.Tensor, columns: Columns, layer: int, accumulate: bool) -> None:
-    """``out[:, :n]`` (= or +=) the layer's columns at positions ``< P``: one bmm over padded positions.
+    """``out[:, :n]`` (= or +=) the layer's columns at positions ``< P``: one bmm over the positions that
+    have columns (:class:`attrbench.backends.exact.columns.PaddedLayer`).
 
     The padded products reach the rows' columns by one gather on a GPU (one launch), and by one strided copy
-    per position on a CPU: there the gather's transposed copy and index cost ~15x more than the copies."""
-    decoders, index, ends = columns.padded(layer)
+    per slot on a CPU: there the gather's transposed copy and index cost ~15x more than the copies."""
+    layer_columns = columns.padded(layer)
     B, P, _ = grad.shape
-    n = ends[P]
+    n, k = layer_columns.ends[P], layer_columns.slots[P]
     if not n:
         return
-    products = torch.bmm(grad.transpose(0, 1), decoders[:P].transpose(1, 2))  # [P, B, width]
+    products = torch.bmm(layer_columns.gradients(grad), layer_columns.decoders[:k].transpose(1, 2))  # [k, B, width]
     if out.device.type in GATHER_DEVICES:
-        values = products.transpose(0, 1).reshape(B, -1).index_select(1, index[:n])
+        values = products.transpose(0, 1).reshape(B, -1).index_select(1, layer_columns.index[:n])
         if accumulate:
             out[:, :n] += values
         else:
             out[:, :n] = values
         return
-    for p in range(P):
+    ends = layer_columns.ends
+    for slot, p in enumerate(layer_columns.positions[:k]):
         s, e = ends[p], ends[p + 1]
-        if e > s:
-            if accumulate:
-                out[:, s:e] += products[p, :, : e - s]
-            else:
-                out[:, s:e] = products[p, :, : e - s]
+        if accumulate:
+            out[:, s:e] += products[slot, :, : e - s]
+        else:
+            out[:, s:e] = products[slot, :, : e - s]
 
 
 def _gemm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool) -> None:

@@ -37,25 +37,61 @@ class Columns:
     def layer_start(self, layer: int) -> int:
         return self.bounds[layer][0]
 
-    def padded(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """Layer ``layer``'s decoders padded per position, for one batched GEMM over positions.
-
-        Returns ``decoders [n_pos, width, d]`` (position ``p``'s columns first, zeros after), ``index``
-        (the flattened ``(position, slot)`` of each real column, in column order) and ``ends`` (``ends[P]``:
-        how many of the layer's columns sit at positions ``< P``).
-        """
+    def padded(self, layer: int) -> PaddedLayer:
+        """Layer ``layer``'s decoders padded per position, for one batched GEMM over its positions."""
         if layer not in self._padded:
-            bounds = self.bounds[layer]
-            counts = [bounds[p + 1] - bounds[p] for p in range(len(bounds) - 1)]
-            width = max(max(counts, default=0), 1)
-            dec = self.decoders.new_zeros(len(counts), width, self.decoders.shape[1])
-            index: list[int] = []
-            for p, count in enumerate(counts):
-                dec[p, :count] = self.decoders[bounds[p] : bounds[p + 1]]
-                index.extend(range(p * width, p * width + count))
-            ends = [0] + torch.tensor(counts).cumsum(0).tolist()
-            self._padded[layer] = (dec, torch.tensor(index, dtype=torch.long, device=dec.device), ends)
+            self._padded[layer] = PaddedLayer.of(self.decoders, self.bounds[layer])
         return self._padded[layer]
+
+
+@dataclass
+class PaddedLayer:
+    """One layer's feature columns laid out for a batched GEMM: a slot per position that has columns.
+
+    Positions without a column get no slot: the last window's selected features crowd a few positions
+    (``small``, 4,000 nodes: every layer above the second keeps the last position's features only), and a
+    slot per position would multiply the GEMM by up to ``n_pos``.
+    """
+
+    #: ``[slots, width, d]``: slot ``i`` holds position ``positions[i]``'s decoders, zeros after them
+    decoders: torch.Tensor
+    #: the positions that have columns, ascending (on the CPU) and on the decoders' device
+    positions: list[int]
+    device_positions: torch.Tensor
+    #: the flattened ``(slot, offset)`` of each column, in column order
+    index: torch.Tensor
+    #: ``slots[P]``: how many slots hold positions ``< P``; ``ends[P]``: how many columns sit there
+    slots: list[int]
+    ends: list[int]
+
+    @classmethod
+    def of(cls, decoders: torch.Tensor, bounds: list[int]) -> PaddedLayer:
+        counts = [bounds[p + 1] - bounds[p] for p in range(len(bounds) - 1)]
+        positions = [p for p, count in enumerate(counts) if count]
+        width = max(max(counts, default=0), 1)
+        padded = decoders.new_zeros(len(positions), width, decoders.shape[1])
+        index: list[int] = []
+        for slot, p in enumerate(positions):
+            padded[slot, : counts[p]] = decoders[bounds[p] : bounds[p + 1]]
+            index.extend(range(slot * width, slot * width + counts[p]))
+        slots = [0] + torch.tensor([int(c > 0) for c in counts]).cumsum(0).tolist()
+        ends = [0] + torch.tensor(counts).cumsum(0).tolist()
+        device = decoders.device
+        return cls(
+            padded,
+            positions,
+            torch.tensor(positions, dtype=torch.long, device=device),
+            torch.tensor(index, dtype=torch.long, device=device),
+            slots,
+            ends,
+        )
+
+    def gradients(self, grad: torch.Tensor) -> torch.Tensor:
+        """``[slots, B, d]``: the gradient ``grad`` ([B, P, d]) at each slot's position below ``P``."""
+        k = self.slots[grad.shape[1]]
+        if self.positions[:k] == list(range(k)):  # every position has columns: a view, no gather
+            return grad[:, :k].transpose(0, 1)
+        return grad.index_select(1, self.device_positions[:k]).transpose(0, 1)
 
 
 def all_columns(model: LinearisedModel) -> Columns:
