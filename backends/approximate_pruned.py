@@ -27,7 +27,6 @@ import sys
 import torch
 
 from attrbench.api import AttributeSettings
-from attrbench.backends.exact.edge_store import DenseEdgeStore, LayeredEdgeStore
 from attrbench.backends.exact.linearised import with_compute_dtype
 from attrbench.backends.gqa_shared import GqaSharedBackend
 from attrbench.errors import UsageError
@@ -81,14 +80,12 @@ class ApproximatePrunedBackend(GqaSharedBackend):
             return settings.max_feature_nodes or sys.maxsize
         return super().ranking_window(settings)
 
-    def make_edge_store(self, model, n_rows, n_nodes, settings: AttributeSettings):
+    def prune_threshold(self, settings: AttributeSettings) -> float:
+        """Option ``approx_threshold``: entries below it times their row's largest magnitude are dropped."""
         threshold = settings.options.get("approx_threshold", DEFAULT_THRESHOLD)
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
             raise UsageError(f"approx_threshold must be a number in [0, 1), got {threshold!r}")
-        device = model.weights.device
-        if self.edge_storage(model, n_rows, n_nodes, settings) == "lean":
-            return LayeredEdgeStore(model, n_rows, n_nodes, device, settings.scratch_dir, float(threshold))
-        return DenseEdgeStore(n_rows, n_nodes, device, float(threshold))
+        return float(threshold)
 
     def attribute(self, prepared, settings):
         result = super().attribute(prepared, settings)

@@ -30,6 +30,8 @@ class Columns:
     width: int
     #: cross-layer transcoders: (source layer, output layer) -> ``[columns of the source layer, d]``
     cross: dict = field(default_factory=dict)
+    #: the feature index of each feature column, ascending (None: every active feature, in order)
+    features: torch.Tensor | None = None
 
     #: per layer, :meth:`padded` built once
     _padded: dict = field(default_factory=dict, repr=False)
@@ -128,4 +130,5 @@ def selected_columns(model: LinearisedModel, selected: torch.Tensor) -> Columns:
         token_offset=n_sel + model.n_layers * n_pos,
         width=n_sel + (model.n_layers + 1) * n_pos,
         cross=cross,
+        features=selected,
     )

@@ -14,7 +14,7 @@ backend adds its one idea by overriding these hooks, and nothing else:
   GEMM per KV group, GEMMs written straight into the store's rows, single-pass ranking, the last window
   over the selected columns);
 * approximate-pruned: :meth:`ExactBackend.compute_model` (bfloat16 VJPs),
-  :meth:`ExactBackend.make_edge_store` (small edges dropped) and :meth:`ExactBackend.ranking_window` (one
+  :meth:`ExactBackend.prune_threshold` (small edges dropped) and :meth:`ExactBackend.ranking_window` (one
   ranking, after the logit rows).
 
 Rows are written in place: the store hands out zeroed rows (``reserve``), the VJP fills them, the store
@@ -240,12 +240,16 @@ class ExactBackend(Backend):
             choice = "dense" if fits else "lean"
         return str(choice)
 
+    def prune_threshold(self, settings: AttributeSettings) -> float:
+        """Entries below this times their row's largest magnitude are dropped from the graph (none here)."""
+        return 0.0
+
     def make_edge_store(self, model: LinearisedModel, n_rows: int, n_nodes: int, settings: AttributeSettings) -> Any:
         """Storage of the edge rows, as :meth:`edge_storage` chooses."""
-        device = model.weights.device
+        device, threshold = model.weights.device, self.prune_threshold(settings)
         if self.edge_storage(model, n_rows, n_nodes, settings) == "lean":
-            return LayeredEdgeStore(model, n_rows, n_nodes, device, settings.scratch_dir)
-        return DenseEdgeStore(n_rows, n_nodes, device)
+            return LayeredEdgeStore(model, n_rows, n_nodes, device, settings.scratch_dir, threshold)
+        return DenseEdgeStore(model, n_rows, n_nodes, device, threshold)
 
     # ------------------------------------------------------------------ the VJP chain
     def backward_rows(

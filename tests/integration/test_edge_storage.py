@@ -53,12 +53,13 @@ def test_layered_ranking_matches_circuit_tracer():
         layer_offsets = [l * (n_pos - 1) * per for l in range(L + 1)]
         error_offset = n_active
         token_offset = n_active + L * n_pos
+        row_size = n_active + (L + 1) * n_pos
 
     Model.n_pos = n_pos
     n_logits = 2
     n_nodes = Model.n_active + (L + 1) * n_pos + n_logits
     rows = torch.cat([torch.arange(n_nodes - n_logits, n_nodes), torch.randperm(Model.n_active)[:20]])
-    dense = DenseEdgeStore(len(rows), n_nodes, torch.device("cpu"))
+    dense = DenseEdgeStore(Model, len(rows), n_nodes, torch.device("cpu"))
     lean = LayeredEdgeStore(Model, len(rows), n_nodes, torch.device("cpu"), None)
     for node in rows:
         layer = L if node >= Model.n_active else int(Model.active_features[node, 0])
@@ -99,5 +100,5 @@ def test_prune_rows_drops_entries_below_the_relative_threshold():
     largest entry counts by its magnitude); nothing else changes."""
     rows = torch.tensor([[1.0, -0.05, 0.2, -0.09], [0.3, -4.0, 0.39, -0.41], [0.0, 0.0, 0.0, 0.0]])
     expected = torch.tensor([[1.0, 0.0, 0.2, 0.0], [0.0, -4.0, 0.0, -0.41], [0.0, 0.0, 0.0, 0.0]])
-    assert torch.equal(prune_rows_(rows.clone(), 0.1), expected)
-    assert torch.equal(prune_rows_(rows.clone(), 0.0), rows)
+    assert torch.equal(prune_rows_(rows.clone(), threshold=0.1), expected)
+    assert torch.equal(prune_rows_(rows.clone(), threshold=0.0), rows)
