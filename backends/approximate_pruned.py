@@ -27,7 +27,7 @@ import sys
 import torch
 
 from attrbench.api import AttributeSettings
-from attrbench.backends.exact.linearised import with_compute_dtype
+from attrbench.backends.exact.linearised import ModelWeights
 from attrbench.backends.gqa_shared import GqaSharedBackend
 from attrbench.errors import UsageError
 from attrbench.hookspecs import hookimpl
@@ -68,8 +68,8 @@ class ApproximatePrunedBackend(GqaSharedBackend):
     def cost_model(self) -> str | None:
         return "vjp-causal-gqa-pruned"
 
-    def compute_model(self, model, settings: AttributeSettings):
-        return with_compute_dtype(model, DTYPES[compute_dtype_name(settings, model.weights.device)])
+    def compute_dtype(self, weights: ModelWeights, settings: AttributeSettings) -> torch.dtype:
+        return DTYPES[compute_dtype_name(settings, weights.device)]
 
     def ranking_window(self, settings: AttributeSettings) -> int:
         """Option ``approx_ranking``: ``once`` (every feature row after one ranking) or ``interval``."""

@@ -13,7 +13,7 @@ backend adds its one idea by overriding these hooks, and nothing else:
   :attr:`ExactBackend.ranking_rule` and :attr:`ExactBackend.last_window_selected_only` attributes (one V
   GEMM per KV group, GEMMs written straight into the store's rows, single-pass ranking, the last window
   over the selected columns);
-* approximate-pruned: :meth:`ExactBackend.compute_model` (bfloat16 VJPs),
+* approximate-pruned: :meth:`ExactBackend.compute_dtype` (bfloat16 VJPs),
   :meth:`ExactBackend.prune_threshold` (small edges dropped) and :meth:`ExactBackend.ranking_window` (one
   ranking, after the logit rows).
 
@@ -118,9 +118,9 @@ class ExactBackend(Backend):
         """Weight layouts built once per workload (hook for gqa-shared)."""
         return None
 
-    def compute_model(self, model: LinearisedModel, settings: AttributeSettings) -> LinearisedModel:
-        """The linearisation the VJPs run on (the prompt's own here; hook for approximate-pruned's dtype)."""
-        return model
+    def compute_dtype(self, weights: ModelWeights, settings: AttributeSettings) -> torch.dtype:
+        """The dtype the VJPs run in (the run's own here; hook for approximate-pruned's bfloat16)."""
+        return weights.dtype
 
     def node_layout(self, model: LinearisedModel, prepared: Prepared) -> Any:
         """Per-prompt node layouts built once per attribution (hook for gqa-shared)."""
@@ -342,9 +342,8 @@ class ExactBackend(Backend):
     def _attribute(self, prepared: Prepared, settings: AttributeSettings) -> AttributionResult:
         timer = PhaseTimer(prepared.weights.device)
         with timer("setup"):
-            model = linearise(prepared.weights, prepared.token_ids)
+            model = linearise(prepared.weights, prepared.token_ids, self.compute_dtype(prepared.weights, settings))
             targets = salient_logits(model, settings.max_n_logits, settings.desired_logit_prob)
-            model = self.compute_model(model, settings)
             w = model.weights
             layout = self.node_layout(model, prepared)
         n_active, n_logits, row_size = model.n_active, len(targets.token_ids), model.row_size

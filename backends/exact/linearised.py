@@ -284,10 +284,12 @@ def _frozen_gains(weights: ModelWeights, cache: dict[str, list[torch.Tensor]], l
     }
 
 
-def _feature_nodes(weights: ModelWeights, inputs: list[torch.Tensor], decoded: list[torch.Tensor]) -> dict:
+def _feature_nodes(
+    weights: ModelWeights, inputs: list[torch.Tensor], decoded: list[torch.Tensor], dtype: torch.dtype
+) -> dict:
     """Active features per layer (row-major: position, then feature), their scaled decoder vectors (written
-    once into one matrix) and, for cross-layer transcoders, the decoders into every later layer; adds every
-    decoder into ``decoded`` (the reconstruction of each MLP output)."""
+    once into one matrix, in ``dtype``) and, for cross-layer transcoders, the decoders into every later layer;
+    adds every decoder into ``decoded`` (the reconstruction of each MLP output, in the run's dtype)."""
     active = []
     for layer, x in enumerate(inputs):
         pre = torch.nn.functional.linear(x, weights.W_enc[layer], weights.b_enc[layer])
@@ -299,7 +301,8 @@ def _feature_nodes(weights: ModelWeights, inputs: list[torch.Tensor], decoded: l
     offsets = [0]
     for pos, _, _ in active:
         offsets.append(offsets[-1] + pos.numel())
-    decoders = torch.empty(offsets[-1], weights.d_model, dtype=weights.dtype, device=weights.device)
+    # in the VJPs' dtype from the start: a bfloat16 copy of float32 decoders would first fault in both
+    decoders = torch.empty(offsets[-1], weights.d_model, dtype=dtype, device=weights.device)
     cross: dict = {}
     for layer, (pos, feat, act) in enumerate(active):
         W_dec, scaled_dec = weights.W_dec[layer], decoders[offsets[layer] : offsets[layer + 1]]
@@ -309,9 +312,13 @@ def _feature_nodes(weights: ModelWeights, inputs: list[torch.Tensor], decoded: l
             for j in range(1, scaled_all.shape[1]):
                 cross[(layer, layer + j)] = scaled_all[:, j].contiguous()
                 decoded[layer + j].index_add_(0, pos, cross[(layer, layer + j)])
+            decoded[layer].index_add_(0, pos, scaled_all[:, 0])
+        elif dtype == weights.dtype:
+            decoded[layer].index_add_(0, pos, torch.index_select(W_dec, 0, feat, out=scaled_dec).mul_(act[:, None]))
         else:
-            torch.index_select(W_dec, 0, feat, out=scaled_dec).mul_(act[:, None])
-        decoded[layer].index_add_(0, pos, scaled_dec)
+            scaled = W_dec[feat].mul_(act[:, None])  # one layer's: a temporary the allocator reuses
+            decoded[layer].index_add_(0, pos, scaled)
+            scaled_dec.copy_(scaled)
     return {
         "active_features": torch.cat(
             [torch.stack([torch.full_like(p, layer), p, f], dim=1) for layer, (p, f, _) in enumerate(active)]
@@ -323,13 +330,17 @@ def _feature_nodes(weights: ModelWeights, inputs: list[torch.Tensor], decoded: l
     }
 
 
-def linearise(weights: ModelWeights, token_ids: torch.Tensor) -> LinearisedModel:
-    """Run the prompt forward once, freeze what circuit-tracer freezes and collect every node's vectors."""
+def linearise(weights: ModelWeights, token_ids: torch.Tensor, dtype: torch.dtype | None = None) -> LinearisedModel:
+    """Run the prompt forward once, freeze what circuit-tracer freezes and collect every node's vectors.
+
+    The forward pass, the activations and the logits are computed in the weights' dtype; the tensors the
+    VJPs read are in ``dtype`` (default: the same; see :func:`with_compute_dtype`)."""
+    dtype = dtype or weights.dtype
     layout = weights.layout or linearisation_layout(None)
     cache, logits = _forward_cache(weights, token_ids, layout)
     inputs = cache["m"] if weights.cross_layer else cache["x"]  # hook_resid_mid or mlp.hook_in
     decoded = [torch.zeros_like(out) for out in cache["mlp_out"]]  # sum of decoders into each MLP output
-    nodes = _feature_nodes(weights, inputs, decoded)
+    nodes = _feature_nodes(weights, inputs, decoded, dtype)
     errors = []
     for layer, (x, mlp_out) in enumerate(zip(inputs, cache["mlp_out"], strict=True)):
         reconstruction = decoded[layer] + weights.b_dec[layer]
@@ -338,7 +349,7 @@ def linearise(weights: ModelWeights, token_ids: torch.Tensor) -> LinearisedModel
         error = mlp_out - reconstruction
         error[0] = 0
         errors.append(error)
-    return LinearisedModel(
+    model = LinearisedModel(
         weights=weights,
         token_ids=token_ids,
         **_frozen_gains(weights, cache, layout),
@@ -349,6 +360,7 @@ def linearise(weights: ModelWeights, token_ids: torch.Tensor) -> LinearisedModel
         **nodes,
         reads_resid_mid=weights.cross_layer,
     )
+    return with_compute_dtype(model, dtype)
 
 
 def activate(pre: torch.Tensor, threshold: torch.Tensor, kind: str, k: int | None) -> torch.Tensor:
@@ -384,7 +396,8 @@ def salient_logits(model: LinearisedModel, max_n_logits: int, desired_logit_prob
 
 def with_compute_dtype(model: LinearisedModel, dtype: torch.dtype) -> LinearisedModel:
     """The linearisation with the VJP chain's tensors in ``dtype`` (the forward pass, activations and logit
-    probabilities stay as computed): for backends that trade precision for GEMM speed."""
+    probabilities stay as computed): for backends that trade precision for GEMM speed. Tensors already in
+    ``dtype`` (the decoders, gathered so by :func:`linearise`) are kept as they are."""
     w = model.weights
     if w.dtype == dtype:
         return model
