@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -19,13 +21,18 @@ def tiny():
     return build_workload(preset("tiny"))
 
 
-@pytest.mark.parametrize("backend_name", ["autodiff-free", "gqa-shared", "approximate-pruned"])
+@pytest.mark.parametrize(
+    "backend_name", ["autodiff-free", "gqa-shared", "approximate-pruned", "approximate-pruned@approx_dtype=bfloat16"]
+)
 def test_lean_store_gives_the_dense_graph(tiny, tmp_path, backend_name):
     """Every row layout of the lean store (ranked rows as magnitudes and signs, the last window's rows over
-    the selected columns, signed; approximate-pruned: pruned alike) packages to the dense store's graph."""
+    the selected columns, signed, in bfloat16 where the VJPs are; approximate-pruned: pruned alike) packages
+    to the dense store's graph."""
+    backend_name, _, option = backend_name.partition("@")
     backend = get_backends()[backend_name]
     prepared = backend.prepare(tiny, "cpu", torch.float32)
-    settings = AttributeSettings(max_feature_nodes=500, batch_size=64, options=dict(backend.option_defaults))
+    options = dict(backend.option_defaults, **dict([option.split("=")] if option else []))
+    settings = AttributeSettings(max_feature_nodes=500, batch_size=64, options=options)
     dense = backend.attribute(prepared, settings)
     settings.options = {**settings.options, "edge_storage": "lean"}
     settings.scratch_dir = str(tmp_path)
@@ -54,6 +61,8 @@ def test_layered_ranking_matches_circuit_tracer():
         error_offset = n_active
         token_offset = n_active + L * n_pos
         row_size = n_active + (L + 1) * n_pos
+        cross_decoders: dict = {}
+        weights = SimpleNamespace(dtype=torch.float32)
 
     Model.n_pos = n_pos
     n_logits = 2
