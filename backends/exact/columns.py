@@ -91,8 +91,9 @@ class PaddedLayer:
     def gradients(self, grad: torch.Tensor) -> torch.Tensor:
         """``[slots, B, d]``: the gradient ``grad`` ([B, P, d]) at each slot's position below ``P``."""
         k = self.slots[grad.shape[1]]
-        if self.positions[:k] == list(range(k)):  # every position has columns: a view, no gather
-            return grad[:, :k].transpose(0, 1)
+        first = self.positions[0] if k else 0
+        if self.positions[:k] == list(range(first, first + k)):  # consecutive positions: a view, no gather
+            return grad[:, first : first + k].transpose(0, 1)
         return grad.index_select(1, self.device_positions[:k]).transpose(0, 1)
 
 

@@ -26,8 +26,11 @@ def per_position(columns: Columns, grad: torch.Tensor) -> torch.Tensor:
     return out
 
 
-# empty positions first, in the middle and last; a crowded position; every position filled
-@pytest.mark.parametrize("counts", [[0, 3, 0, 0, 7, 1], [0, 0, 0, 0, 0, 4], [2, 1, 3, 1, 1, 2]])
+# empty positions first, in the middle and last; a crowded position; every position filled; all but the
+# first (BOS, which never has features); none
+@pytest.mark.parametrize(
+    "counts", [[0, 3, 0, 0, 7, 1], [0, 0, 0, 0, 0, 4], [2, 1, 3, 1, 1, 2], [0, 1, 3, 1, 1, 2], [0, 0, 0, 0, 0, 0]]
+)
 @pytest.mark.parametrize("positions", [N_POS, 4, 1])
 @pytest.mark.parametrize("gather", [False, True])
 def test_batched_contraction_matches_per_position_gemms(counts, positions, gather, monkeypatch):
