@@ -5,7 +5,8 @@
   GEMMs run with float32 accumulation about 4.5x faster than float32 ones on a CPU with AVX512-BF16 and on
   every GPU with tensor cores, where it pays (``auto``, the default: see :func:`compute_dtype_name`).
   Their results are written into float32 edge rows: every later pass over the rows (ranking, pruning,
-  packaging) runs ~3x faster on float32 than on bfloat16 on a CPU.
+  packaging) runs ~3x faster on float32 than on bfloat16 on a CPU. The lean store (large graphs) keeps
+  the last window's rows, which are only ever packaged, in bfloat16: half the memory and page faults.
 * Entries below ``approx_threshold`` times their row's largest magnitude are dropped from the packaged
   graph. The graph is still a dense adjacency, so pruning buys no speed (at 70,000 nodes it costs ~2 s of
   packaging): it gives sparser graphs, at an accuracy cost that grows with the threshold and the row width.
