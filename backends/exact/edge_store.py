@@ -368,26 +368,27 @@ class LayeredEdgeStore(BlockStore):
                 self.rows[layer], self.signs[layer], self.narrow_rows[layer] = [], [], []
                 while blocks:
                     part, packed = blocks.pop(0)
-                    if packed is not None:
-                        # signs restored by a multiply: boolean-mask indexing spent most of packaging in nonzero()
-                        width = part.shape[1]
-                        part = part.mul_(_unpack_bits(packed, width).to(part.dtype).mul_(-2).add_(1)).cpu()
-                        features_t = part.index_select(1, columns)
-                        errors, tokens = n_feat, n_feat + layer * n_pos
-                    else:
-                        part = part.cpu()
-                        features_t = part[:, :keep_sel]  # pruned in place below, where written
-                        errors, tokens = narrow_tail
-                    tail_rows = torch.zeros(part.shape[0], (L + 1) * n_pos, dtype=torch.float32)
-                    tail_rows[:, : layer * n_pos] = part[:, errors : errors + layer * n_pos]
-                    tail_rows[:, L * n_pos :] = part[:, tokens : tokens + n_pos]
-                    # a few rows at a time, each source layer's reachable features only: the float32 copies of
-                    # 16-bit rows and the prune's temporaries stay small enough for the allocator to reuse
+                    # a few rows at a time, each source layer's reachable features only: the signed copies of
+                    # ranked rows, the gathers of their selected columns, the float32 copies of 16-bit rows
+                    # and the prune's temporaries stay small enough for the allocator to reuse (a whole
+                    # block's gather, up to 512 x 70,000 floats, faulted in fresh memory every time)
                     for s in range(0, part.shape[0], PRUNE_BLOCK_ROWS):
                         first, count = done + s, min(PRUNE_BLOCK_ROWS, part.shape[0] - s)
                         chunk_reach = reach[max(target_pos[first : first + count])][:layer]
-                        parts = [features_t[s : s + count, a:b].float() for a, b in chunk_reach]  # float32: views
-                        tails = tail_rows[s : s + count]
+                        rows = part[s : s + count]
+                        if packed is not None:  # magnitudes over every reachable feature, then errors, tokens
+                            # signs restored by a multiply: boolean-mask indexing spent most of packaging in nonzero()
+                            signs = _unpack_bits(packed[s : s + count], rows.shape[1]).to(rows.dtype).mul_(-2).add_(1)
+                            rows = (rows * signs).cpu()
+                            parts = [rows.index_select(1, columns[a:b]) for a, b in chunk_reach]
+                            errors, tokens = n_feat, n_feat + layer * n_pos
+                        else:  # signed, in the selected columns' layout: features, errors, tokens
+                            rows = rows.cpu()
+                            parts = [rows[:, a:b].float() for a, b in chunk_reach]  # float32 rows: views
+                            errors, tokens = narrow_tail
+                        tails = torch.zeros(count, (L + 1) * n_pos, dtype=torch.float32)
+                        tails[:, : layer * n_pos] = rows[:, errors : errors + layer * n_pos]
+                        tails[:, L * n_pos :] = rows[:, tokens : tokens + n_pos]
                         if self.prune_threshold:  # over the graph's columns, as the dense store prunes
                             prune_rows_(tails, *parts, threshold=self.prune_threshold)
                         arrays, tail = [p.numpy() for p in parts], tails.numpy()
