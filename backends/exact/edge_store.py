@@ -73,6 +73,7 @@ class DenseEdgeStore(BlockStore):
         self.row_sums = torch.zeros(n_rows, dtype=torch.float32, device=device)
         self.n_filled = 0
         self.selected: torch.Tensor | None = None  # the graph's features, once restrict() has fixed them
+        self._reaches: list[int] = []  # per layer (logits: n_layers), the selected features below it
         self.adjacency: torch.Tensor | None = None  # on the CPU after restrict(): the graph, filled as it goes
         self.narrow: torch.Tensor | None = None  # on a GPU after restrict(): [rows, selected + errors + tokens]
         self.narrow_nodes = torch.zeros(0, dtype=torch.long)
@@ -110,7 +111,7 @@ class DenseEdgeStore(BlockStore):
 
     def restrict(self, n_rows: int, columns: Columns) -> bool:
         assert columns.features is not None, "the last window's columns are the selected features'"
-        self.selected = columns.features
+        self._select(columns.features)
         if self.edges.device.type == "cpu":
             n = columns.width + self.n_logits
             self.adjacency = zeroed.zeros((n, n), torch.float32, torch.device("cpu"))
@@ -131,7 +132,7 @@ class DenseEdgeStore(BlockStore):
     def package(self, selected: torch.Tensor, n_active: int, n_logits: int) -> torch.Tensor:
         """circuit-tracer's square adjacency: rows and columns in node order, only selected features kept."""
         assert self.selected is None or torch.equal(selected, self.selected), "the graph's features changed"
-        self.selected = selected
+        self._select(selected)
         n = selected.numel() + self.n_nodes - n_active
         if self.adjacency is None:
             self.adjacency = zeroed.zeros((n, n), torch.float32, torch.device("cpu"))
@@ -149,6 +150,11 @@ class DenseEdgeStore(BlockStore):
         self.narrow = self.adjacency = None
         return adjacency
 
+    def _select(self, selected: torch.Tensor) -> None:
+        """Fix the graph's features (ascending), and how many of them sit below each layer."""
+        self.selected = selected
+        self._reaches = torch.searchsorted(selected, self.layer_offsets).tolist()
+
     def _copy_to_graph(self, rows: torch.Tensor, nodes: torch.Tensor) -> None:
         """Prune ``rows`` (changed in place: a block of the store's, or a temporary) and copy them to their
         rows of the adjacency: features by feature index among the selected, logits last.
@@ -163,10 +169,9 @@ class DenseEdgeStore(BlockStore):
         feature_row = torch.searchsorted(self.selected, nodes)
         destination = torch.where(nodes >= first_logit_node, nodes - first_logit_node + first_logit_row, feature_row)
         layers = torch.searchsorted(self.layer_offsets, nodes, right=True) - 1  # logits: n_layers
-        reaches = torch.searchsorted(self.selected, self.layer_offsets)  # selected features below each layer
         for layer, here in _by_layer(rows, layers):
             part = _rows(rows, here)
-            stretches = (part[:, : int(reaches[layer])], part[:, n_sel:])  # every other column is zero
+            stretches = (part[:, : self._reaches[layer]], part[:, n_sel:])  # every other column is zero
             if self.prune_threshold:
                 for s in range(0, part.shape[0], PRUNE_BLOCK_ROWS):
                     block = (stretch[s : s + PRUNE_BLOCK_ROWS] for stretch in stretches)
