@@ -31,6 +31,7 @@ from attrbench.api import AttributeSettings
 from attrbench.backends.exact.linearised import ModelWeights
 from attrbench.backends.gqa_shared import GqaSharedBackend
 from attrbench.errors import UsageError
+from attrbench.fp32_gemm import ONEDNN_MIN_BATCH
 from attrbench.hookspecs import hookimpl
 
 #: 1e-3 (the earlier default) kept the pruned-node Jaccard at 0.98 on ``small`` (4,000 nodes) but cut it to
@@ -38,18 +39,17 @@ from attrbench.hookspecs import hookimpl
 DEFAULT_THRESHOLD = 1e-4
 RANKINGS = ("once", "interval")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-#: ``approx_dtype=auto`` on a CPU: bfloat16 from this batch size up, float32 below it
-AUTO_BF16_MIN_BATCH = 256
 
 
 def compute_dtype_name(settings: AttributeSettings, device: torch.device) -> str:
     """The dtype of the backward passes: option ``approx_dtype`` (``auto``, ``bfloat16``, ``float16``,
-    ``float32``). ``auto`` is bfloat16 on a GPU, and on a CPU from batch 256 up: oneDNN generates a bfloat16
-    GEMM kernel for every new shape, which small batches (many shapes, little work each) do not repay
-    (tiny, 800 nodes, batch 64: 1.03x circuit-tracer's speed in bfloat16, 3.5x in float32)."""
+    ``float32``). ``auto`` is bfloat16 on a GPU, and on a CPU from batch
+    :data:`attrbench.fp32_gemm.ONEDNN_MIN_BATCH` (256) up: oneDNN generates a bfloat16 GEMM kernel for every
+    new shape, which small batches (many shapes, little work each) do not repay (tiny, 800 nodes, batch 64:
+    1.03x circuit-tracer's speed in bfloat16, 3.5x in float32)."""
     name = settings.options.get("approx_dtype", "auto")
     if name == "auto":
-        return "bfloat16" if device.type == "cuda" or settings.batch_size >= AUTO_BF16_MIN_BATCH else "float32"
+        return "bfloat16" if device.type == "cuda" or settings.batch_size >= ONEDNN_MIN_BATCH else "float32"
     if name not in DTYPES:
         raise UsageError(f"approx_dtype must be auto or one of {', '.join(DTYPES)}, got {name!r}")
     return str(name)
@@ -64,6 +64,7 @@ class ApproximatePrunedBackend(GqaSharedBackend):
         "approx_dtype": "auto",
         "approx_ranking": "once",
         "edge_storage": "auto",
+        "fp32_gemm": "auto",
     }
 
     def cost_model(self) -> str | None:

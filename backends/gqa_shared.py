@@ -23,6 +23,7 @@ from attrbench.backends.causal_trick import CausalTrickBackend
 from attrbench.backends.exact.columns import Columns
 from attrbench.backends.exact.engine import Prepared
 from attrbench.backends.exact.linearised import LinearisedModel
+from attrbench.fp32_gemm import onednn_route_active
 from attrbench.hookspecs import hookimpl
 
 
@@ -43,11 +44,13 @@ class GqaSharedBackend(CausalTrickBackend):
 
     def batched_contract(self, grad: torch.Tensor) -> bool:
         """One batched GEMM per layer instead of one GEMM per position: on a GPU, where a launch costs more
-        than these small GEMMs, and for bfloat16/float16 gradients on a CPU, where oneDNN compiles a kernel
-        for every new GEMM shape (per position: hundreds; ``small``, 4,000 nodes: 0.48 -> 0.43 s)."""
+        than these small GEMMs, and wherever oneDNN runs the GEMMs on a CPU (bfloat16/float16 gradients,
+        float32 on its route), since it compiles a kernel for every new GEMM shape (per position: hundreds;
+        ``small``, 4,000 nodes, bfloat16: 0.48 -> 0.43 s; float32 on oneDNN, the first pass: 0.53 -> 0.48 s)."""
         if self.batched is not None:
             return self.batched
-        return grad.device.type == "cuda" or grad.dtype in (torch.bfloat16, torch.float16)
+        onednn = grad.dtype in (torch.bfloat16, torch.float16) or onednn_route_active()
+        return grad.device.type == "cuda" or onednn
 
     def cost_model(self) -> str | None:
         return "vjp-causal-gqa"

@@ -199,32 +199,39 @@ class GpuMemoryTracker:
 
 class GemmRateTracker:
     """The machine's dense GEMM rate just before the timed attribution, the denominator of FLOP-floor
-    fractions (float32 on the CPU, bfloat16 on CUDA, square matrices of 2048)."""
+    fractions (float32 on the CPU, on the fastest float32-exact kernels there:
+    :func:`attrbench.fp32_gemm.choose_route`; bfloat16 on CUDA; square matrices of 2048)."""
 
     SIZE = 2048
 
     def __init__(self, device: str = "cpu"):
         self.device = device
         self.gflops: float | None = None
+        self.kernels = ""
 
     def start(self) -> None:
         import torch
 
+        from attrbench.fp32_gemm import choose_route, fp32_gemms
+
         cuda = str(self.device).startswith("cuda")
         dtype = torch.bfloat16 if cuda else torch.float32
+        route = choose_route("auto", self.device, batch_size=self.SIZE)
         a = torch.randn(self.SIZE, self.SIZE, device=self.device, dtype=dtype)
         b = torch.randn(self.SIZE, self.SIZE, device=self.device, dtype=dtype)
         reps = 20 if cuda else 3
-        a @ b  # warm-up
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        if cuda:
-            torch.cuda.synchronize()
-        self.gflops = 2 * self.SIZE**3 * reps / (time.perf_counter() - t0) / 1e9
+        with fp32_gemms(route):
+            a @ b  # warm-up
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                a @ b
+            if cuda:
+                torch.cuda.synchronize()
+            self.gflops = 2 * self.SIZE**3 * reps / (time.perf_counter() - t0) / 1e9
         self.dtype = str(dtype).replace("torch.", "")
+        self.kernels = "" if cuda else f" ({route})"
 
     def stop(self) -> None:
         pass
@@ -232,7 +239,7 @@ class GemmRateTracker:
     def results(self) -> dict[str, Any]:
         return {
             "gemm_gflops": self.gflops,
-            "sources": {"gemm_gflops": f"{self.SIZE}^3 {self.dtype} matmul before timing"},
+            "sources": {"gemm_gflops": f"{self.SIZE}^3 {self.dtype}{self.kernels} matmul before timing"},
         }
 
 

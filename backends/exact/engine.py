@@ -43,6 +43,7 @@ from attrbench.backends.exact.linearised import (
     salient_logits,
 )
 from attrbench.errors import UsageError
+from attrbench.fp32_gemm import choose_route, fp32_gemms
 from attrbench.memory import dense_fits
 from attrbench.workload.build import BuiltWorkload
 
@@ -103,7 +104,7 @@ class ExactBackend(Backend):
     """Base of the exact hand-differentiated backends (not registered itself)."""
 
     exact = True
-    option_defaults = {"edge_storage": "auto"}
+    option_defaults = {"edge_storage": "auto", "fp32_gemm": "auto"}
     #: "circuit-tracer": rank with its own ``compute_partial_influences``; "streamed": the one-pass equivalent
     ranking_rule = "circuit-tracer"
     #: compute the last window's rows (never ranked) over the selected features' columns only
@@ -336,8 +337,14 @@ class ExactBackend(Backend):
 
     # ------------------------------------------------------------------ circuit-tracer's loop
     def attribute(self, prepared: Prepared, settings: AttributeSettings) -> AttributionResult:
-        with torch.no_grad():  # no autograd graph; results stay ordinary (not inference-mode) tensors
-            return self._attribute(prepared, settings)
+        """circuit-tracer's attribution, with float32 GEMMs on the kernels option ``fp32_gemm`` picks
+        (:func:`attrbench.fp32_gemm.choose_route`: oneDNN's where they are exact and faster on this CPU)."""
+        route = choose_route(settings.options.get("fp32_gemm", "auto"), prepared.weights.device, settings.batch_size)
+        # no autograd graph; results stay ordinary (not inference-mode) tensors
+        with torch.no_grad(), fp32_gemms(route):
+            result = self._attribute(prepared, settings)
+        result.info["fp32_gemm"] = route
+        return result
 
     def _attribute(self, prepared: Prepared, settings: AttributeSettings) -> AttributionResult:
         timer = PhaseTimer(prepared.weights.device)
