@@ -68,6 +68,11 @@ class DenseEdgeStore(BlockStore):
         self.n_nodes, self.n_logits = n_nodes, n_nodes - model.row_size
         self.layer_offsets = torch.tensor(model.layer_offsets)  # first feature of each layer, then n_active
         self.prune_threshold = prune_threshold  # approximate-pruned: entries below this x row max dropped
+        # per target layer (logits: n_layers), the columns a full row can have edges in
+        self.column_ranges = [
+            _reachable_ranges(model.layer_offsets[layer], model.error_offset, model.token_offset, layer, model.n_pos)
+            for layer in range(model.n_layers + 1)
+        ]
         self.edges = zeroed.zeros((n_rows, n_nodes), torch.float32, device)
         self.row_nodes = torch.zeros(n_rows, dtype=torch.long)
         self.row_sums = torch.zeros(n_rows, dtype=torch.float32, device=device)
@@ -100,14 +105,32 @@ class DenseEdgeStore(BlockStore):
         target = self.edges[start:stop, : rows.shape[1]]
         if rows.data_ptr() != target.data_ptr():  # written elsewhere (append)
             target.copy_(rows)
-        if ranked:  # one pass, no |rows| temporary
-            self.row_sums[start:stop] = torch.linalg.vector_norm(target, 1, dim=1)
+        if ranked:
+            self.row_sums[start:stop] = self._l1_norms(target, nodes)
         self.row_nodes[start:stop] = nodes
         self.n_filled = stop
 
     def append(self, block: torch.Tensor, nodes: torch.Tensor) -> None:
         """Store ``block`` (``[b, row_size]``, row_size <= nodes) as the next rows, for target ``nodes``."""
         self.commit(block, nodes, ranked=True)
+
+    def _l1_norms(self, rows: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        """Each row's L1 norm, read over the columns its target can reach only: every other entry is zero,
+        and reading store pages the VJP never wrote would fault each one in (``small``, 4,000 nodes: 63,000
+        faults and 43 ms per run). Batches ordered by target layer are read layer group by layer group;
+        unordered ones (rows of several layers interleaved) whole."""
+        layers = torch.searchsorted(self.layer_offsets, nodes, right=True) - 1  # logits: n_layers
+        sums = torch.zeros(rows.shape[0], dtype=rows.dtype, device=rows.device)
+        for layer, here in _by_layer(rows, layers):
+            first, count = int(here[0]), len(here)
+            if int(here[-1]) - first + 1 != count:
+                return torch.linalg.vector_norm(rows, 1, dim=1)
+            for start, stop in self.column_ranges[layer]:
+                if stop > start:
+                    sums[first : first + count] += torch.linalg.vector_norm(
+                        rows[first : first + count, start:stop], 1, dim=1
+                    )
+        return sums
 
     def restrict(self, n_rows: int, columns: Columns) -> bool:
         assert columns.features is not None, "the last window's columns are the selected features'"
@@ -125,8 +148,13 @@ class DenseEdgeStore(BlockStore):
         rows = slice(0, self.n_filled)
         if rule == "circuit-tracer":
             return ranking.circuit_tracer_influences(self.edges[rows], logit_probabilities, self.row_nodes[rows])
+        layers = torch.searchsorted(self.layer_offsets, self.row_nodes[rows], right=True) - 1  # logits: n_layers
+
+        def reach(first: int, stop: int) -> list[tuple[int, int]]:  # each layer's ranges hold those below
+            return self.column_ranges[int(layers[first:stop].max())]
+
         return ranking.streamed_influences(
-            self.edges[rows], logit_probabilities, self.row_nodes[rows], self.row_sums[rows]
+            self.edges[rows], logit_probabilities, self.row_nodes[rows], self.row_sums[rows], reach=reach
         )
 
     def package(self, selected: torch.Tensor, n_active: int, n_logits: int) -> torch.Tensor:

@@ -12,6 +12,8 @@ as rows are written, so the normalised matrix is never materialised.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -33,13 +35,26 @@ def streamed_influences(
     row_sums: torch.Tensor,
     max_iter: int = 128,
     block_rows: int = 64,
+    reach: Callable[[int, int], list[tuple[int, int]]] | None = None,
 ) -> torch.Tensor:
-    """The same influences as :func:`circuit_tracer_influences`, reading ``edges`` once."""
+    """The same influences as :func:`circuit_tracer_influences`, reading ``edges`` once.
+
+    ``reach(first, stop)``, where given, names the column ranges in which rows ``first:stop`` can have
+    edges (every other entry is zero): only those are read, so pages of a fresh store that the VJPs never
+    wrote are never faulted in (``small``, 4,000 nodes: ~60,000 faults per ranking run)."""
     device = edges.device
     n_rows, n_nodes = edges.shape
     row_nodes = row_nodes.to(device)
+    ranges_of = reach or (lambda first, stop: [(0, n_nodes)])
     scale = 1.0 / row_sums.clamp(min=1e-8)  # circuit-tracer's normalisation, applied on the fly
-    square = edges[:, row_nodes].float().abs_().mul_(scale[:, None])  # M[:, rows]
+    square = torch.zeros(n_rows, n_rows, dtype=torch.float32, device=device)  # M[:, rows]
+    blocks = [(s, min(s + block_rows, n_rows)) for s in range(0, n_rows, block_rows)]
+    for s, e in blocks:
+        inside = torch.zeros(n_rows, dtype=torch.bool, device=device)
+        for a, b in ranges_of(s, e):
+            inside |= (row_nodes >= a) & (row_nodes < b)
+        cols = torch.nonzero(inside).flatten()
+        square[s:e, cols] = edges[s:e, row_nodes[cols]].float().abs_().mul_(scale[s:e, None])
     x = torch.zeros(n_rows, dtype=torch.float32, device=device)
     is_logit = row_nodes >= n_nodes - logit_probabilities.numel()
     x[is_logit] = logit_probabilities.to(device, torch.float32)[
@@ -56,8 +71,8 @@ def streamed_influences(
     weights = total * scale
     influences = torch.zeros(n_nodes, dtype=torch.float32, device=device)
     magnitudes = torch.empty(min(block_rows, n_rows), n_nodes, dtype=torch.float32, device=device)
-    for s in range(0, n_rows, block_rows):
-        block = edges[s : s + block_rows]
-        part = magnitudes[: block.shape[0]].copy_(block).abs_()  # a small reused buffer, no |edges| copy
-        influences.addmv_(part.T, weights[s : s + block_rows])
+    for s, e in blocks:
+        for a, b in ranges_of(s, e):
+            part = magnitudes[: e - s, : b - a].copy_(edges[s:e, a:b]).abs_()  # a small reused buffer
+            influences[a:b].addmv_(part.T, weights[s:e])
     return influences
