@@ -165,10 +165,19 @@ class DenseEdgeStore(BlockStore):
         if self.adjacency is None:
             self.adjacency = zeroed.zeros((n, n), torch.float32, torch.device("cpu"))
         cols = torch.cat([selected, torch.arange(n_active, self.n_nodes)]).to(self.edges.device)
-        block = PACKAGE_BLOCK_ROWS // 4  # a [block, n] temporary the allocator reuses
-        for s in range(0, self.n_filled, block):
-            stop = min(s + block, self.n_filled)
-            self._copy_to_graph(self.edges[s:stop].index_select(1, cols), self.row_nodes[s:stop])
+        # per target layer, the graph columns a row can have edges in (the rest are zero: never read)
+        in_reach = [
+            torch.nonzero(sum(((cols >= a) & (cols < b)).int() for a, b in ranges)).flatten()
+            for ranges in self.column_ranges
+        ]
+        layers = torch.searchsorted(self.layer_offsets, self.row_nodes[: self.n_filled], right=True) - 1
+        block = self.edges.new_empty(min(PRUNE_BLOCK_ROWS, self.n_filled), n)  # reused
+        for s in range(0, self.n_filled, PRUNE_BLOCK_ROWS):
+            stop = min(s + PRUNE_BLOCK_ROWS, self.n_filled)
+            reach = in_reach[int(layers[s:stop].max())]
+            part = block[: stop - s].zero_()
+            part[:, reach] = self.edges[s:stop].index_select(1, cols[reach])
+            self._copy_to_graph(part, self.row_nodes[s:stop])
         if self.narrow is not None:
             for s in range(0, self.n_narrow, block):
                 stop = min(s + block, self.n_narrow)
