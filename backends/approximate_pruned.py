@@ -2,8 +2,9 @@
 
 * The forward pass, the active features, their activations and the logit targets are the prompt's own
   (computed in the run's dtype); only the backward passes run in ``approx_dtype``: ``bfloat16``, whose
-  GEMMs run with float32 accumulation about 4.5x faster than float32 ones on a CPU with AVX512-BF16 and on
-  every GPU with tensor cores, where it pays (``auto``, the default: see :func:`compute_dtype_name`).
+  GEMMs run with float32 accumulation about 2x faster than oneDNN's float32 ones on a CPU with AVX512-BF16
+  (4.5x faster than MKL's, which take an AVX2 path on AMD CPUs: :mod:`attrbench.fp32_gemm`) and faster
+  still on every GPU with tensor cores, where it pays (``auto``, the default: see :func:`compute_dtype_name`).
   Their results are written into float32 edge rows: every later pass over the rows (ranking, pruning,
   packaging) runs ~3x faster on float32 than on bfloat16 on a CPU. The lean store (large graphs) keeps
   the last window's rows, which are only ever packaged, in bfloat16: half the memory and page faults.
