@@ -135,13 +135,18 @@ class DenseEdgeStore(BlockStore):
     def restrict(self, n_rows: int, columns: Columns) -> bool:
         assert columns.features is not None, "the last window's columns are the selected features'"
         self._select(columns.features)
-        if self.edges.device.type == "cpu":
+        if self.last_window_to_adjacency():
             n = columns.width + self.n_logits
             self.adjacency = zeroed.zeros((n, n), torch.float32, torch.device("cpu"))
         else:
             self.narrow = zeroed.zeros((n_rows, columns.width), torch.float32, self.edges.device)
             self.narrow_nodes = torch.zeros(n_rows, dtype=torch.long)
         return True
+
+    def last_window_to_adjacency(self) -> bool:
+        """Whether the last window's rows go straight to the host adjacency (on the CPU) or to a narrow
+        matrix on the device, copied to the host at packaging (on a GPU)."""
+        return self.edges.device.type == "cpu"
 
     def influences(self, logit_probabilities: torch.Tensor, rule: str) -> torch.Tensor:
         """Node influences from the rows so far, by circuit-tracer's function or the one-pass equivalent."""
@@ -153,8 +158,13 @@ class DenseEdgeStore(BlockStore):
         def reach(first: int, stop: int) -> list[tuple[int, int]]:  # each layer's ranges hold those below
             return self.column_ranges[int(layers[first:stop].max())]
 
+        on_cpu = self.edges.device.type == "cpu"  # a GPU's memory has no unwritten pages to fault in
         return ranking.streamed_influences(
-            self.edges[rows], logit_probabilities, self.row_nodes[rows], self.row_sums[rows], reach=reach
+            self.edges[rows],
+            logit_probabilities,
+            self.row_nodes[rows],
+            self.row_sums[rows],
+            reach=reach if on_cpu else None,
         )
 
     def package(self, selected: torch.Tensor, n_active: int, n_logits: int) -> torch.Tensor:
@@ -166,10 +176,12 @@ class DenseEdgeStore(BlockStore):
             self.adjacency = zeroed.zeros((n, n), torch.float32, torch.device("cpu"))
         cols = torch.cat([selected, torch.arange(n_active, self.n_nodes)]).to(self.edges.device)
         # per target layer, the graph columns a row can have edges in (the rest are zero: never read)
-        in_reach = [
-            torch.nonzero(sum(((cols >= a) & (cols < b)).int() for a, b in ranges)).flatten()
-            for ranges in self.column_ranges
-        ]
+        in_reach = []
+        for ranges in self.column_ranges:
+            inside = torch.zeros_like(cols, dtype=torch.bool)
+            for a, b in ranges:
+                inside |= (cols >= a) & (cols < b)
+            in_reach.append(torch.nonzero(inside).flatten())
         layers = torch.searchsorted(self.layer_offsets, self.row_nodes[: self.n_filled], right=True) - 1
         block = self.edges.new_empty(min(PRUNE_BLOCK_ROWS, self.n_filled), n)  # reused
         for s in range(0, self.n_filled, PRUNE_BLOCK_ROWS):
@@ -179,8 +191,9 @@ class DenseEdgeStore(BlockStore):
             part[:, reach] = self.edges[s:stop].index_select(1, cols[reach])
             self._copy_to_graph(part, self.row_nodes[s:stop])
         if self.narrow is not None:
-            for s in range(0, self.n_narrow, block):
-                stop = min(s + block, self.n_narrow)
+            step = PACKAGE_BLOCK_ROWS // 4  # a GPU's narrow rows: a [step, n] temporary the allocator reuses
+            for s in range(0, self.n_narrow, step):
+                stop = min(s + step, self.n_narrow)
                 self._copy_to_graph(self.narrow[s:stop], self.narrow_nodes[s:stop])
         adjacency = self.adjacency
         self.edges = self.edges.new_empty(0)  # freed: the rows are in the adjacency now

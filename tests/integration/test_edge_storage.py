@@ -48,6 +48,21 @@ def test_lean_store_gives_the_dense_graph(tiny, tmp_path, backend_name):
     assert on_disk.shape == tuple(dense.adjacency_matrix.shape)
 
 
+@pytest.mark.parametrize("backend_name", ["gqa-shared", "approximate-pruned"])
+def test_gpu_layout_of_the_last_window_gives_the_same_graph(tiny, monkeypatch, backend_name):
+    """The narrow matrix a GPU keeps the last window in (packaged at the end) gives the graph that the
+    CPU's straight-to-adjacency path gives; run here on the CPU."""
+    backend = get_backends()[backend_name]
+    prepared = backend.prepare(tiny, "cpu", torch.float32)
+    settings = AttributeSettings(max_feature_nodes=500, batch_size=64, options=dict(backend.option_defaults))
+    direct = backend.attribute(prepared, settings)
+    monkeypatch.setattr(DenseEdgeStore, "last_window_to_adjacency", lambda self: False)
+    narrow = backend.attribute(prepared, settings)
+    assert torch.equal(narrow.selected_features, direct.selected_features)
+    assert torch.equal(narrow.adjacency_matrix, direct.adjacency_matrix)
+    assert direct.adjacency_matrix.abs().sum() > 0
+
+
 def test_layered_ranking_matches_circuit_tracer():
     """One topological pass over the lean rows equals circuit-tracer's power iteration."""
     torch.manual_seed(0)
