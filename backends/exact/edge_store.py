@@ -114,12 +114,16 @@ class DenseEdgeStore(BlockStore):
         """Store ``block`` (``[b, row_size]``, row_size <= nodes) as the next rows, for target ``nodes``."""
         self.commit(block, nodes, ranked=True)
 
+    def _target_layers(self, nodes: torch.Tensor) -> torch.Tensor:
+        """The layer of each target node (logits: ``n_layers``)."""
+        return torch.searchsorted(self.layer_offsets, nodes, right=True) - 1
+
     def _l1_norms(self, rows: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
         """Each row's L1 norm, read over the columns its target can reach only: every other entry is zero,
         and reading store pages the VJP never wrote would fault each one in (``small``, 4,000 nodes: 63,000
         faults and 43 ms per run). Batches ordered by target layer are read layer group by layer group;
         unordered ones (rows of several layers interleaved) whole."""
-        layers = torch.searchsorted(self.layer_offsets, nodes, right=True) - 1  # logits: n_layers
+        layers = self._target_layers(nodes)
         sums = torch.zeros(rows.shape[0], dtype=rows.dtype, device=rows.device)
         for layer, here in _by_layer(rows, layers):
             first, count = int(here[0]), len(here)
@@ -153,7 +157,7 @@ class DenseEdgeStore(BlockStore):
         rows = slice(0, self.n_filled)
         if rule == "circuit-tracer":
             return ranking.circuit_tracer_influences(self.edges[rows], logit_probabilities, self.row_nodes[rows])
-        layers = torch.searchsorted(self.layer_offsets, self.row_nodes[rows], right=True) - 1  # logits: n_layers
+        layers = self._target_layers(self.row_nodes[rows])
 
         def reach(first: int, stop: int) -> list[tuple[int, int]]:  # each layer's ranges hold those below
             return self.column_ranges[int(layers[first:stop].max())]
@@ -182,7 +186,7 @@ class DenseEdgeStore(BlockStore):
             for a, b in ranges:
                 inside |= (cols >= a) & (cols < b)
             in_reach.append(torch.nonzero(inside).flatten())
-        layers = torch.searchsorted(self.layer_offsets, self.row_nodes[: self.n_filled], right=True) - 1
+        layers = self._target_layers(self.row_nodes[: self.n_filled])
         block = self.edges.new_empty(min(PRUNE_BLOCK_ROWS, self.n_filled), n)  # reused
         for s in range(0, self.n_filled, PRUNE_BLOCK_ROWS):
             stop = min(s + PRUNE_BLOCK_ROWS, self.n_filled)
@@ -218,7 +222,7 @@ class DenseEdgeStore(BlockStore):
         first_logit_node, first_logit_row = self.n_nodes - self.n_logits, self.adjacency.shape[0] - self.n_logits
         feature_row = torch.searchsorted(self.selected, nodes)
         destination = torch.where(nodes >= first_logit_node, nodes - first_logit_node + first_logit_row, feature_row)
-        layers = torch.searchsorted(self.layer_offsets, nodes, right=True) - 1  # logits: n_layers
+        layers = self._target_layers(nodes)
         for layer, here in _by_layer(rows, layers):
             part = _rows(rows, here)
             stretches = (part[:, : self._reaches[layer]], part[:, n_sel:])  # every other column is zero
