@@ -126,3 +126,29 @@ def test_prune_rows_drops_entries_below_the_relative_threshold():
     expected = torch.tensor([[1.0, 0.0, 0.2, 0.0], [0.0, -4.0, 0.0, -0.41], [0.0, 0.0, 0.0, 0.0]])
     assert torch.equal(prune_rows_(rows.clone(), threshold=0.1), expected)
     assert torch.equal(prune_rows_(rows.clone(), threshold=0.0), rows)
+
+
+def test_lean_graph_file_is_removed_when_the_attribution_fails(tiny, tmp_path, monkeypatch):
+    """The lean store opens its graph file when the last window starts; an attribution that fails after
+    that leaves no file behind."""
+    import gc
+
+    backend = get_backends()["gqa-shared"]
+    prepared = backend.prepare(tiny, "cpu", torch.float32)
+    options = dict(backend.option_defaults, edge_storage="lean")
+    settings = AttributeSettings(max_feature_nodes=500, batch_size=64, options=options)
+    settings.scratch_dir = str(tmp_path)
+    calls = []
+    original = LayeredEdgeStore.append
+
+    def append_then_fail(self, block, nodes):
+        original(self, block, nodes)
+        if self.narrow is not None:  # a last-window batch is in the file: fail now
+            calls.append(len(nodes))
+            raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(LayeredEdgeStore, "append", append_then_fail)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        backend.attribute(prepared, settings)
+    gc.collect()
+    assert calls and not list(tmp_path.glob("adjacency-*.npy"))
