@@ -6,8 +6,8 @@
   (4.5x faster than MKL's, which take an AVX2 path on AMD CPUs: :mod:`attrbench.fp32_gemm`) and faster
   still on every GPU with tensor cores, where it pays (``auto``, the default: see :func:`compute_dtype_name`).
   Their results are written into float32 edge rows: every later pass over the rows (ranking, pruning,
-  packaging) runs ~3x faster on float32 than on bfloat16 on a CPU. The lean store (large graphs) keeps
-  the last window's rows, which are only ever packaged, in bfloat16: half the memory and page faults.
+  packaging) runs ~3x faster on float32 than on bfloat16 on a CPU. The lean store (large graphs) writes
+  the last window's rows, never ranked, from a bfloat16 block straight to the graph file.
 * Entries below ``approx_threshold`` times their row's largest magnitude are dropped from the packaged
   graph. The graph is still a dense adjacency, so pruning buys no speed (at 70,000 nodes it costs ~2 s of
   packaging): it gives sparser graphs, at an accuracy cost that grows with the threshold and the row width.

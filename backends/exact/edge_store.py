@@ -31,7 +31,7 @@ class BlockStore:
     Edge rows are float32 whatever dtype the VJPs compute in (approximate-pruned: bfloat16): the VJP's
     results are converted as they are written, and every later pass (ranking, pruning, packaging) reads
     float32, which the CPU's reductions and copies handle ~3x faster than bfloat16. (The lean store's last
-    window, only ever packaged, is the exception: see :meth:`LayeredEdgeStore.reserve`.)"""
+    window, written straight to the graph file, is the exception: see :meth:`LayeredEdgeStore.reserve`.)"""
 
     _scratch: torch.Tensor | None = None
 
