@@ -222,9 +222,8 @@ class DenseEdgeStore(BlockStore):
         sit in the first layer, whose rows are zero but for the error and token columns)."""
         assert self.adjacency is not None and self.selected is not None
         n_sel = self.selected.numel()
-        first_logit_node, first_logit_row = self.n_nodes - self.n_logits, self.adjacency.shape[0] - self.n_logits
-        feature_row = torch.searchsorted(self.selected, nodes)
-        destination = torch.where(nodes >= first_logit_node, nodes - first_logit_node + first_logit_row, feature_row)
+        n_active = int(self.layer_offsets[-1])
+        destination = _graph_rows(nodes, self.selected, n_active, self.n_nodes, self.adjacency.shape[0])
         layers = self._target_layers(nodes)
         for layer, here in _by_layer(rows, layers):
             part = _rows(rows, here)
@@ -430,13 +429,8 @@ class LayeredEdgeStore(BlockStore):
         L, n_pos = self.n_layers, self.n_pos
         selected, reach = graph.selected, graph.reach
         n_sel = selected.numel()
-        first_logit = self.n_active
         nodes = nodes.cpu()
-        destinations = torch.where(
-            nodes >= first_logit,
-            nodes - first_logit + graph.n - (self.n_nodes - first_logit),
-            torch.searchsorted(selected, nodes),
-        ).tolist()
+        destinations = _graph_rows(nodes, selected, self.n_active, self.n_nodes, graph.n).tolist()
         target_pos = self.node_pos[nodes].tolist()
         n_feat = self.feature_prefix[layer]
         columns = selected[: int(torch.searchsorted(selected, n_feat))]  # selected features below this layer
@@ -520,6 +514,13 @@ def _discard(fd: int, path: str) -> None:
         os.close(fd)
     with contextlib.suppress(OSError):
         os.unlink(path)
+
+
+def _graph_rows(nodes: torch.Tensor, selected: torch.Tensor, n_active: int, n_nodes: int, n_graph: int) -> torch.Tensor:
+    """The graph row of each target node, a selected feature (below ``n_active``) or a logit (the last nodes
+    of both numberings: ``n_nodes`` in the rows', ``n_graph`` in the graph's): features by their rank among
+    ``selected``, logits last."""
+    return torch.where(nodes >= n_active, nodes - n_nodes + n_graph, torch.searchsorted(selected, nodes))
 
 
 def _by_layer(block: torch.Tensor, layers: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
