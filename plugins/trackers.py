@@ -198,16 +198,26 @@ class GpuMemoryTracker:
 
 
 class GemmRateTracker:
-    """The machine's dense GEMM rate just before the timed attribution, the denominator of FLOP-floor
-    fractions (float32 on the CPU, on the fastest float32-exact kernels there:
-    :func:`attrbench.fp32_gemm.choose_route`; bfloat16 on CUDA; square matrices of 2048)."""
+    """The machine's dense GEMM rates just before the timed attribution, the denominators of FLOP-floor
+    fractions: float32 on the CPU, on the fastest float32-exact kernels there
+    (:func:`attrbench.fp32_gemm.choose_route`), and bfloat16 (with float32 accumulation), the dtype
+    approximate-pruned's backward passes run in; bfloat16 on CUDA. Square matrices of 2048.
+
+    ``gemm_gflops`` is the run's default rate (float32 on the CPU); ``gemm_gflops_by_dtype`` has every
+    measured one, so that a cell whose VJPs ran in bfloat16 (``info.vjp_dtype``) is held to bfloat16's
+    floor rather than to float32's, which it would exceed."""
 
     SIZE = 2048
 
     def __init__(self, device: str = "cpu"):
         self.device = device
-        self.gflops: float | None = None
+        self.by_dtype: dict[str, float] = {}
         self.kernels = ""
+
+    @property
+    def gflops(self) -> float | None:
+        """The run's default rate: float32 on the CPU, bfloat16 on CUDA."""
+        return next(iter(self.by_dtype.values()), None)
 
     def start(self) -> None:
         import torch
@@ -215,31 +225,40 @@ class GemmRateTracker:
         from attrbench.fp32_gemm import choose_route, fp32_gemms
 
         cuda = str(self.device).startswith("cuda")
-        dtype = torch.bfloat16 if cuda else torch.float32
         route = choose_route("auto", self.device, batch_size=self.SIZE)
+        dtypes = (torch.bfloat16,) if cuda else (torch.float32, torch.bfloat16)
+        with fp32_gemms(route):
+            for dtype in dtypes:
+                self.by_dtype[str(dtype).replace("torch.", "")] = self._rate(dtype, cuda)
+        self.kernels = "" if cuda else f" (float32 on {route})"
+
+    def _rate(self, dtype: Any, cuda: bool) -> float:
+        import torch
+
         a = torch.randn(self.SIZE, self.SIZE, device=self.device, dtype=dtype)
         b = torch.randn(self.SIZE, self.SIZE, device=self.device, dtype=dtype)
         reps = 20 if cuda else 3
-        with fp32_gemms(route):
-            a @ b  # warm-up
-            if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                a @ b
-            if cuda:
-                torch.cuda.synchronize()
-            self.gflops = 2 * self.SIZE**3 * reps / (time.perf_counter() - t0) / 1e9
-        self.dtype = str(dtype).replace("torch.", "")
-        self.kernels = "" if cuda else f" ({route})"
+        a @ b  # warm-up
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        if cuda:
+            torch.cuda.synchronize()
+        return 2 * self.SIZE**3 * reps / (time.perf_counter() - t0) / 1e9
 
     def stop(self) -> None:
         pass
 
     def results(self) -> dict[str, Any]:
+        dtypes = "/".join(self.by_dtype)
         return {
             "gemm_gflops": self.gflops,
-            "sources": {"gemm_gflops": f"{self.SIZE}^3 {self.dtype}{self.kernels} matmul before timing"},
+            "gemm_gflops_by_dtype": dict(self.by_dtype),
+            "sources": {
+                "gemm_gflops": f"{self.SIZE}^3 {dtypes}{self.kernels} matmul before timing",
+            },
         }
 
 

@@ -421,7 +421,12 @@ class ExactBackend(Backend):
             adjacency_matrix=adjacency,
             n_layers=model.n_layers,
             phases_s=timer.phases,
-            info={"n_logits": n_logits, "flop_floor": flop_floor(model, selected, n_logits), "edge_storage": storage},
+            info={
+                "n_logits": n_logits,
+                "flop_floor": flop_floor(model, selected, n_logits),
+                "edge_storage": storage,
+                "vjp_dtype": str(w.dtype).removeprefix("torch."),
+            },
             adjacency_file=getattr(store, "adjacency_file", None),
         )
 

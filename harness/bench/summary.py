@@ -162,8 +162,12 @@ def _worst_parity(given: list[dict | None]) -> dict | None:
 
 
 def flop_fraction_of(cell: dict, floor: float | None) -> float | None:
-    """The graph's FLOP floor over what the cell's wall time at the machine's GEMM rate could do."""
-    rate = ((cell.get("info") or {}).get("measurement") or {}).get("gemm_gflops")
+    """The graph's FLOP floor over what the cell's wall time at the machine's GEMM rate could do: the rate
+    in the dtype its backward passes ran in (``info.vjp_dtype``: bfloat16 for approximate-pruned) where it
+    was measured, else the run's default rate."""
+    info = cell.get("info") or {}
+    measurement = info.get("measurement") or {}
+    rate = (measurement.get("gemm_gflops_by_dtype") or {}).get(info.get("vjp_dtype")) or measurement.get("gemm_gflops")
     wall = cell.get("wall_s")
     if not (floor and rate and wall) or cell.get("status") != "ok":
         return None
