@@ -9,10 +9,11 @@ backend adds its one idea by overriding these hooks, and nothing else:
   :meth:`ExactBackend.live_rows` (backward only over positions <= the batch's targets, rows joining at
   their own layer);
 * gqa-shared: :meth:`ExactBackend.node_layout`, :meth:`ExactBackend.attention_vjp`,
-  :meth:`ExactBackend.contract_features` / :meth:`ExactBackend.contract_cross_features`, the
+  :meth:`ExactBackend.contract_features` / :meth:`ExactBackend.contract_cross_features`,
+  :meth:`ExactBackend.token_edges_at_first_layer`, the
   :attr:`ExactBackend.ranking_rule` and :attr:`ExactBackend.last_window_selected_only` attributes (one V
-  GEMM per KV group, GEMMs written straight into the store's rows, single-pass ranking, the last window
-  over the selected columns);
+  GEMM per KV group, GEMMs written straight into the store's rows, token edges from layer 0's values,
+  single-pass ranking, the last window over the selected columns);
 * approximate-pruned: :meth:`ExactBackend.compute_dtype` (bfloat16 VJPs),
   :meth:`ExactBackend.prune_threshold` (small edges dropped) and :meth:`ExactBackend.ranking_window` (one
   ranking, after the logit rows).
@@ -178,12 +179,20 @@ class ExactBackend(Backend):
         """
         w = model.weights
         J, KV, dh = len(vectors), w.n_kv_heads, w.d_head
+        grad_v = self.attention_values_at(model, layer, vectors, positions, n_pos)
+        return (grad_v.view(J * n_pos, KV * dh) @ w.W_V[layer].view(KV * dh, w.d_model)).view(J, n_pos, w.d_model)
+
+    def attention_values_at(
+        self, model: LinearisedModel, layer: int, vectors: torch.Tensor, positions: torch.Tensor, n_pos: int
+    ) -> torch.Tensor:
+        """:meth:`attention_vjp_at` up to the V projection: the gradient at the values, ``[J, n_pos, KV*d_head]``."""
+        w = model.weights
+        J, KV, dh = len(vectors), w.n_kv_heads, w.d_head
         G = w.n_heads // KV
         grad_z = (vectors @ w.W_O[layer]).view(J, KV, G, dh)
         rows = model.patterns[layer][:, positions, :n_pos]  # [H, J, key]: each row's query pattern
         rows = rows.view(KV, G, J, n_pos).permute(2, 0, 3, 1)  # [J, KV, key, G]
-        grad_v = torch.matmul(rows, grad_z).permute(0, 2, 1, 3).reshape(J * n_pos, KV * dh)  # [(J, key), KV*dh]
-        return (grad_v @ w.W_V[layer].view(KV * dh, w.d_model)).view(J, n_pos, w.d_model)
+        return torch.matmul(rows, grad_z).permute(0, 2, 1, 3).reshape(J, n_pos, KV * dh)
 
     def contract_features(
         self,
@@ -226,6 +235,22 @@ class ExactBackend(Backend):
                 s, e = bounds[p], bounds[p + 1]
                 if e > s:
                     out[:, s:e] += grad[:, p] @ vecs[s - first : e - first].T
+
+    def token_edges_at_first_layer(
+        self,
+        model: LinearisedModel,
+        prepared: Prepared,
+        layout: Any,
+        batch: TargetBatch,
+        grad: torch.Tensor,
+        reached: int,
+        out: torch.Tensor,
+    ) -> bool:
+        """Write the token edges ``out`` ([len(batch), P]) straight from the gradient above layer 0's MLP
+        (``grad``: its first ``reached`` rows in the pass, the rest joining at layer 0), without the gradient
+        at the embeddings; True if done (hook for gqa-shared), False to run layer 0's VJP and dot that
+        gradient with the token vectors (here)."""
+        return False
 
     def edge_storage(self, model: LinearisedModel, n_rows: int, n_nodes: int, settings: AttributeSettings) -> str:
         """``"dense"`` (circuit-tracer's float32 rows) or ``"lean"`` (the layered store).
@@ -272,6 +297,7 @@ class ExactBackend(Backend):
         if top == L:  # logit targets sit after the final norm at the last position
             logit = torch.nonzero(batch.layers == L).flatten().to(w.device)
             grad[logit, P - 1] = batch.vectors[logit] * model.final_gain[P - 1]
+        tokens = out[:, columns.token_offset : columns.token_offset + P]
         for layer in range(min(top, L - 1), -1, -1):
             reached = self.live_rows(batch, layer + 1)  # rows whose gradient can be non-zero above the MLP
             if layer < top and reached:
@@ -281,13 +307,14 @@ class ExactBackend(Backend):
                 e0 = columns.error_offset + layer * n_pos
                 # vecdot, not einsum("bpd,pd->bp"): einsum makes it a batched GEMV, ~3x slower
                 out[:reached, e0 : e0 + P] = torch.linalg.vecdot(grad[:reached], model.error_vecs[layer, :P])
+            if layer == 0 and self.token_edges_at_first_layer(model, prepared, layout, batch, grad, reached, tokens):
+                return
             if reached:
                 self._layer_vjp(model, prepared, layout, batch, layer, grad[:reached])
             live = self.live_rows(batch, layer)
             if live > reached:
                 self._joining_vjp(model, batch, layer, slice(reached, live), grad[reached:live])
-        t0 = columns.token_offset
-        out[:, t0 : t0 + P] = torch.linalg.vecdot(grad, model.token_vecs[:P])
+        tokens[:] = torch.linalg.vecdot(grad, model.token_vecs[:P])
 
     def _layer_vjp(
         self,
@@ -301,6 +328,15 @@ class ExactBackend(Backend):
         """``g`` (the batch's leading rows, already in the pass: gradient above ``layer``'s MLP) -> their
         gradient below ``layer``, in place; targets at ``layer`` among them (unordered batches) are injected
         on the way."""
+        grad_mid, grad_attn = self.mlp_vjp(model, batch, layer, g)
+        grad_ln1 = self.attention_vjp(model, prepared, layout, layer, grad_attn)
+        torch.addcmul(grad_mid, grad_ln1, model.ln1_gain[layer, : g.shape[1]], out=g)
+
+    def mlp_vjp(
+        self, model: LinearisedModel, batch: TargetBatch, layer: int, g: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``g`` (gradient above ``layer``'s MLP of the batch's leading rows) -> (gradient at the residual
+        after attention, gradient at attention's output), with targets at ``layer`` among those rows injected."""
         w = model.weights
         P = g.shape[1]
         here = torch.nonzero(batch.layers[: len(g)] == layer).flatten().to(w.device)
@@ -316,8 +352,7 @@ class ExactBackend(Backend):
             grad_mid = torch.addcmul(g, grad_x, model.ln2_gain[layer, :P])
         # Gemma: the frozen post-attention norm sits between attention and the residual
         grad_attn = grad_mid if model.post_attn_gain is None else grad_mid * model.post_attn_gain[layer, :P]
-        grad_ln1 = self.attention_vjp(model, prepared, layout, layer, grad_attn)
-        torch.addcmul(grad_mid, grad_ln1, model.ln1_gain[layer, :P], out=g)
+        return grad_mid, grad_attn
 
     def _joining_vjp(
         self, model: LinearisedModel, batch: TargetBatch, layer: int, rows: slice, out: torch.Tensor
@@ -325,15 +360,24 @@ class ExactBackend(Backend):
         """Rows whose target is at ``layer`` (zero gradient above it): write their gradient below ``layer``
         into ``out`` (zeros). Their gradient there is their vector at their own position, so neither the
         skip connection nor attention's output projection runs over the other positions."""
+        positions = batch.device_positions[rows]
+        grad_mid, grad_attn = self.joining_mlp_vjp(model, batch, layer, rows)
+        grad_ln1 = self.attention_vjp_at(model, layer, grad_attn, positions, out.shape[1])
+        torch.mul(grad_ln1, model.ln1_gain[layer, : out.shape[1]], out=out)
+        out.index_put_((torch.arange(len(positions), device=out.device), positions), grad_mid, accumulate=True)
+
+    def joining_mlp_vjp(
+        self, model: LinearisedModel, batch: TargetBatch, layer: int, rows: slice
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows joining at ``layer``: (gradient at the residual after attention, at attention's output), each
+        one vector at the row's own position (``[len(rows), d]``)."""
         vectors, positions = batch.vectors[rows], batch.device_positions[rows]
         if model.reads_resid_mid:  # cross-layer: the feature reads the residual after attention itself
             grad_mid = vectors
         else:
             grad_mid = vectors * model.ln2_gain[layer, positions]
         grad_attn = grad_mid if model.post_attn_gain is None else grad_mid * model.post_attn_gain[layer, positions]
-        grad_ln1 = self.attention_vjp_at(model, layer, grad_attn, positions, out.shape[1])
-        torch.mul(grad_ln1, model.ln1_gain[layer, : out.shape[1]], out=out)
-        out.index_put_((torch.arange(len(positions), device=out.device), positions), grad_mid, accumulate=True)
+        return grad_mid, grad_attn
 
     # ------------------------------------------------------------------ circuit-tracer's loop
     def attribute(self, prepared: Prepared, settings: AttributeSettings) -> AttributionResult:

@@ -7,8 +7,10 @@ projection (d x H*d_head), the frozen-pattern product over the causal triangle (
 one V projection per KV group (KV*d_head x d), and one dot product of length d with every node there
 (features, errors), plus the token nodes. A feature target reads the residual after its own layer's
 attention, so that attention is on its path too, from its one query position: the output projection
-once, the pattern over P keys and the V projection at P positions. A backend's achieved fraction is this
-floor over what its wall time at the machine's measured GEMM rate could have done.
+once, the pattern over P keys and the V projection at P positions. Below layer 0's attention only the
+token nodes read the gradient, so its V projection is one dot product of length KV*d_head per position
+with that token's projected vector instead. A backend's achieved fraction is this floor over what its wall
+time at the machine's measured GEMM rate could have done.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ def row_flop_floor(model: LinearisedModel, layers: torch.Tensor, positions: torc
     if model.cross_decoders:  # cross-layer: layer l's MLP output is contracted with every feature read at <= l
         counts = counts.cumsum(0)
     nodes_reached = (counts + 1).cumsum(1)  # + the error node at each position
-    per_pos_layer = (d * d if w.W_skip is not None else 0) + d * H * dh + KV * dh * d
+    values = KV * dh * d  # the V projection, per position
+    per_pos_layer = (d * d if w.W_skip is not None else 0) + d * H * dh + values
     layers = layers.to(torch.long).cpu()
     P = positions.to(torch.long).cpu() + 1
     total = torch.zeros((), dtype=torch.float64)
@@ -42,10 +45,13 @@ def row_flop_floor(model: LinearisedModel, layers: torch.Tensor, positions: torc
         if not below.any():
             continue
         p = P[below].double()
-        total += (p * per_pos_layer + H * dh * p * (p + 1) / 2).sum()
+        # layer 0: the token vectors, projected once per prompt, take the V projection's place
+        per_pos = per_pos_layer - values + KV * dh if layer == 0 else per_pos_layer
+        total += (p * per_pos + H * dh * p * (p + 1) / 2).sum()
         total += nodes_reached[layer, P[below] - 1].sum() * d
     own = layers < L  # feature targets: their own layer's attention, from the one query position
     p_own = P[own].double()
-    total += (d * H * dh + H * dh * p_own + KV * dh * d * p_own).sum()
+    own_values = torch.where(layers[own] == 0, KV * dh, KV * dh * d).double()
+    total += (d * H * dh + H * dh * p_own + own_values * p_own).sum()
     total += P.double().sum() * d  # token nodes
     return float(2 * total)
