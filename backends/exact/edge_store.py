@@ -72,10 +72,7 @@ class DenseEdgeStore(BlockStore):
         self.layer_offsets = torch.tensor(model.layer_offsets)  # first feature of each layer, then n_active
         self.prune_threshold = prune_threshold  # approximate-pruned: entries below this x row max dropped
         # per target layer (logits: n_layers), the columns a full row can have edges in
-        self.column_ranges = [
-            _reachable_ranges(model.layer_offsets[layer], model.error_offset, model.token_offset, layer, model.n_pos)
-            for layer in range(model.n_layers + 1)
-        ]
+        self.column_ranges = _column_ranges(model)
         self.edges = zeroed.zeros((n_rows, n_nodes), torch.float32, device)
         self.row_nodes = torch.zeros(n_rows, dtype=torch.long)
         self.row_sums = torch.zeros(n_rows, dtype=torch.float32, device=device)
@@ -304,10 +301,7 @@ class LayeredEdgeStore(BlockStore):
         self.node_pos = torch.cat([self.active_pos, torch.full((n_nodes - model.n_active,), self.n_pos - 1)])
         # per target layer: the column ranges of a full row it keeps (features and errors of the layers below,
         # tokens), and those columns as one index (ranking adds into them)
-        self.column_ranges = [
-            _reachable_ranges(model.layer_offsets[layer], model.error_offset, model.token_offset, layer, self.n_pos)
-            for layer in range(self.n_layers + 1)
-        ]
+        self.column_ranges = _column_ranges(model)
         self.columns = [torch.cat([torch.arange(a, b) for a, b in ranges]).to(device) for ranges in self.column_ranges]
         self.feature_prefix = list(model.layer_offsets)
         self.rows: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers + 1)]  # |edges|
@@ -537,12 +531,14 @@ def _rows(block: torch.Tensor, here: torch.Tensor) -> torch.Tensor:
     return block.index_select(0, here)
 
 
-def _reachable_ranges(
-    n_features: int, error_offset: int, token_offset: int, layer: int, n_pos: int
-) -> list[tuple[int, int]]:
-    """The column ranges a row whose target is at ``layer`` can have edges in: the first ``n_features``
-    feature columns (those of the layers below), the error nodes of those layers, and the tokens."""
-    return [(0, n_features), (error_offset, error_offset + layer * n_pos), (token_offset, token_offset + n_pos)]
+def _column_ranges(model) -> list[list[tuple[int, int]]]:
+    """Per target layer (logits: ``n_layers``), the column ranges of a full row that can hold edges: the
+    features of the layers below, their error nodes, and the tokens."""
+    e0, t0, n_pos = model.error_offset, model.token_offset, model.n_pos
+    return [
+        [(0, model.layer_offsets[layer]), (e0, e0 + layer * n_pos), (t0, t0 + n_pos)]
+        for layer in range(model.n_layers + 1)
+    ]
 
 
 def _selected_reach(
